@@ -1,0 +1,273 @@
+//! Stage 5, emit: the subset files, the rejects, and the run manifest.
+//!
+//! Every file is written under a temporary name and renamed when complete;
+//! the manifest, which lists the others with their checksums, comes last.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{StringBuilder, UInt64Builder};
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::formats::atomic::atomic_write;
+use crate::formats::canonical::SourceFile;
+use crate::formats::subset::{write_csv, write_parquet, SubsetRow};
+use crate::ingest::{Ingested, Reject};
+use crate::memory::{MemoryReport, Plan};
+use crate::pipeline::SelectConfig;
+use crate::score::{BETWEEN, CROSS, EASY, LABEL, TERMS};
+use crate::select::Pick;
+use crate::store::{Store, StoreMeta};
+
+/// Wall time and throughput of one stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub seconds: f64,
+    pub rows: u64,
+    pub rows_per_second: f64,
+    pub bytes_read: u64,
+    pub gb_per_second: f64,
+}
+
+/// One output file.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputFile {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RowCounts {
+    pub read: u64,
+    pub skipped: u64,
+    pub skipped_by_reason: std::collections::BTreeMap<String, u64>,
+    pub used: u64,
+    pub budget: u64,
+    pub selected: u64,
+    pub classes: usize,
+    pub classes_nonempty: usize,
+    pub classes_selected: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InputFile {
+    pub path: String,
+    pub bytes: u64,
+    pub modified_unix: u64,
+    pub rows: u64,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Manifest {
+    pub tool: String,
+    pub version: String,
+    pub method: String,
+    pub inputs: Vec<InputFile>,
+    pub parameters: serde_json::Value,
+    pub rows: Option<RowCounts>,
+    pub stages: Vec<StageTiming>,
+    pub memory: Option<MemoryReport>,
+    pub plan: Option<serde_json::Value>,
+    pub seconds_total: f64,
+    pub outputs: Vec<OutputFile>,
+    #[serde(skip)]
+    pub classes_selected: usize,
+}
+
+/// Writes `value` as pretty JSON, atomically.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    atomic_write(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, value)
+            .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+        use std::io::Write;
+        w.write_all(b"\n").at_path(path)
+    })
+}
+
+fn sha256_file(path: &Path) -> Result<(u64, String)> {
+    let bytes = std::fs::read(path).at_path(path)?;
+    let digest = Sha256::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((bytes.len() as u64, hex))
+}
+
+fn record(out: &Path, path: &Path, rows: u64) -> Result<OutputFile> {
+    let (bytes, sha256) = sha256_file(path)?;
+    Ok(OutputFile {
+        path: path
+            .strip_prefix(out)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned(),
+        rows,
+        bytes,
+        sha256,
+    })
+}
+
+/// Writes `OUT/clipcov/subset.{parquet,csv}` and `OUT/rejects.parquet`.
+pub fn emit_clipcov(
+    out: &Path,
+    store: &Store,
+    terms: &[f64],
+    picks: &[Pick],
+    rejects: &[Reject],
+) -> Result<Manifest> {
+    let dir = out.join("clipcov");
+    std::fs::create_dir_all(&dir).at_path(&dir)?;
+    let rows: Vec<SubsetRow> = picks
+        .iter()
+        .enumerate()
+        .map(|(rank, p)| {
+            let t = &terms[p.pos * TERMS..(p.pos + 1) * TERMS];
+            SubsetRow {
+                id: store.id(p.pos),
+                rank: rank as u64,
+                row: store.row_index(p.pos),
+                class: Some(p.class as i32),
+                score: p.score,
+                terms: vec![t[EASY], t[CROSS], t[LABEL], t[BETWEEN]],
+            }
+        })
+        .collect();
+    let names = ["easy", "cross", "label", "between"];
+    let pq = dir.join("subset.parquet");
+    let csv = dir.join("subset.csv");
+    write_parquet(&pq, &rows, &names)?;
+    write_csv(&csv, &rows, &names)?;
+    let mut classes: Vec<usize> = picks.iter().map(|p| p.class).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let mut outputs = vec![
+        record(out, &pq, rows.len() as u64)?,
+        record(out, &csv, rows.len() as u64)?,
+    ];
+    if !rejects.is_empty() {
+        let rp = out.join("rejects.parquet");
+        write_rejects(&rp, rejects)?;
+        outputs.push(record(out, &rp, rejects.len() as u64)?);
+    }
+    Ok(Manifest {
+        method: "clipcov".into(),
+        outputs,
+        classes_selected: classes.len(),
+        ..Default::default()
+    })
+}
+
+fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("row", DataType::UInt64, false),
+        Field::new("file", DataType::Utf8, false),
+        Field::new("id", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    let mut row = UInt64Builder::new();
+    let (mut file, mut id, mut reason) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
+    for r in rejects {
+        row.append_value(r.row);
+        file.append_value(&r.file);
+        id.append_value(&r.id);
+        reason.append_value(&r.reason);
+    }
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(row.finish()),
+            Arc::new(file.finish()),
+            Arc::new(id.finish()),
+            Arc::new(reason.finish()),
+        ],
+    )
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    atomic_write(path, |w| {
+        let mut writer =
+            ArrowWriter::try_new(w, schema, None).map_err(|e| Error::Internal(e.to_string()))?;
+        writer
+            .write(&batch)
+            .and_then(|_| writer.close().map(|_| ()))
+            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
+    })
+}
+
+/// Fills in everything but the outputs.
+#[allow(clippy::too_many_arguments)]
+pub fn finish_manifest(
+    mut m: Manifest,
+    cfg: &SelectConfig,
+    files: &[SourceFile],
+    ing: &Ingested,
+    meta: &StoreMeta,
+    budget: usize,
+    stages: Vec<StageTiming>,
+    memory: MemoryReport,
+    plan: Plan,
+    tile_rows: usize,
+    seconds: f64,
+) -> Manifest {
+    m.tool = "clipcov".into();
+    m.version = env!("CARGO_PKG_VERSION").into();
+    m.inputs = files
+        .iter()
+        .zip(&ing.shards)
+        .map(|(f, s)| InputFile {
+            path: f.path.to_string_lossy().into_owned(),
+            bytes: f.bytes,
+            modified_unix: f.modified_unix,
+            rows: s.rows,
+        })
+        .collect();
+    let mut params = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(o) = params.as_object_mut() {
+        o.insert("tau".into(), serde_json::Value::String(cfg.tau.to_string()));
+        o.insert("budget_rows".into(), budget.into());
+        o.insert("tile_rows".into(), tile_rows.into());
+        o.insert("d".into(), meta.d.into());
+        o.insert(
+            "store_dtype".into(),
+            serde_json::to_value(meta.dtype).unwrap_or_default(),
+        );
+    }
+    m.parameters = params;
+    let nonempty = (0..meta.classes())
+        .filter(|&k| !meta.class_range(k).is_empty())
+        .count();
+    m.rows = Some(RowCounts {
+        read: ing.rows_read,
+        skipped: ing.skipped.values().sum(),
+        skipped_by_reason: ing.skipped.clone(),
+        used: meta.rows,
+        budget: budget as u64,
+        selected: m.outputs.first().map_or(0, |o| o.rows),
+        classes: meta.classes(),
+        classes_nonempty: nonempty,
+        classes_selected: m.classes_selected,
+    });
+    m.stages = stages;
+    m.memory = Some(memory);
+    m.plan = serde_json::to_value(plan).ok();
+    m.seconds_total = seconds;
+    m
+}
+
+/// Path helper for callers that print where things went.
+pub fn subset_paths(out: &Path) -> [PathBuf; 3] {
+    [
+        out.join("clipcov").join("subset.parquet"),
+        out.join("clipcov").join("subset.csv"),
+        out.join("manifest.json"),
+    ]
+}

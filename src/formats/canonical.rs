@@ -1,0 +1,362 @@
+//! The canonical input layout: a folder of Parquet shards (formats.md).
+//!
+//! Files are found recursively, sorted by their path relative to the root
+//! (byte-wise), and read memory-mapped, one record batch at a time, so the
+//! dataset never has to fit in memory. The canonical row index is the
+//! position in the concatenation of the files' rows in that order.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Schema};
+use bytes::Bytes;
+use memmap2::Mmap;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+use serde::{Deserialize, Serialize};
+
+use super::embedding::{embedding_kind, FloatKind};
+use crate::error::{Error, IoContext, Result};
+
+/// One input file, as recorded in the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    /// Path relative to the dataset root: the sort key of the row order.
+    pub relative: String,
+    pub bytes: u64,
+    pub modified_unix: u64,
+}
+
+/// The column names to read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Columns {
+    pub id: String,
+    pub image: String,
+    pub text: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            id: "id".into(),
+            image: "image_embedding".into(),
+            text: "text_embedding".into(),
+        }
+    }
+}
+
+/// Finds the `*.parquet` files under `root` (or `root` itself when it is a
+/// file), in canonical order.
+pub fn discover(root: &Path) -> Result<Vec<SourceFile>> {
+    let meta = std::fs::metadata(root).at_path(root)?;
+    let mut paths = Vec::new();
+    if meta.is_file() {
+        paths.push(root.to_path_buf());
+    } else {
+        walk(root, &mut paths)?;
+    }
+    let base = if meta.is_file() {
+        root.parent().unwrap_or(Path::new(""))
+    } else {
+        root
+    };
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let m = std::fs::metadata(&path).at_path(&path)?;
+        let relative = path
+            .strip_prefix(base)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        let modified_unix = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        files.push(SourceFile {
+            path,
+            relative,
+            bytes: m.len(),
+            modified_unix,
+        });
+    }
+    files.sort_by(|a, b| a.relative.as_bytes().cmp(b.relative.as_bytes()));
+    if files.is_empty() {
+        return Err(Error::file(root, "no *.parquet files found").with_hint(
+            "point --data at a folder of Parquet shards (searched recursively) or at one .parquet file",
+        ));
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at_path(dir)? {
+        let entry = entry.at_path(dir)?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Hidden files and our own temporary files are never data.
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let ft = entry.file_type().at_path(&path)?;
+        if ft.is_dir() {
+            walk(&path, out)?;
+        } else if name.ends_with(".parquet") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Memory-maps a Parquet file and opens a reader builder on it.
+pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Bytes>> {
+    let file = File::open(path).at_path(path)?;
+    // SAFETY: clipcov only reads the file; the mapping is valid as long as no
+    // other process truncates or rewrites the file while clipcov runs, which
+    // is the documented contract for input shards.
+    let map = unsafe { Mmap::map(&file) }.at_path(path)?;
+    let bytes = Bytes::from_owner(map);
+    ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(path, e))
+}
+
+/// The error for a file that Parquet cannot read.
+pub fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
+    let msg = e.to_string();
+    let msg = msg
+        .trim_start_matches("External: ")
+        .trim_start_matches("Parquet error: ")
+        .to_string();
+    Error::file(path, format!("not a readable Parquet file ({msg})"))
+        .with_hint("the file is corrupt or truncated: re-export it or remove it from the dataset")
+}
+
+/// The id column's type, the same in every shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdKind {
+    Utf8,
+    Int64,
+    UInt64,
+}
+
+/// What every shard must agree on.
+#[derive(Clone, Debug)]
+pub struct ShardSchema {
+    pub id_kind: IdKind,
+    pub image_kind: FloatKind,
+    pub text_kind: FloatKind,
+}
+
+fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that `schema` has the three columns with usable types.
+pub fn check_schema(path: &Path, schema: &Schema, cols: &Columns) -> Result<ShardSchema> {
+    let field = |name: &str| {
+        schema.field_with_name(name).map_err(|_| {
+            Error::column(path, name, "missing column").with_hint(format!(
+                "the file has columns: {}; name the right one with --{}-column",
+                column_names(schema),
+                if name == cols.id {
+                    "id"
+                } else if name == cols.image {
+                    "image"
+                } else {
+                    "text"
+                }
+            ))
+        })
+    };
+    let id = field(&cols.id)?;
+    let id_kind = match id.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => IdKind::Utf8,
+        DataType::Int64 | DataType::Int32 => IdKind::Int64,
+        DataType::UInt64 | DataType::UInt32 => IdKind::UInt64,
+        other => {
+            return Err(Error::column(
+                path,
+                &cols.id,
+                format!("type {other} cannot be an id; expected utf8, int64 or uint64"),
+            ))
+        }
+    };
+    let emb = |name: &str| -> Result<FloatKind> {
+        let f = field(name)?;
+        embedding_kind(f.data_type()).ok_or_else(|| {
+            Error::column(
+                path,
+                name,
+                format!(
+                    "type {} is not an embedding; expected FixedSizeList or List of float16, float32 or float64",
+                    f.data_type()
+                ),
+            )
+        })
+    };
+    Ok(ShardSchema {
+        id_kind,
+        image_kind: emb(&cols.image)?,
+        text_kind: emb(&cols.text)?,
+    })
+}
+
+/// One record batch of a shard, with where it came from.
+pub struct ShardBatch {
+    pub file_index: usize,
+    /// Canonical row index of the batch's first row.
+    pub first_row: u64,
+    /// Row index of the first row inside its file.
+    pub first_row_in_file: u64,
+    pub id: ArrayRef,
+    pub image: ArrayRef,
+    pub text: ArrayRef,
+}
+
+impl ShardBatch {
+    pub fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+}
+
+/// Streams the shards' id and embedding columns batch by batch.
+///
+/// No work happens before the first `next()`; the first error ends the
+/// stream.
+pub struct ShardReader<'a> {
+    files: &'a [SourceFile],
+    cols: Columns,
+    batch_rows: usize,
+    file_index: usize,
+    reader: Option<(ParquetRecordBatchReader, [usize; 3])>,
+    next_row: u64,
+    next_row_in_file: u64,
+    pub schemas: Vec<ShardSchema>,
+    failed: bool,
+}
+
+impl<'a> ShardReader<'a> {
+    pub fn new(files: &'a [SourceFile], cols: Columns, batch_rows: usize) -> Self {
+        ShardReader {
+            files,
+            cols,
+            batch_rows: batch_rows.max(1),
+            file_index: 0,
+            reader: None,
+            next_row: 0,
+            next_row_in_file: 0,
+            schemas: Vec::new(),
+            failed: false,
+        }
+    }
+
+    fn open_next(&mut self) -> Result<bool> {
+        while self.reader.is_none() {
+            let Some(file) = self.files.get(self.file_index) else {
+                return Ok(false);
+            };
+            let builder = open_parquet(&file.path)?;
+            let schema = builder.schema().clone();
+            let shard = check_schema(&file.path, &schema, &self.cols)?;
+            if let Some(first) = self.schemas.first() {
+                if first.id_kind != shard.id_kind {
+                    return Err(Error::column(
+                        &file.path,
+                        &self.cols.id,
+                        format!(
+                            "id type {:?} differs from the first shard's {:?}",
+                            shard.id_kind, first.id_kind
+                        ),
+                    )
+                    .with_hint("give every shard the same id type"));
+                }
+            }
+            self.schemas.push(shard);
+            let roots: Vec<usize> = [&self.cols.id, &self.cols.image, &self.cols.text]
+                .iter()
+                .map(|n| schema.index_of(n).expect("checked above"))
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+            // The projected batch keeps the file's column order.
+            let mut sorted = roots.clone();
+            sorted.sort_unstable();
+            let pos = |c: usize| sorted.iter().position(|&x| x == c).unwrap();
+            let order = [pos(roots[0]), pos(roots[1]), pos(roots[2])];
+            let reader = builder
+                .with_projection(mask)
+                .with_batch_size(self.batch_rows)
+                .build()
+                .map_err(|e| corrupt(&file.path, e))?;
+            self.reader = Some((reader, order));
+            self.next_row_in_file = 0;
+        }
+        Ok(true)
+    }
+
+    fn next_inner(&mut self) -> Result<Option<ShardBatch>> {
+        loop {
+            if !self.open_next()? {
+                return Ok(None);
+            }
+            let (reader, order) = self.reader.as_mut().unwrap();
+            let order = *order;
+            match reader.next() {
+                Some(Ok(batch)) => {
+                    let b = self.wrap(batch, order);
+                    return Ok(Some(b));
+                }
+                Some(Err(e)) => return Err(corrupt(&self.files[self.file_index].path, e)),
+                None => {
+                    self.reader = None;
+                    self.file_index += 1;
+                }
+            }
+        }
+    }
+
+    fn wrap(&mut self, batch: RecordBatch, order: [usize; 3]) -> ShardBatch {
+        let n = batch.num_rows() as u64;
+        let b = ShardBatch {
+            file_index: self.file_index,
+            first_row: self.next_row,
+            first_row_in_file: self.next_row_in_file,
+            id: batch.column(order[0]).clone(),
+            image: batch.column(order[1]).clone(),
+            text: batch.column(order[2]).clone(),
+        };
+        self.next_row += n;
+        self.next_row_in_file += n;
+        b
+    }
+}
+
+impl Iterator for ShardReader<'_> {
+    type Item = Result<ShardBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.next_inner() {
+            Ok(Some(b)) => Some(Ok(b)),
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! File formats: what clipcov reads (Parquet shards, class prompts) and
+//! writes (subsets, manifests), and the atomic-write discipline for outputs.
+
+pub mod atomic;
+pub mod canonical;
+pub mod embedding;
+pub mod prompts;
+pub mod subset;

@@ -1,0 +1,198 @@
+//! Dense kernels on row-major `f32` slices: GEMM tiles through faer, the
+//! thresholded row and column sums of a similarity tile, dot products.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// `out[i * rb + j] = <a_i, b_j>` for `a: [ra, d]`, `b: [rb, d]` (row-major).
+///
+/// Runs single-threaded: callers parallelise across tiles, which keeps the
+/// result independent of the thread count.
+pub fn gemm_abt(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
+    let ra = a.len() / d.max(1);
+    let rb = b.len() / d.max(1);
+    assert_eq!(a.len(), ra * d, "gemm_abt: a is not [rows, d]");
+    assert_eq!(b.len(), rb * d, "gemm_abt: b is not [rows, d]");
+    assert_eq!(out.len(), ra * rb, "gemm_abt: out is not [ra, rb]");
+    if ra == 0 || rb == 0 {
+        return;
+    }
+    if d == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let lhs = MatRef::from_row_major_slice(a, ra, d);
+    let rhs = MatRef::from_row_major_slice(b, rb, d).transpose();
+    let dst = MatMut::from_row_major_slice_mut(out, ra, rb);
+    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
+}
+
+/// The spec's threshold `phi(s) = s if s > tau else 0`; `None` is `tau = none`
+/// (no threshold).
+#[inline(always)]
+pub fn phi(s: f32, tau: Option<f32>) -> f32 {
+    match tau {
+        Some(t) => {
+            if s > t {
+                s
+            } else {
+                0.0
+            }
+        }
+        None => s,
+    }
+}
+
+/// Rows of a tile summed in `f32` before being flushed to the `f64`
+/// accumulators: long enough to vectorise, short enough to keep the `f32`
+/// rounding error near 1e-6 relative.
+const FLUSH_ROWS: usize = 64;
+
+/// Adds the thresholded sums of a `[ra, rb]` tile: `row_sums[i] += sum_j
+/// phi(tile[i, j])` and `col_sums[j] += sum_i phi(tile[i, j])`.
+///
+/// Summation order is fixed by the tile shape alone, so results do not
+/// depend on threads.
+pub fn threshold_sums(
+    tile: &[f32],
+    rb: usize,
+    tau: f32,
+    row_sums: &mut [f64],
+    col_sums: &mut [f64],
+    col_scratch: &mut Vec<f32>,
+) {
+    let ra = row_sums.len();
+    assert_eq!(tile.len(), ra * rb);
+    assert_eq!(col_sums.len(), rb);
+    col_scratch.clear();
+    col_scratch.resize(rb, 0.0);
+    for (i, row) in tile.chunks_exact(rb).enumerate() {
+        // Eight lanes of partial sums so the row sum vectorises.
+        let mut lanes = [0.0f32; 8];
+        let mut chunks = row.chunks_exact(8);
+        let mut acc_cols = col_scratch.chunks_exact_mut(8);
+        for (c, acc) in (&mut chunks).zip(&mut acc_cols) {
+            for l in 0..8 {
+                let v = if c[l] > tau { c[l] } else { 0.0 };
+                lanes[l] += v;
+                acc[l] += v;
+            }
+        }
+        let tail_start = rb - chunks.remainder().len();
+        let mut tail = 0.0f32;
+        for (j, &s) in row.iter().enumerate().skip(tail_start) {
+            let v = if s > tau { s } else { 0.0 };
+            tail += v;
+            col_scratch[j] += v;
+        }
+        let lane_sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+        row_sums[i] += (lane_sum + tail) as f64;
+        if (i + 1) % FLUSH_ROWS == 0 || i + 1 == ra {
+            for (c, s) in col_sums.iter_mut().zip(col_scratch.iter_mut()) {
+                *c += *s as f64;
+                *s = 0.0;
+            }
+        }
+    }
+}
+
+/// Thresholded row sums only: `row_sums[i] += sum_j phi(tile[i, j])`.
+pub fn threshold_row_sums(tile: &[f32], rb: usize, tau: Option<f32>, row_sums: &mut [f64]) {
+    assert_eq!(tile.len(), row_sums.len() * rb);
+    for (row, out) in tile.chunks_exact(rb).zip(row_sums.iter_mut()) {
+        let mut acc = 0.0f64;
+        for &s in row {
+            acc += phi(s, tau) as f64;
+        }
+        *out += acc;
+    }
+}
+
+/// `<a, b>` accumulated in `f64`.
+#[inline]
+pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let mut ca = a.chunks_exact(4);
+    let mut cb = b.chunks_exact(4);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..4 {
+            lanes[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    let mut s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += *x as f64 * *y as f64;
+    }
+    s
+}
+
+/// `<a, b>` for an `f32` row and an `f64` vector.
+#[inline]
+pub fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum()
+}
+
+/// Returns `v / |v|` (all zeros stay zeros).
+pub fn normalised(v: &[f64]) -> Vec<f64> {
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if n > 0.0 {
+        v.iter().map(|x| x / n).collect()
+    } else {
+        v.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..n).map(|_| r.normal() as f32).collect()
+    }
+
+    #[test]
+    fn gemm_matches_scalar() {
+        for (ra, rb, d) in [(1, 1, 1), (3, 5, 7), (37, 19, 64), (130, 70, 33)] {
+            let a = random(ra * d, 1);
+            let b = random(rb * d, 2);
+            let mut out = vec![0.0; ra * rb];
+            gemm_abt(&a, &b, d, &mut out);
+            for i in 0..ra {
+                for j in 0..rb {
+                    let want = dot_f64(&a[i * d..(i + 1) * d], &b[j * d..(j + 1) * d]);
+                    let got = out[i * rb + j] as f64;
+                    assert!(
+                        (want - got).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{want} vs {got}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threshold_sums_match_scalar() {
+        let (ra, rb) = (150, 37);
+        let tile = random(ra * rb, 3);
+        for tau in [0.0f32, 0.5, -10.0] {
+            let mut rows = vec![0.0; ra];
+            let mut cols = vec![0.0; rb];
+            threshold_sums(&tile, rb, tau, &mut rows, &mut cols, &mut Vec::new());
+            for i in 0..ra {
+                let want: f64 = (0..rb)
+                    .map(|j| phi(tile[i * rb + j], Some(tau)) as f64)
+                    .sum();
+                assert!((rows[i] - want).abs() < 1e-4, "row {i}");
+            }
+            for j in 0..rb {
+                let want: f64 = (0..ra)
+                    .map(|i| phi(tile[i * rb + j], Some(tau)) as f64)
+                    .sum();
+                assert!((cols[j] - want).abs() < 1e-4, "col {j}");
+            }
+        }
+    }
+}

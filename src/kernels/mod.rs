@@ -1,0 +1,7 @@
+//! Compute kernels: plain functions over slices, no I/O.
+//!
+//! Every kernel here has a scalar reference in its tests; the stages call
+//! them on tiles of the staged store.
+
+pub mod dense;
+pub mod topk;

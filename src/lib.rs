@@ -1,0 +1,32 @@
+//! clipcov: picks the training subset of an image-caption dataset for
+//! CLIP-style pretraining by the ClipCov criterion (Joshi et al., AISTATS
+//! 2024), streaming and out of core.
+//!
+//! ```text
+//! shards ──ingest──▶ raw store ──classes──▶ class-sorted store ──score──▶ terms
+//!        (decode once,          (zero-shot or         (easy, cross, label,
+//!         validate, normalise)   k-means; sort)        between; GEMM tiles)
+//!   terms ──select──▶ picks ──emit──▶ subset.parquet / .csv, manifest.json
+//!         (per-class greedy,
+//!          heap merge)
+//! ```
+//!
+//! Where the spec (`shared/spec/clipcov.md`) lives in the code:
+//! section 1 in [`classes`], section 2 in [`score`], section 3 in [`select`].
+
+pub mod classes;
+pub mod emit;
+pub mod error;
+pub mod formats;
+pub mod ingest;
+pub mod kernels;
+pub mod kmeans;
+pub mod memory;
+pub mod pipeline;
+pub mod rng;
+pub mod score;
+pub mod select;
+pub mod store;
+pub mod synth;
+
+pub use error::{Error, Result};

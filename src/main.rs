@@ -1,0 +1,376 @@
+//! The `clipcov` command line: parse, validate into a config, call the
+//! library, and map any error to one line and an exit status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use clipcov::error::Error;
+use clipcov::formats::canonical::Columns;
+use clipcov::ingest::{BadRowPolicy, DuplicatePolicy};
+use clipcov::memory::parse_size;
+use clipcov::pipeline::{self, Budget, ClassSource, SelectConfig};
+use clipcov::synth::{self, SynthOptions};
+use clipcov::Result;
+
+#[derive(Parser)]
+#[command(
+    name = "clipcov",
+    version,
+    about = "Select CLIP pretraining subsets that preserve image-caption cross-covariance"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a demo dataset, select from it, print a summary.
+    Demo {
+        /// Folder for the demo data and results.
+        #[arg(long, default_value = "clipcov-demo")]
+        out: PathBuf,
+    },
+    /// Write a synthetic latent-class dataset (shards, prompts, eval set).
+    Synth(SynthArgs),
+    /// Select a ClipCov subset.
+    Select(SelectArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    #[arg(long)]
+    rows: u64,
+    #[arg(long)]
+    classes: usize,
+    #[arg(long)]
+    dim: usize,
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Write float16 embeddings (default float32).
+    #[arg(long)]
+    f16: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Zipf exponent of class sizes; 0 gives classes of equal expected size.
+    #[arg(long, default_value_t = 0.8)]
+    zipf: f64,
+    #[arg(long, default_value_t = 0.1)]
+    mismatch_rate: f64,
+    #[arg(long, default_value_t = 0.05)]
+    duplicate_rate: f64,
+    #[arg(long, default_value_t = 0.05)]
+    junk_rate: f64,
+    /// Per-modality noise (relative to the signal).
+    #[arg(long, default_value_t = 0.9)]
+    noise: f64,
+    /// Rows of the labelled evaluation set.
+    #[arg(long, default_value_t = 2000)]
+    eval_rows: u64,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct SelectArgs {
+    /// Folder of Parquet shards (searched recursively) or one file.
+    #[arg(long)]
+    data: PathBuf,
+    /// Class prompts (Parquet: class_id, name, text_embedding).
+    #[arg(long, conflicts_with = "clusters")]
+    prompts: Option<PathBuf>,
+    /// Latent classes from spherical k-means with this many clusters instead of prompts.
+    #[arg(long)]
+    clusters: Option<usize>,
+    /// Fraction of the rows to keep.
+    #[arg(long, conflicts_with = "budget")]
+    fraction: Option<f64>,
+    /// Number of rows to keep.
+    #[arg(long)]
+    budget: Option<u64>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Similarity threshold: a number (default 0), or 'none' for the linear-time form.
+    #[arg(long, default_value = "0")]
+    tau: String,
+    /// Refresh period R of the greedy.
+    #[arg(long, default_value_t = 200)]
+    refresh: usize,
+    /// w_cross,w_easy,w_label,w_between.
+    #[arg(long, default_value = "1,2,0.5,1")]
+    weights: String,
+    /// Bound on anonymous memory (e.g. 4GiB); steers tile and batch sizes.
+    #[arg(long, default_value = "4GiB")]
+    memory_limit: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Rows per tile side (default: planned from --memory-limit).
+    #[arg(long)]
+    tile_rows: Option<usize>,
+    #[arg(long, default_value = "id")]
+    id_column: String,
+    #[arg(long, default_value = "image_embedding")]
+    image_column: String,
+    #[arg(long, default_value = "text_embedding")]
+    text_column: String,
+    /// What to do with a row with a non-finite or zero embedding.
+    #[arg(long, value_enum, default_value = "error")]
+    on_bad_row: BadRowPolicy,
+    /// What to do with a repeated id.
+    #[arg(long, value_enum, default_value = "error")]
+    on_duplicate: DuplicatePolicy,
+    /// Seed for k-means.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 20)]
+    kmeans_iterations: usize,
+    /// Assign latent classes from the image or the caption embedding.
+    #[arg(long, default_value = "image", value_parser = ["image", "text"])]
+    assign: String,
+}
+
+impl SelectArgs {
+    fn into_config(self) -> Result<SelectConfig> {
+        let classes = match (self.prompts, self.clusters) {
+            (Some(p), None) => ClassSource::Prompts(p),
+            (None, Some(k)) if k > 0 => ClassSource::KMeans {
+                clusters: k,
+                iterations: self.kmeans_iterations,
+            },
+            (None, Some(_)) => return Err(Error::Usage("--clusters must be at least 1".into())),
+            _ => {
+                return Err(Error::Usage(
+                    "give --prompts FILE (zero-shot classes) or --clusters K (k-means classes)"
+                        .into(),
+                ))
+            }
+        };
+        let budget = match (self.fraction, self.budget) {
+            (Some(f), None) if f > 0.0 && f <= 1.0 => Budget::Fraction(f),
+            (Some(f), None) => {
+                return Err(Error::Usage(format!("--fraction {f} must be in (0, 1]")))
+            }
+            (None, Some(b)) => Budget::Count(b),
+            _ => return Err(Error::Usage("give --fraction F or --budget COUNT".into())),
+        };
+        if self.refresh == 0 {
+            return Err(Error::Usage("--refresh must be at least 1".into()));
+        }
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 {
+            return Err(Error::Usage("--threads must be at least 1".into()));
+        }
+        if self.tile_rows == Some(0) {
+            return Err(Error::Usage("--tile-rows must be at least 1".into()));
+        }
+        Ok(SelectConfig {
+            data: self.data,
+            classes,
+            budget,
+            out: self.out,
+            tau: pipeline::parse_tau(&self.tau)?,
+            refresh: self.refresh,
+            weights: pipeline::parse_weights(&self.weights)?,
+            memory_limit_bytes: parse_size(&self.memory_limit)?,
+            threads,
+            tile_rows: self.tile_rows,
+            columns: Columns {
+                id: self.id_column,
+                image: self.image_column,
+                text: self.text_column,
+            },
+            on_bad_row: self.on_bad_row,
+            on_duplicate: self.on_duplicate,
+            seed: self.seed,
+            assign_text: self.assign == "text",
+        })
+    }
+}
+
+fn synth_options(a: &SynthArgs) -> SynthOptions {
+    SynthOptions {
+        rows: a.rows,
+        classes: a.classes,
+        dim: a.dim,
+        shards: a.shards,
+        f16: a.f16,
+        seed: a.seed,
+        zipf: a.zipf,
+        mismatch_rate: a.mismatch_rate,
+        duplicate_rate: a.duplicate_rate,
+        junk_rate: a.junk_rate,
+        noise: a.noise,
+        eval_rows: a.eval_rows,
+    }
+}
+
+fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
+    let m = &s.manifest;
+    if let Some(r) = &m.rows {
+        println!(
+            "selected {} of {} rows ({} read, {} skipped) from {} classes ({} non-empty) in {:.2} s",
+            r.selected, r.used, r.read, r.skipped, r.classes_selected, r.classes_nonempty, m.seconds_total
+        );
+    }
+    for t in &m.stages {
+        println!(
+            "  {:<8} {:>8.3} s  {:>12.0} rows/s  {:>6.2} GB/s",
+            t.stage, t.seconds, t.rows_per_second, t.gb_per_second
+        );
+    }
+    if let Some(mem) = &m.memory {
+        println!(
+            "  peak RSS {:.1} MiB, peak anonymous RSS {:.1} MiB",
+            mem.peak_rss_bytes as f64 / 1048576.0,
+            mem.peak_anon_rss_bytes as f64 / 1048576.0
+        );
+    }
+    for p in clipcov::emit::subset_paths(out) {
+        println!("  wrote {}", p.display());
+    }
+}
+
+/// The `[synth]` and `[select]` tables of `pipelines/demo.toml`.
+#[derive(Deserialize)]
+struct DemoFile {
+    synth: DemoSynth,
+    select: DemoSelect,
+}
+
+#[derive(Deserialize)]
+struct DemoSynth {
+    rows: u64,
+    classes: usize,
+    dim: usize,
+    shards: usize,
+    f16: bool,
+    seed: u64,
+}
+
+#[derive(Deserialize)]
+struct DemoSelect {
+    fraction: f64,
+    tau: String,
+    refresh: usize,
+    weights: Vec<f64>,
+}
+
+const DEMO_TOML: &str = include_str!("../pipelines/demo.toml");
+
+fn demo(out: PathBuf) -> Result<()> {
+    let file: DemoFile = toml::from_str(DEMO_TOML)
+        .map_err(|e| Error::Internal(format!("embedded pipelines/demo.toml: {e}")))?;
+    let s = &file.synth;
+    let opts = SynthOptions {
+        rows: s.rows,
+        classes: s.classes,
+        dim: s.dim,
+        shards: s.shards,
+        f16: s.f16,
+        seed: s.seed,
+        ..SynthOptions::default()
+    };
+    let data_dir = out.join("dataset");
+    println!(
+        "making a demo dataset: {} pairs, {} classes, d = {} -> {}",
+        s.rows,
+        s.classes,
+        s.dim,
+        data_dir.display()
+    );
+    let made = synth::synth(&opts, &data_dir)?;
+    let w = &file.select.weights;
+    let args = SelectArgs::parse_from_demo(
+        data_dir.join("data"),
+        made.prompts,
+        file.select.fraction,
+        out.join("result"),
+        &file.select.tau,
+        file.select.refresh,
+        &w.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let cfg = args.into_config()?;
+    let summary = pipeline::run_select(&cfg)?;
+    print_summary(&summary, &cfg.out);
+    Ok(())
+}
+
+impl SelectArgs {
+    fn parse_from_demo(
+        data: PathBuf,
+        prompts: PathBuf,
+        fraction: f64,
+        out: PathBuf,
+        tau: &str,
+        refresh: usize,
+        weights: &str,
+    ) -> Self {
+        let mut a = SelectArgs::try_parse_from_args(&[
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--prompts".as_ref(),
+            prompts.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
+        a.fraction = Some(fraction);
+        a.tau = tau.to_string();
+        a.refresh = refresh;
+        a.weights = weights.to_string();
+        a
+    }
+
+    fn try_parse_from_args(args: &[&std::ffi::OsStr]) -> Self {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: SelectArgs,
+        }
+        let mut v: Vec<&std::ffi::OsStr> = vec!["clipcov".as_ref()];
+        v.extend_from_slice(args);
+        Wrap::parse_from(v).a
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo { out } => demo(out),
+        Command::Synth(a) => {
+            let s = synth::synth(&synth_options(&a), &a.out)?;
+            println!(
+                "wrote {} shard(s) under {}, prompts {}, eval set {}",
+                s.shards.len(),
+                a.out.join("data").display(),
+                s.prompts.display(),
+                s.eval.display()
+            );
+            Ok(())
+        }
+        Command::Select(a) => {
+            let cfg = a.into_config()?;
+            let summary = pipeline::run_select(&cfg)?;
+            print_summary(&summary, &cfg.out);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clipcov: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

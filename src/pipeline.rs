@@ -1,0 +1,301 @@
+//! The `select` job: ingest -> classes -> score -> select -> emit, with a
+//! timing and a row count for every stage, and the run manifest.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::classes;
+use crate::emit::{self, Manifest, StageTiming};
+use crate::error::{Error, IoContext, Result};
+use crate::formats::canonical::{discover, open_parquet, Columns};
+use crate::formats::prompts::{read_prompts, Prompts};
+use crate::ingest::{self, BadRowPolicy, DuplicatePolicy, IngestOptions};
+use crate::memory::{self, RssMonitor};
+use crate::score::{self, ScoreOptions, Tau, TERMS};
+use crate::select::{self, SelectOptions, Weights};
+use crate::store::{Mapped, Pair, Store, StoreMeta, STORE_VERSION};
+
+/// Where latent classes come from.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassSource {
+    Prompts(PathBuf),
+    KMeans { clusters: usize, iterations: usize },
+}
+
+/// How many rows to keep.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    Fraction(f64),
+    Count(u64),
+}
+
+impl Budget {
+    /// `B = floor(f * N)` or the count, capped at `N`.
+    pub fn rows(self, n: u64) -> u64 {
+        match self {
+            Budget::Fraction(f) => ((f * n as f64).floor() as u64).min(n),
+            Budget::Count(c) => c.min(n),
+        }
+    }
+}
+
+/// A validated `select` configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelectConfig {
+    pub data: PathBuf,
+    pub classes: ClassSource,
+    pub budget: Budget,
+    pub out: PathBuf,
+    pub tau: Tau,
+    pub refresh: usize,
+    pub weights: Weights,
+    pub memory_limit_bytes: u64,
+    pub threads: usize,
+    /// Forces the tile side (tests use it to tile inside small classes).
+    pub tile_rows: Option<usize>,
+    pub columns: Columns,
+    pub on_bad_row: BadRowPolicy,
+    pub on_duplicate: DuplicatePolicy,
+    pub seed: u64,
+    /// Assign classes by captions instead of images (`--assign text`).
+    pub assign_text: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct SelectSummary {
+    pub manifest: Manifest,
+    pub manifest_path: PathBuf,
+}
+
+/// Runs the whole `select` job on a rayon pool of `cfg.threads` threads.
+pub fn run_select(cfg: &SelectConfig) -> Result<SelectSummary> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads)
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    pool.install(|| {
+        let store_dir = cfg.out.join("store");
+        let result = run(cfg, &store_dir);
+        if result.is_err() {
+            // A failed run leaves no store that could be mistaken for complete.
+            let _ = std::fs::remove_dir_all(&store_dir);
+        }
+        result
+    })
+}
+
+fn stage<T>(
+    timings: &mut Vec<StageTiming>,
+    name: &str,
+    rows: u64,
+    bytes: u64,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let t = Instant::now();
+    let v = f()?;
+    let s = t.elapsed().as_secs_f64();
+    timings.push(StageTiming {
+        stage: name.to_string(),
+        seconds: s,
+        rows,
+        rows_per_second: if s > 0.0 { rows as f64 / s } else { 0.0 },
+        bytes_read: bytes,
+        gb_per_second: if s > 0.0 { bytes as f64 / s / 1e9 } else { 0.0 },
+    });
+    Ok(v)
+}
+
+fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
+    let started = Instant::now();
+    let monitor = RssMonitor::start();
+    let files = discover(&cfg.data)?;
+    let prompts: Option<Prompts> = match &cfg.classes {
+        ClassSource::Prompts(p) => Some(read_prompts(p)?),
+        ClassSource::KMeans { .. } => None,
+    };
+    // Row count and size from the footers, to plan memory before reading.
+    let mut total_rows = 0u64;
+    for f in &files {
+        total_rows += open_parquet(&f.path)?.metadata().file_metadata().num_rows() as u64;
+    }
+    let input_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let d_hint = prompts.as_ref().map_or(512, |p| p.d);
+    let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d_hint, cfg.threads)?;
+    let tile_rows = cfg.tile_rows.unwrap_or(plan.tile_rows);
+
+    if store_dir.exists() {
+        std::fs::remove_dir_all(store_dir).at_path(store_dir)?;
+    }
+    std::fs::create_dir_all(store_dir).at_path(store_dir)?;
+    let mut timings = Vec::new();
+
+    let opts = IngestOptions {
+        columns: cfg.columns.clone(),
+        on_bad_row: cfg.on_bad_row,
+        on_duplicate: cfg.on_duplicate,
+        batch_rows: plan.batch_rows,
+        expected_d: prompts.as_ref().map(|p| {
+            let ClassSource::Prompts(path) = &cfg.classes else {
+                unreachable!()
+            };
+            (p.d, path.clone())
+        }),
+    };
+    let ing = stage(&mut timings, "ingest", total_rows, input_bytes, || {
+        ingest::ingest(&files, store_dir, &opts)
+    })?;
+    let (d, dtype) = (ing.d, ing.dtype);
+    let raw_bytes = ing.raw_rows * (2 * d * dtype.bytes()) as u64;
+
+    let (labels, class_emb, class_ids, class_names) =
+        stage(&mut timings, "classes", ing.raw_rows, raw_bytes, || {
+            let raw = Pair::open(store_dir, ["raw.image", "raw.text", "raw.scale"], dtype, d)?;
+            Ok(match (&cfg.classes, &prompts) {
+                (ClassSource::Prompts(_), Some(p)) => (
+                    classes::assign_by_prompts(&raw, p, cfg.assign_text),
+                    p.embeddings.clone(),
+                    p.class_ids.clone(),
+                    p.names.clone(),
+                ),
+                (
+                    ClassSource::KMeans {
+                        clusters,
+                        iterations,
+                    },
+                    _,
+                ) => {
+                    let (centroids, labels) =
+                        classes::assign_by_kmeans(&raw, *clusters, *iterations, cfg.seed);
+                    let k = centroids.len() / d;
+                    (
+                        labels,
+                        centroids,
+                        (0..k as i64).collect(),
+                        (0..k).map(|c| format!("cluster_{c}")).collect(),
+                    )
+                }
+                _ => unreachable!(),
+            })
+        })?;
+
+    let offsets = stage(&mut timings, "sort", ing.raw_rows, raw_bytes, || {
+        let raw = Pair::open(store_dir, ["raw.image", "raw.text", "raw.scale"], dtype, d)?;
+        classes::sort_store(
+            store_dir,
+            &raw,
+            &labels,
+            &ing.duplicate_positions,
+            class_ids.len(),
+        )
+    })?;
+    drop(labels);
+    for f in ["raw.image", "raw.text", "raw.scale"] {
+        let p = store_dir.join(f);
+        std::fs::remove_file(&p).at_path(&p)?;
+    }
+    let n = offsets[offsets.len() - 1];
+    let meta = StoreMeta {
+        version: STORE_VERSION,
+        d,
+        dtype,
+        id_kind: ing.id_kind,
+        rows: n,
+        class_offsets: offsets,
+        class_ids: class_ids.clone(),
+        class_names,
+    };
+    emit::write_json(&store_dir.join("store.json"), &meta)?;
+    let store = Store::open(store_dir, meta)?;
+    let store_bytes = n * (2 * d * dtype.bytes()) as u64;
+
+    stage(&mut timings, "score", n, store_bytes, || {
+        score::score(
+            &store,
+            &class_emb,
+            &ScoreOptions {
+                tau: cfg.tau,
+                tile_rows,
+            },
+            store_dir,
+        )
+    })?;
+    let terms = Mapped::<f64>::open(&store_dir.join("terms.bin"))?;
+    debug_assert_eq!(terms.as_slice().len(), n as usize * TERMS);
+
+    let budget = cfg.budget.rows(n) as usize;
+    let sel_opts = SelectOptions {
+        weights: cfg.weights,
+        refresh: cfg.refresh,
+        budget,
+        tau: cfg.tau,
+        tile_rows,
+    };
+    let picks = stage(&mut timings, "select", n, n * (TERMS as u64) * 8, || {
+        Ok(select::select(&store, terms.as_slice(), &sel_opts))
+    })?;
+
+    let manifest = stage(&mut timings, "emit", picks.len() as u64, 0, || {
+        emit::emit_clipcov(&cfg.out, &store, terms.as_slice(), &picks, &ing.rejects)
+    })?;
+    let manifest = emit::finish_manifest(
+        manifest,
+        cfg,
+        &files,
+        &ing,
+        &store.meta,
+        budget,
+        timings,
+        monitor.report(),
+        plan,
+        tile_rows,
+        started.elapsed().as_secs_f64(),
+    );
+    let manifest_path = cfg.out.join("manifest.json");
+    emit::write_json(&manifest_path, &manifest)?;
+    Ok(SelectSummary {
+        manifest,
+        manifest_path,
+    })
+}
+
+/// Parses `--weights w_cross,w_easy,w_label,w_between`.
+pub fn parse_weights(s: &str) -> Result<Weights> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| {
+            Error::Usage(format!(
+                "invalid --weights '{s}': expected four numbers, e.g. 1,2,0.5,1"
+            ))
+        })?;
+    if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::Usage(format!(
+            "invalid --weights '{s}': expected four finite numbers w_cross,w_easy,w_label,w_between"
+        )));
+    }
+    Ok(Weights {
+        cross: v[0],
+        easy: v[1],
+        label: v[2],
+        between: v[3],
+    })
+}
+
+/// Parses `--tau 0|none|<x>`.
+pub fn parse_tau(s: &str) -> Result<Tau> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(Tau::None);
+    }
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() => Ok(Tau::Threshold(t)),
+        _ => Err(Error::Usage(format!(
+            "invalid --tau '{s}': expected a number or 'none'"
+        ))),
+    }
+}

@@ -1,0 +1,458 @@
+//! The staged store: the dataset's embeddings decoded once into raw,
+//! memory-mappable files that every later pass reads at memory speed.
+//!
+//! Layout of a store folder (all little-endian, row-major):
+//!
+//! | file | per row | order |
+//! |---|---|---|
+//! | `raw.image`, `raw.text` | `d` values (f16 or f32) | ingest order ("raw position") |
+//! | `raw.scale` | 2 x f32: factors that normalise image and text | raw position |
+//! | `raw.row` | u64 canonical row index | raw position |
+//! | `ids.off` + `ids.dat`, or `ids.int` | the id | raw position |
+//! | `image.bin`, `text.bin`, `scale.bin` | as above | sorted by class, then row |
+//! | `rawpos.bin` | u64 raw position | sorted |
+//! | `terms.bin` | 4 x f64: easy, cross, label, between | sorted |
+//!
+//! f16 input stays f16 (with its normalising factor kept beside it, so no
+//! precision is lost to a second rounding); f32 and f64 input is stored as
+//! normalised f32. Every file is written under a temporary name and renamed
+//! when complete.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use memmap2::{Advice, Mmap, MmapMut};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::formats::atomic::temp_path;
+use crate::formats::canonical::IdKind;
+
+#[cfg(target_endian = "big")]
+compile_error!("the staged store is little-endian; clipcov supports little-endian targets only");
+
+/// Plain-old-data element types of store files.
+///
+/// # Safety
+/// Implementors must have no padding and accept every bit pattern.
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+unsafe impl Pod for u8 {}
+unsafe impl Pod for u32 {}
+unsafe impl Pod for u64 {}
+unsafe impl Pod for i64 {}
+unsafe impl Pod for f32 {}
+unsafe impl Pod for f64 {}
+unsafe impl Pod for f16 {}
+
+pub fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
+    // SAFETY: T is Pod, so every byte is initialised.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+fn cast_slice<T: Pod>(b: &[u8]) -> &[T] {
+    let size = std::mem::size_of::<T>();
+    assert!(
+        (b.as_ptr() as usize) % std::mem::align_of::<T>() == 0 && b.len() % size == 0,
+        "store file is misaligned"
+    );
+    // SAFETY: alignment and length checked; T accepts every bit pattern.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len() / size) }
+}
+
+fn cast_slice_mut<T: Pod>(b: &mut [u8]) -> &mut [T] {
+    let size = std::mem::size_of::<T>();
+    assert!((b.as_ptr() as usize) % std::mem::align_of::<T>() == 0 && b.len() % size == 0);
+    // SAFETY: as in cast_slice, and the borrow is unique.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut T, b.len() / size) }
+}
+
+/// A read-only memory-mapped file of `T`s.
+pub struct Mapped<T: Pod> {
+    map: Option<Mmap>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Pod> Mapped<T> {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).at_path(path)?;
+        let len = file.metadata().at_path(path)?.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: store files are written once, renamed into place and
+            // never modified afterwards.
+            let m = unsafe { Mmap::map(&file) }.at_path(path)?;
+            let _ = m.advise(Advice::Sequential);
+            Some(m)
+        };
+        if len % std::mem::size_of::<T>() as u64 != 0 {
+            return Err(Error::file(path, "store file has a partial element")
+                .with_hint("the store is damaged: rerun with --fresh"));
+        }
+        Ok(Mapped {
+            map,
+            _t: std::marker::PhantomData,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        match &self.map {
+            Some(m) => cast_slice(m),
+            None => &[],
+        }
+    }
+}
+
+/// A file being written sequentially under a temporary name; removed on drop
+/// unless [`SeqWriter::finish`] renamed it into place.
+pub struct SeqWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: Option<BufWriter<File>>,
+}
+
+impl SeqWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let tmp = temp_path(path);
+        let f = File::create(&tmp).at_path(&tmp)?;
+        Ok(SeqWriter {
+            path: path.to_path_buf(),
+            tmp,
+            w: Some(BufWriter::with_capacity(1 << 20, f)),
+        })
+    }
+
+    pub fn write<T: Pod>(&mut self, v: &[T]) -> Result<()> {
+        self.w
+            .as_mut()
+            .unwrap()
+            .write_all(as_bytes(v))
+            .at_path(&self.tmp)
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        let w = self.w.take().unwrap();
+        let f = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .at_path(&self.tmp)?;
+        f.sync_data().at_path(&self.tmp)?;
+        fs::rename(&self.tmp, &self.path).at_path(&self.path)
+    }
+}
+
+impl Drop for SeqWriter {
+    fn drop(&mut self) {
+        if self.w.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A file of `len` `T`s written at random positions through a writable
+/// memory map, under a temporary name until [`MapWriter::finish`].
+pub struct MapWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    map: Option<MmapMut>,
+    done: bool,
+}
+
+impl MapWriter {
+    pub fn create<T: Pod>(path: &Path, len: usize) -> Result<Self> {
+        let tmp = temp_path(path);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .at_path(&tmp)?;
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        f.set_len(bytes).at_path(&tmp)?;
+        let map = if bytes == 0 {
+            None
+        } else {
+            // SAFETY: the temporary file is ours alone until renamed.
+            Some(unsafe { MmapMut::map_mut(&f) }.at_path(&tmp)?)
+        };
+        Ok(MapWriter {
+            path: path.to_path_buf(),
+            tmp,
+            map,
+            done: false,
+        })
+    }
+
+    pub fn slice_mut<T: Pod>(&mut self) -> &mut [T] {
+        match &mut self.map {
+            Some(m) => cast_slice_mut(m),
+            None => &mut [],
+        }
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        if let Some(m) = self.map.take() {
+            m.flush().at_path(&self.tmp)?;
+        }
+        fs::rename(&self.tmp, &self.path).at_path(&self.path)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for MapWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            self.map = None;
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Storage precision of the embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F16,
+    F32,
+}
+
+impl Dtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::F16 => 2,
+            Dtype::F32 => 4,
+        }
+    }
+}
+
+/// One modality's embeddings, `[rows, d]`, mapped.
+pub enum Embeddings {
+    F16(Mapped<f16>),
+    F32(Mapped<f32>),
+}
+
+impl Embeddings {
+    pub fn open(path: &Path, dtype: Dtype) -> Result<Self> {
+        Ok(match dtype {
+            Dtype::F16 => Embeddings::F16(Mapped::open(path)?),
+            Dtype::F32 => Embeddings::F32(Mapped::open(path)?),
+        })
+    }
+
+    /// Rows `range` as normalised `f32`: borrowed straight from the map for
+    /// f32 stores, converted into `buf` (and scaled) for f16 stores.
+    /// `scale` holds each row's normalising factor (`scale[row]`).
+    pub fn rows_f32<'a>(
+        &'a self,
+        range: Range<usize>,
+        d: usize,
+        scale: impl Fn(usize) -> f32,
+        buf: &'a mut Vec<f32>,
+    ) -> &'a [f32] {
+        match self {
+            Embeddings::F32(m) => &m.as_slice()[range.start * d..range.end * d],
+            Embeddings::F16(m) => {
+                use half::slice::HalfFloatSliceExt;
+                let src = &m.as_slice()[range.start * d..range.end * d];
+                buf.clear();
+                buf.resize(src.len(), 0.0);
+                src.convert_to_f32_slice(buf);
+                for (r, row) in range.clone().zip(buf.chunks_exact_mut(d)) {
+                    let s = scale(r);
+                    for x in row {
+                        *x *= s;
+                    }
+                }
+                buf
+            }
+        }
+    }
+
+    /// The raw bytes of rows `range` (for copying rows between files).
+    pub fn raw_bytes(&self, range: Range<usize>, d: usize) -> &[u8] {
+        match self {
+            Embeddings::F16(m) => as_bytes(&m.as_slice()[range.start * d..range.end * d]),
+            Embeddings::F32(m) => as_bytes(&m.as_slice()[range.start * d..range.end * d]),
+        }
+    }
+}
+
+/// Ids by raw position.
+pub enum IdStore {
+    Utf8 { off: Mapped<u64>, dat: Mapped<u8> },
+    Int(Mapped<i64>),
+    UInt(Mapped<u64>),
+}
+
+/// One id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IdRef<'a> {
+    Utf8(&'a str),
+    Int(i64),
+    UInt(u64),
+}
+
+impl std::fmt::Display for IdRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdRef::Utf8(s) => f.write_str(s),
+            IdRef::Int(v) => write!(f, "{v}"),
+            IdRef::UInt(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl IdStore {
+    pub fn open(dir: &Path, kind: IdKind) -> Result<Self> {
+        Ok(match kind {
+            IdKind::Utf8 => IdStore::Utf8 {
+                off: Mapped::open(&dir.join("ids.off"))?,
+                dat: Mapped::open(&dir.join("ids.dat"))?,
+            },
+            IdKind::Int64 => IdStore::Int(Mapped::open(&dir.join("ids.int"))?),
+            IdKind::UInt64 => IdStore::UInt(Mapped::open(&dir.join("ids.int"))?),
+        })
+    }
+
+    pub fn get(&self, pos: usize) -> IdRef<'_> {
+        match self {
+            IdStore::Utf8 { off, dat } => {
+                let o = off.as_slice();
+                let bytes = &dat.as_slice()[o[pos] as usize..o[pos + 1] as usize];
+                // Written from Arrow utf8 arrays, so always valid.
+                IdRef::Utf8(std::str::from_utf8(bytes).unwrap_or("<invalid utf8>"))
+            }
+            IdStore::Int(m) => IdRef::Int(m.as_slice()[pos]),
+            IdStore::UInt(m) => IdRef::UInt(m.as_slice()[pos]),
+        }
+    }
+}
+
+/// What the store folder's `store.json` records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoreMeta {
+    pub version: u32,
+    pub d: usize,
+    pub dtype: Dtype,
+    pub id_kind: IdKind,
+    /// Rows in the store (valid rows that take part in selection).
+    pub rows: u64,
+    /// Class `k` holds sorted positions `class_offsets[k]..class_offsets[k+1]`.
+    pub class_offsets: Vec<u64>,
+    pub class_ids: Vec<i64>,
+    pub class_names: Vec<String>,
+}
+
+pub const STORE_VERSION: u32 = 1;
+
+impl StoreMeta {
+    pub fn classes(&self) -> usize {
+        self.class_offsets.len().saturating_sub(1)
+    }
+
+    pub fn class_range(&self, k: usize) -> Range<usize> {
+        self.class_offsets[k] as usize..self.class_offsets[k + 1] as usize
+    }
+}
+
+/// Image and caption embeddings with their normalising factors: either the
+/// raw (ingest-order) files or the class-sorted ones.
+pub struct Pair {
+    pub image: Embeddings,
+    pub text: Embeddings,
+    /// `[rows, 2]`: image and text normalising factors.
+    pub scale: Mapped<f32>,
+    pub d: usize,
+}
+
+impl Pair {
+    /// Opens `{prefix}image`, `{prefix}text` and `{prefix}scale` in `dir`.
+    pub fn open(dir: &Path, names: [&str; 3], dtype: Dtype, d: usize) -> Result<Self> {
+        Ok(Pair {
+            image: Embeddings::open(&dir.join(names[0]), dtype)?,
+            text: Embeddings::open(&dir.join(names[1]), dtype)?,
+            scale: Mapped::open(&dir.join(names[2]))?,
+            d,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.scale.as_slice().len() / 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Normalised image rows `range`.
+    pub fn image_rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let s = self.scale.as_slice();
+        self.image.rows_f32(range, self.d, |r| s[2 * r], buf)
+    }
+
+    /// Normalised caption rows `range`.
+    pub fn text_rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let s = self.scale.as_slice();
+        self.text.rows_f32(range, self.d, |r| s[2 * r + 1], buf)
+    }
+}
+
+/// The class-sorted store, opened for the score, select and emit stages.
+pub struct Store {
+    pub dir: PathBuf,
+    pub meta: StoreMeta,
+    pub emb: Pair,
+    pub rawpos: Mapped<u64>,
+    pub raw_row: Mapped<u64>,
+    pub ids: IdStore,
+}
+
+impl Store {
+    pub fn open(dir: &Path, meta: StoreMeta) -> Result<Self> {
+        Ok(Store {
+            emb: Pair::open(
+                dir,
+                ["image.bin", "text.bin", "scale.bin"],
+                meta.dtype,
+                meta.d,
+            )?,
+            rawpos: Mapped::open(&dir.join("rawpos.bin"))?,
+            raw_row: Mapped::open(&dir.join("raw.row"))?,
+            ids: IdStore::open(dir, meta.id_kind)?,
+            dir: dir.to_path_buf(),
+            meta,
+        })
+    }
+
+    pub fn d(&self) -> usize {
+        self.meta.d
+    }
+
+    pub fn rows(&self) -> usize {
+        self.meta.rows as usize
+    }
+
+    /// Normalised image rows of sorted positions `range`.
+    pub fn image_rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        self.emb.image_rows(range, buf)
+    }
+
+    /// Normalised caption rows of sorted positions `range`.
+    pub fn text_rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        self.emb.text_rows(range, buf)
+    }
+
+    /// Canonical row index of sorted position `pos`.
+    pub fn row_index(&self, pos: usize) -> u64 {
+        self.raw_row.as_slice()[self.rawpos.as_slice()[pos] as usize]
+    }
+
+    pub fn id(&self, pos: usize) -> IdRef<'_> {
+        self.ids.get(self.rawpos.as_slice()[pos] as usize)
+    }
+}
