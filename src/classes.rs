@@ -48,7 +48,12 @@ pub fn assign_by_prompts(raw: &Pair, prompts: &Prompts, use_text: bool) -> Vec<u
 
 /// Latent classes from spherical k-means on the image embeddings: the
 /// centroids (`[k, d]`, standing in for `c_k`) and each row's class.
-pub fn assign_by_kmeans(raw: &Pair, k: usize, iterations: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+pub fn assign_by_kmeans(
+    raw: &Pair,
+    k: usize,
+    iterations: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<u32>) {
     let opts = KMeansOptions {
         k,
         iterations,

@@ -9,12 +9,12 @@ use serde::Serialize;
 use crate::classes;
 use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
-use crate::formats::canonical::{discover, open_parquet, Columns};
+use crate::formats::canonical::{discover, open_parquet, Columns, SourceFile};
 use crate::formats::prompts::{read_prompts, Prompts};
-use crate::ingest::{self, BadRowPolicy, DuplicatePolicy, IngestOptions};
-use crate::memory::{self, RssMonitor};
+use crate::ingest::{self, BadRowPolicy, DuplicatePolicy, IngestOptions, Ingested};
+use crate::memory::{self, Plan, RssMonitor};
 use crate::score::{self, ScoreOptions, Tau, TERMS};
-use crate::select::{self, SelectOptions, Weights};
+use crate::select::{self, Pick, SelectOptions, Weights};
 use crate::store::{Mapped, Pair, Store, StoreMeta, STORE_VERSION};
 
 /// Where latent classes come from.
@@ -22,7 +22,12 @@ use crate::store::{Mapped, Pair, Store, StoreMeta, STORE_VERSION};
 #[serde(rename_all = "snake_case")]
 pub enum ClassSource {
     Prompts(PathBuf),
-    KMeans { clusters: usize, iterations: usize },
+    KMeans {
+        clusters: usize,
+        iterations: usize,
+    },
+    /// One class holding every row (for methods that need no classes).
+    Single,
 }
 
 /// How many rows to keep.
@@ -110,13 +115,29 @@ fn stage<T>(
     Ok(v)
 }
 
-fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
-    let started = Instant::now();
-    let monitor = RssMonitor::start();
+/// The staged store and what was learned while staging it.
+pub struct Staged {
+    pub store: Store,
+    pub ingested: Ingested,
+    pub files: Vec<SourceFile>,
+    /// `[K, d]`: the class prompt or centroid `c_k` of every class.
+    pub class_emb: Vec<f32>,
+    pub plan: Plan,
+    pub tile_rows: usize,
+}
+
+/// Ingests `cfg.data`, assigns latent classes and writes the class-sorted
+/// store in `store_dir` (removed first if present). Stages: ingest,
+/// classes, sort.
+pub fn stage_data(
+    cfg: &SelectConfig,
+    store_dir: &Path,
+    timings: &mut Vec<StageTiming>,
+) -> Result<Staged> {
     let files = discover(&cfg.data)?;
     let prompts: Option<Prompts> = match &cfg.classes {
         ClassSource::Prompts(p) => Some(read_prompts(p)?),
-        ClassSource::KMeans { .. } => None,
+        _ => None,
     };
     // Row count and size from the footers, to plan memory before reading.
     let mut total_rows = 0u64;
@@ -132,29 +153,27 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
         std::fs::remove_dir_all(store_dir).at_path(store_dir)?;
     }
     std::fs::create_dir_all(store_dir).at_path(store_dir)?;
-    let mut timings = Vec::new();
 
     let opts = IngestOptions {
         columns: cfg.columns.clone(),
         on_bad_row: cfg.on_bad_row,
         on_duplicate: cfg.on_duplicate,
         batch_rows: plan.batch_rows,
-        expected_d: prompts.as_ref().map(|p| {
-            let ClassSource::Prompts(path) = &cfg.classes else {
-                unreachable!()
-            };
-            (p.d, path.clone())
-        }),
+        expected_d: match (&cfg.classes, &prompts) {
+            (ClassSource::Prompts(path), Some(p)) => Some((p.d, path.clone())),
+            _ => None,
+        },
     };
-    let ing = stage(&mut timings, "ingest", total_rows, input_bytes, || {
+    let ing = stage(timings, "ingest", total_rows, input_bytes, || {
         ingest::ingest(&files, store_dir, &opts)
     })?;
     let (d, dtype) = (ing.d, ing.dtype);
     let raw_bytes = ing.raw_rows * (2 * d * dtype.bytes()) as u64;
+    let raw_names = ["raw.image", "raw.text", "raw.scale"];
 
     let (labels, class_emb, class_ids, class_names) =
-        stage(&mut timings, "classes", ing.raw_rows, raw_bytes, || {
-            let raw = Pair::open(store_dir, ["raw.image", "raw.text", "raw.scale"], dtype, d)?;
+        stage(timings, "classes", ing.raw_rows, raw_bytes, || {
+            let raw = Pair::open(store_dir, raw_names, dtype, d)?;
             Ok(match (&cfg.classes, &prompts) {
                 (ClassSource::Prompts(_), Some(p)) => (
                     classes::assign_by_prompts(&raw, p, cfg.assign_text),
@@ -179,12 +198,17 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
                         (0..k).map(|c| format!("cluster_{c}")).collect(),
                     )
                 }
-                _ => unreachable!(),
+                _ => (
+                    vec![0; raw.len()],
+                    vec![0.0; d],
+                    vec![0],
+                    vec!["all".to_string()],
+                ),
             })
         })?;
 
-    let offsets = stage(&mut timings, "sort", ing.raw_rows, raw_bytes, || {
-        let raw = Pair::open(store_dir, ["raw.image", "raw.text", "raw.scale"], dtype, d)?;
+    let offsets = stage(timings, "sort", ing.raw_rows, raw_bytes, || {
+        let raw = Pair::open(store_dir, raw_names, dtype, d)?;
         classes::sort_store(
             store_dir,
             &raw,
@@ -194,65 +218,89 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
         )
     })?;
     drop(labels);
-    for f in ["raw.image", "raw.text", "raw.scale"] {
+    for f in raw_names {
         let p = store_dir.join(f);
         std::fs::remove_file(&p).at_path(&p)?;
     }
-    let n = offsets[offsets.len() - 1];
     let meta = StoreMeta {
         version: STORE_VERSION,
         d,
         dtype,
         id_kind: ing.id_kind,
-        rows: n,
+        rows: offsets[offsets.len() - 1],
         class_offsets: offsets,
-        class_ids: class_ids.clone(),
+        class_ids,
         class_names,
     };
     emit::write_json(&store_dir.join("store.json"), &meta)?;
-    let store = Store::open(store_dir, meta)?;
-    let store_bytes = n * (2 * d * dtype.bytes()) as u64;
+    Ok(Staged {
+        store: Store::open(store_dir, meta)?,
+        ingested: ing,
+        files,
+        class_emb,
+        plan,
+        tile_rows,
+    })
+}
 
-    stage(&mut timings, "score", n, store_bytes, || {
-        score::score(
-            &store,
-            &class_emb,
-            &ScoreOptions {
-                tau: cfg.tau,
-                tile_rows,
-            },
-            store_dir,
-        )
+/// Scores and selects on a staged store (stages score, select); returns the
+/// picks and the mapped terms.
+pub fn clipcov_picks(
+    cfg: &SelectConfig,
+    staged: &Staged,
+    timings: &mut Vec<StageTiming>,
+) -> Result<(Vec<Pick>, Mapped<f64>)> {
+    let store = &staged.store;
+    let n = store.meta.rows;
+    let store_bytes = n * (2 * store.d() * store.meta.dtype.bytes()) as u64;
+    let opts = ScoreOptions {
+        tau: cfg.tau,
+        tile_rows: staged.tile_rows,
+    };
+    stage(timings, "score", n, store_bytes, || {
+        score::score(store, &staged.class_emb, &opts, &store.dir)
     })?;
-    let terms = Mapped::<f64>::open(&store_dir.join("terms.bin"))?;
-    debug_assert_eq!(terms.as_slice().len(), n as usize * TERMS);
-
-    let budget = cfg.budget.rows(n) as usize;
+    let terms = Mapped::<f64>::open(&store.dir.join("terms.bin"))?;
     let sel_opts = SelectOptions {
         weights: cfg.weights,
         refresh: cfg.refresh,
-        budget,
+        budget: cfg.budget.rows(n) as usize,
         tau: cfg.tau,
-        tile_rows,
+        tile_rows: staged.tile_rows,
     };
-    let picks = stage(&mut timings, "select", n, n * (TERMS as u64) * 8, || {
-        Ok(select::select(&store, terms.as_slice(), &sel_opts))
+    let picks = stage(timings, "select", n, n * (TERMS as u64) * 8, || {
+        Ok(select::select(store, terms.as_slice(), &sel_opts))
     })?;
+    Ok((picks, terms))
+}
 
+fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
+    let started = Instant::now();
+    let monitor = RssMonitor::start();
+    let mut timings = Vec::new();
+    let staged = stage_data(cfg, store_dir, &mut timings)?;
+    let (picks, terms) = clipcov_picks(cfg, &staged, &mut timings)?;
+    let store = &staged.store;
     let manifest = stage(&mut timings, "emit", picks.len() as u64, 0, || {
-        emit::emit_clipcov(&cfg.out, &store, terms.as_slice(), &picks, &ing.rejects)
+        emit::emit_clipcov(
+            &cfg.out,
+            store,
+            terms.as_slice(),
+            &picks,
+            &staged.ingested.rejects,
+        )
     })?;
     let manifest = emit::finish_manifest(
         manifest,
         cfg,
-        &files,
-        &ing,
+        &staged.files,
+        &staged.ingested,
         &store.meta,
-        budget,
+        cfg.budget.rows(store.meta.rows) as usize,
         timings,
         monitor.report(),
-        plan,
-        tile_rows,
+        staged.plan,
+        staged.tile_rows,
         started.elapsed().as_secs_f64(),
     );
     let manifest_path = cfg.out.join("manifest.json");
