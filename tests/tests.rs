@@ -1,1 +1,13 @@
+//! All integration tests, compiled into one binary (one link step).
+//!
+//! They run the real `clipcov` binary on data they write themselves and
+//! check its outputs against independent, brute-force computations.
 
+mod util;
+
+// The ClipCov pipeline against a literal float64 implementation of the spec.
+mod parity;
+// Bad input: exit status, one-line message, nothing left behind.
+mod bad_input;
+// Same input, same bytes; the demo and synth commands.
+mod runs;

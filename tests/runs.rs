@@ -1,0 +1,164 @@
+//! Whole runs: determinism, threads, k-means classes, synth and demo.
+
+use crate::util::*;
+
+fn files_equal(a: &std::path::Path, b: &std::path::Path) {
+    assert_eq!(
+        std::fs::read(a).unwrap(),
+        std::fs::read(b).unwrap(),
+        "{a:?} and {b:?} differ"
+    );
+}
+
+#[test]
+fn same_input_same_bytes_across_runs_and_threads() {
+    let dir = Dir::new("determinism");
+    let synth = dir.join("synth");
+    clipcov_ok(&[
+        "synth",
+        "--rows",
+        "6000",
+        "--classes",
+        "6",
+        "--dim",
+        "24",
+        "--shards",
+        "2",
+        "--seed",
+        "9",
+        "--out",
+        s(&synth),
+    ]);
+    let data = synth.join("data");
+    let prompts = synth.join("prompts.parquet");
+    let run = |out: &str, threads: &str| {
+        let o = dir.join(out);
+        clipcov_ok(&[
+            "select",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&prompts),
+            "--fraction",
+            "0.2",
+            "--out",
+            s(&o),
+            "--threads",
+            threads,
+            "--refresh",
+            "50",
+        ]);
+        o
+    };
+    let a = run("a", "2");
+    let b = run("b", "2");
+    let c = run("c", "1");
+    for f in ["clipcov/subset.parquet", "clipcov/subset.csv"] {
+        files_equal(&a.join(f), &b.join(f));
+        files_equal(&a.join(f), &c.join(f));
+    }
+    let rows = read_subset_csv(&a.join("clipcov/subset.csv"));
+    assert_eq!(rows.len(), 1200);
+    // The manifest records tau, the counts and both memory peaks.
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["parameters"]["tau"], "0");
+    assert_eq!(m["rows"]["selected"], 1200);
+    assert!(m["memory"]["peak_anon_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(m["memory"]["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(m["outputs"][0]["path"], "clipcov/subset.parquet");
+    assert_eq!(m["outputs"][0]["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn synth_is_deterministic() {
+    let dir = Dir::new("synth-det");
+    let a = dir.join("a");
+    let b = dir.join("b");
+    for o in [&a, &b] {
+        clipcov_ok(&[
+            "synth",
+            "--rows",
+            "3000",
+            "--classes",
+            "5",
+            "--dim",
+            "16",
+            "--shards",
+            "3",
+            "--f16",
+            "--seed",
+            "4",
+            "--out",
+            s(o),
+        ]);
+    }
+    for f in [
+        "data/part-00000.parquet",
+        "data/part-00002.parquet",
+        "prompts.parquet",
+        "eval.parquet",
+    ] {
+        files_equal(&a.join(f), &b.join(f));
+    }
+}
+
+#[test]
+fn kmeans_classes_when_no_prompts() {
+    let dir = Dir::new("kmeans");
+    let synth = dir.join("synth");
+    clipcov_ok(&[
+        "synth",
+        "--rows",
+        "4000",
+        "--classes",
+        "8",
+        "--dim",
+        "16",
+        "--seed",
+        "2",
+        "--out",
+        s(&synth),
+    ]);
+    let run = |out: &str| {
+        let o = dir.join(out);
+        clipcov_ok(&[
+            "select",
+            "--data",
+            s(&synth.join("data")),
+            "--clusters",
+            "8",
+            "--budget",
+            "500",
+            "--out",
+            s(&o),
+            "--tau",
+            "none",
+        ]);
+        o
+    };
+    let a = run("a");
+    let b = run("b");
+    files_equal(
+        &a.join("clipcov/subset.parquet"),
+        &b.join("clipcov/subset.parquet"),
+    );
+    let rows = read_subset_csv(&a.join("clipcov/subset.csv"));
+    assert_eq!(rows.len(), 500);
+    let mut classes: Vec<i64> = rows.iter().map(|r| r.class).collect();
+    classes.sort();
+    classes.dedup();
+    assert!(classes.len() > 1 && classes.iter().all(|&c| (0..8).contains(&c)));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["parameters"]["tau"], "none");
+}
+
+#[test]
+fn demo_runs() {
+    let dir = Dir::new("demo");
+    let out = clipcov_ok(&["demo", "--out", s(&dir.path)]);
+    assert!(out.contains("selected 2000 of 20000 rows"), "{out}");
+    let rows = read_subset_csv(&dir.join("result/clipcov/subset.csv"));
+    assert_eq!(rows.len(), 2000);
+}
