@@ -291,7 +291,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                         None => {
                             bad.get_or_insert(format!("{col}: non-finite component"));
                         }
-                        Some(n2) if n2 == 0.0 => {
+                        Some(0.0) => {
                             bad.get_or_insert(format!("{col}: zero vector"));
                         }
                         Some(n2) => norms[slot] = n2.sqrt(),

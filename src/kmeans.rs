@@ -26,6 +26,9 @@ pub struct KMeansOptions {
 /// Rows to cluster: `rows(range, buf)` yields `[len, d]` row-major `f32`.
 pub trait RowSource: Sync {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn d(&self) -> usize;
     fn rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32];
 }

@@ -37,7 +37,7 @@ enum Command {
     /// Write a synthetic latent-class dataset (shards, prompts, eval set).
     Synth(SynthArgs),
     /// Select a ClipCov subset.
-    Select(SelectArgs),
+    Select(Box<SelectArgs>),
 }
 
 #[derive(Args)]
@@ -356,7 +356,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Select(a) => {
-            let cfg = a.into_config()?;
+            let cfg = (*a).into_config()?;
             let summary = pipeline::run_select(&cfg)?;
             print_summary(&summary, &cfg.out);
             Ok(())

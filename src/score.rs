@@ -162,6 +162,9 @@ pub fn score(store: &Store, class_emb: &[f32], opts: &ScoreOptions, dir: &Path) 
     out.finish()
 }
 
+/// One stripe group's result: row sums of its stripes, and its column sums.
+type GroupSums = (Vec<(usize, Vec<f64>)>, Vec<f64>);
+
 struct ClassCtx<'a> {
     store: &'a Store,
     range: Range<usize>,
@@ -244,7 +247,7 @@ impl ClassCtx<'_> {
         let stripes = n.div_ceil(tile);
         let groups = stripes.min(STRIPE_GROUPS);
         let stripe = |i: usize| (i * tile)..((i + 1) * tile).min(n);
-        let parts: Vec<(Vec<(usize, Vec<f64>)>, Vec<f64>)> = (0..groups)
+        let parts: Vec<GroupSums> = (0..groups)
             .into_par_iter()
             .map(|g| {
                 let mut cols = vec![0.0f64; n];

@@ -55,7 +55,8 @@ pub fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
 fn cast_slice<T: Pod>(b: &[u8]) -> &[T] {
     let size = std::mem::size_of::<T>();
     assert!(
-        (b.as_ptr() as usize) % std::mem::align_of::<T>() == 0 && b.len() % size == 0,
+        (b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+            && b.len().is_multiple_of(size),
         "store file is misaligned"
     );
     // SAFETY: alignment and length checked; T accepts every bit pattern.
@@ -64,7 +65,10 @@ fn cast_slice<T: Pod>(b: &[u8]) -> &[T] {
 
 fn cast_slice_mut<T: Pod>(b: &mut [u8]) -> &mut [T] {
     let size = std::mem::size_of::<T>();
-    assert!((b.as_ptr() as usize) % std::mem::align_of::<T>() == 0 && b.len() % size == 0);
+    assert!(
+        (b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+            && b.len().is_multiple_of(size)
+    );
     // SAFETY: as in cast_slice, and the borrow is unique.
     unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut T, b.len() / size) }
 }
@@ -133,13 +137,14 @@ impl SeqWriter {
             .at_path(&self.tmp)
     }
 
+    /// Renames the finished file into place. Store files are not synced:
+    /// they are intermediate, and waiting for the disk would double a
+    /// stage's time; a store that did not survive a crash is rebuilt.
     pub fn finish(mut self) -> Result<()> {
         let w = self.w.take().unwrap();
-        let f = w
-            .into_inner()
+        w.into_inner()
             .map_err(|e| e.into_error())
             .at_path(&self.tmp)?;
-        f.sync_data().at_path(&self.tmp)?;
         fs::rename(&self.tmp, &self.path).at_path(&self.path)
     }
 }
@@ -194,10 +199,9 @@ impl MapWriter {
         }
     }
 
+    /// Unmaps and renames into place (not synced: see [`SeqWriter::finish`]).
     pub fn finish(mut self) -> Result<()> {
-        if let Some(m) = self.map.take() {
-            m.flush().at_path(&self.tmp)?;
-        }
+        self.map = None;
         fs::rename(&self.tmp, &self.path).at_path(&self.path)?;
         self.done = true;
         Ok(())

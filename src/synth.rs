@@ -69,7 +69,7 @@ pub const KINDS: [&str; 4] = ["clean", "mismatch", "duplicate", "junk"];
 
 /// Rows per Parquet row group (and per parallel generation batch).
 const GROUP_ROWS: u64 = 16_384;
-const STREAM_CLASSES: u64 = 0xC1A5_5E5;
+const STREAM_CLASSES: u64 = 0x0C1A_55E5;
 const STREAM_GAP: u64 = 0x6A9;
 const STREAM_PROMPTS: u64 = 0x9807;
 const STREAM_EVAL: u64 = 0xE7A1;

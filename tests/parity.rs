@@ -153,7 +153,7 @@ pub fn reference(
         count[k] += 1;
         new[k].push(i);
         sel[k].push(i);
-        if count[k] % refresh == 0 {
+        if count[k].is_multiple_of(refresh) {
             let nk = members[k].len() as f64;
             let sat: f64 = sel[k]
                 .iter()
@@ -193,6 +193,7 @@ fn as_f64(rows: &[Vec<f32>], f16_in: bool) -> Vec<Vec<f64>> {
 }
 
 /// Runs `select` through the CLI and checks it against the reference.
+#[allow(clippy::too_many_arguments)]
 fn check(
     name: &str,
     rows: usize,

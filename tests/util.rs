@@ -112,7 +112,7 @@ pub fn make_data(rows: usize, d: usize, classes: usize, seed: u64) -> Data {
                 .collect(),
         );
         // Some captions belong to another class (mismatches).
-        let zt: Vec<f64> = if g.next() % 10 == 0 {
+        let zt: Vec<f64> = if g.next().is_multiple_of(10) {
             let o = (g.next() % classes as u64) as usize;
             dirs[o].iter().map(|x| x + 0.9 * g.sym()).collect()
         } else {
