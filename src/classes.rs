@@ -1,18 +1,21 @@
-//! Stage 2, classes: give every row its latent class (spec section 1), then
-//! rewrite the store sorted by class so each class is one contiguous block.
+//! Stage 2, classes: every row's latent class (spec section 1) and the
+//! class-sorted order of the store.
 //!
-//! `y_i = argmax_k <u_i, c_k>` against the class prompts, ties to the
-//! smallest `k`; or spherical k-means on `u` when no prompts are given.
+//! With prompts, ingest already assigned `y_i = argmax_k <u_i, c_k>` (ties
+//! to the smallest `k`) and wrote rows in per-class chunks; this stage only
+//! lists the chunks class by class. Without prompts, spherical k-means on
+//! `u` gives the classes and the order is a stable counting sort of the
+//! file rows by class.
 
 use std::ops::Range;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::formats::prompts::Prompts;
 use crate::kmeans::{self, KMeansOptions, RowSource};
-use crate::store::{MapWriter, Pair};
+use crate::store::{Pair, SeqWriter};
 
-/// The image (or caption) rows of a store, as a k-means row source.
+/// The image (or caption) rows of a store in file order, as a k-means row
+/// source.
 pub struct Rows<'a> {
     pub pair: &'a Pair,
     pub text: bool,
@@ -26,28 +29,17 @@ impl RowSource for Rows<'_> {
         self.pair.d
     }
     fn rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let idx: Vec<u64> = (range.start as u64..range.end as u64).collect();
         if self.text {
-            self.pair.text_rows(range, buf)
+            self.pair.text_gather(&idx, buf)
         } else {
-            self.pair.image_rows(range, buf)
+            self.pair.image_gather(&idx, buf)
         }
     }
 }
 
-/// Zero-shot classes against the prompts.
-pub fn assign_by_prompts(raw: &Pair, prompts: &Prompts, use_text: bool) -> Vec<u32> {
-    kmeans::assign(
-        &Rows {
-            pair: raw,
-            text: use_text,
-        },
-        &prompts.embeddings,
-        true,
-    )
-}
-
 /// Latent classes from spherical k-means on the image embeddings: the
-/// centroids (`[k, d]`, standing in for `c_k`) and each row's class.
+/// centroids (`[k, d]`, standing in for `c_k`) and each file row's class.
 pub fn assign_by_kmeans(
     raw: &Pair,
     k: usize,
@@ -69,68 +61,74 @@ pub fn assign_by_kmeans(
     )
 }
 
-/// Writes the class-sorted store files (`image.bin`, `text.bin`,
-/// `scale.bin`, `rawpos.bin`) and returns the class offsets (`k + 1`).
-///
-/// Within a class, rows keep raw order, which is canonical row order, so
-/// "smallest row index" and "smallest sorted position" agree in a class.
-pub fn sort_store(
-    dir: &Path,
-    raw: &Pair,
-    labels: &[u32],
-    dropped: &[u64],
+/// The sorted order from ingest's chunks `(class, rows)`: file rows class by
+/// class, leaving out `dropped` (sorted). Returns the order and the class
+/// offsets (`classes + 1`).
+pub fn order_from_chunks(
+    chunks: &[(u32, u32)],
     classes: usize,
-) -> Result<Vec<u64>> {
-    let mut keep = vec![true; labels.len()];
-    for &p in dropped {
-        keep[p as usize] = false;
+    dropped: &[u64],
+) -> (Vec<u64>, Vec<u64>) {
+    let mut runs: Vec<Vec<(u64, u64)>> = vec![Vec::new(); classes];
+    let mut file_row = 0u64;
+    for &(k, n) in chunks {
+        runs[k as usize].push((file_row, file_row + n as u64));
+        file_row += n as u64;
     }
+    let mut order = Vec::with_capacity(file_row as usize - dropped.len());
     let mut offsets = vec![0u64; classes + 1];
-    for (l, _) in labels.iter().zip(&keep).filter(|(_, k)| **k) {
-        offsets[*l as usize + 1] += 1;
+    for (k, rs) in runs.iter().enumerate() {
+        for &(a, b) in rs {
+            order.extend((a..b).filter(|f| dropped.binary_search(f).is_err()));
+        }
+        offsets[k + 1] = order.len() as u64;
+    }
+    (order, offsets)
+}
+
+/// The sorted order from a class label per file row (file order is
+/// canonical order, so a stable sort keeps rows in canonical order).
+pub fn order_from_labels(labels: &[u32], classes: usize, dropped: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let mut offsets = vec![0u64; classes + 1];
+    for &l in labels {
+        offsets[l as usize + 1] += 1;
+    }
+    for &f in dropped {
+        offsets[labels[f as usize] as usize + 1] -= 1;
     }
     for k in 0..classes {
         offsets[k + 1] += offsets[k];
     }
-    let n = offsets[classes] as usize;
-    let rb = raw.image.raw_bytes(0..1.min(raw.len()), raw.d).len();
-    let mut image = MapWriter::create::<u8>(&dir.join("image.bin"), n * rb)?;
-    let mut text = MapWriter::create::<u8>(&dir.join("text.bin"), n * rb)?;
-    let mut scale = MapWriter::create::<f32>(&dir.join("scale.bin"), n * 2)?;
-    let mut rawpos = MapWriter::create::<u64>(&dir.join("rawpos.bin"), n)?;
-    // Destination of each kept raw position.
-    let mut cursor: Vec<u64> = offsets[..classes].to_vec();
-    let dest: Vec<Option<usize>> = labels
-        .iter()
-        .zip(&keep)
-        .map(|(&l, &k)| {
-            k.then(|| {
-                let c = &mut cursor[l as usize];
-                *c += 1;
-                (*c - 1) as usize
-            })
-        })
-        .collect();
-    // One modality at a time: each pass reads one raw file sequentially.
-    for (src, dst) in [(&raw.image, &mut image), (&raw.text, &mut text)] {
-        let src = src.raw_bytes(0..raw.len(), raw.d);
-        let dst = dst.slice_mut::<u8>();
-        for (p, t) in dest.iter().enumerate() {
-            if let Some(t) = *t {
-                dst[t * rb..(t + 1) * rb].copy_from_slice(&src[p * rb..(p + 1) * rb]);
-            }
+    let mut cursor = offsets[..classes].to_vec();
+    let mut order = vec![0u64; offsets[classes] as usize];
+    for (f, &l) in labels.iter().enumerate() {
+        if dropped.binary_search(&(f as u64)).is_ok() {
+            continue;
         }
+        order[cursor[l as usize] as usize] = f as u64;
+        cursor[l as usize] += 1;
     }
-    let raw_scale = raw.scale.as_slice();
-    let (sc, rp) = (scale.slice_mut::<f32>(), rawpos.slice_mut::<u64>());
-    for (p, t) in dest.iter().enumerate() {
-        if let Some(t) = *t {
-            sc[2 * t..2 * t + 2].copy_from_slice(&raw_scale[2 * p..2 * p + 2]);
-            rp[t] = p as u64;
-        }
+    (order, offsets)
+}
+
+/// Writes `order.bin`.
+pub fn write_order(dir: &Path, order: &[u64]) -> Result<()> {
+    let mut w = SeqWriter::create(&dir.join("order.bin"))?;
+    w.write(order)?;
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_agree() {
+        // Chunks: class 1 (2 rows), class 0 (1), class 1 (1); row 1 dropped.
+        let (o, off) = order_from_chunks(&[(1, 2), (0, 1), (1, 1)], 3, &[1]);
+        assert_eq!(o, vec![2, 0, 3]);
+        assert_eq!(off, vec![0, 1, 3, 3]);
+        let (o2, off2) = order_from_labels(&[1, 1, 0, 1], 3, &[1]);
+        assert_eq!((o2, off2), (o, off));
     }
-    for w in [image, text, scale, rawpos] {
-        w.finish()?;
-    }
-    Ok(offsets)
 }

@@ -1,14 +1,21 @@
 //! Stage 1, ingest: decode the Parquet shards once, validate every row, and
-//! write the raw (ingest-order) part of the staged store.
+//! write the embedding files of the staged store.
 //!
 //! Each row is checked (lengths, nulls, finite values, non-zero norm), its
-//! normalising factors computed in `f64`, and its embeddings, row index and
-//! id appended to the raw files. Bad rows stop the run or, with
+//! normalising factors computed in `f64`, and, when class embeddings are
+//! given, its latent class assigned on the spot (one GEMM per batch). Rows
+//! are then appended to per-class buckets that are written out in chunks,
+//! so every class ends up in long contiguous runs of the store files
+//! without a second copy of the data. Bad rows stop the run or, with
 //! `--on-bad-row skip`, are recorded as rejects; duplicate ids likewise.
+//!
+//! Decoding runs on its own thread, one batch ahead of the validation and
+//! classification, which run on the rayon pool.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, UInt32Type, UInt64Type};
@@ -19,9 +26,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::formats::canonical::{Columns, IdKind, ShardReader, SourceFile};
+use crate::formats::canonical::{
+    Columns, IdKind, ShardBatch, ShardReader, ShardSchema, SourceFile,
+};
 use crate::formats::embedding::{EmbeddingView, FloatKind, Floats, RowProblem};
-use crate::store::{Dtype, IdStore, SeqWriter};
+use crate::kmeans;
+use crate::store::{Dtype, IdStore, Mapped, SeqWriter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -37,6 +47,16 @@ pub enum DuplicatePolicy {
     KeepFirst,
 }
 
+/// Assign latent classes during ingest.
+#[derive(Clone, Debug)]
+pub struct Classify {
+    /// `[K, d]` unit class embeddings `c_k`.
+    pub embeddings: Vec<f32>,
+    pub classes: usize,
+    /// Use the caption `v_i` instead of the image `u_i` (`--assign text`).
+    pub use_text: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct IngestOptions {
     pub columns: Columns,
@@ -45,6 +65,9 @@ pub struct IngestOptions {
     pub batch_rows: usize,
     /// The embedding dimension the prompts require, and the prompts file.
     pub expected_d: Option<(usize, PathBuf)>,
+    pub classify: Option<Classify>,
+    /// Rows per chunk written from a class bucket.
+    pub chunk_rows: usize,
 }
 
 /// A row left out of the selection, and why.
@@ -71,28 +94,21 @@ pub struct Ingested {
     pub dtype: Dtype,
     pub id_kind: IdKind,
     pub rows_read: u64,
-    /// Rows written to the raw store (before duplicate removal).
-    pub raw_rows: u64,
-    /// Raw positions dropped as duplicates (keep-first).
-    pub duplicate_positions: Vec<u64>,
+    /// Rows written to the store files ("file rows").
+    pub file_rows: u64,
+    /// File rows dropped as duplicates (keep-first).
+    pub duplicate_file_rows: Vec<u64>,
+    /// The written chunks in file order: (class, rows). One class (0) when
+    /// ingest did not classify.
+    pub chunks: Vec<(u32, u32)>,
     pub rejects: Vec<Reject>,
     pub skipped: BTreeMap<String, u64>,
     pub shards: Vec<ShardRows>,
 }
 
-struct RawWriters {
-    image: SeqWriter,
-    text: SeqWriter,
-    scale: SeqWriter,
-    row: SeqWriter,
-    id_main: SeqWriter,
-    id_dat: Option<SeqWriter>,
-    id_bytes: u64,
-}
-
 /// Ids of one batch, typed.
 enum IdColumn<'a> {
-    Str(Box<dyn Fn(usize) -> &'a str + 'a>),
+    Str(Box<dyn Fn(usize) -> &'a str + Send + Sync + 'a>),
     Int(Vec<Option<i64>>),
     UInt(Vec<Option<u64>>),
 }
@@ -129,6 +145,26 @@ fn id_column(a: &ArrayRef) -> IdColumn<'_> {
     }
 }
 
+impl IdColumn<'_> {
+    fn text(&self, i: usize) -> String {
+        match self {
+            IdColumn::Str(f) => f(i).to_string(),
+            IdColumn::Int(v) => v[i].unwrap_or_default().to_string(),
+            IdColumn::UInt(v) => v[i].unwrap_or_default().to_string(),
+        }
+    }
+
+    fn hash(&self, i: usize) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        match self {
+            IdColumn::Str(f) => f(i).hash(&mut h),
+            IdColumn::Int(v) => v[i].hash(&mut h),
+            IdColumn::UInt(v) => v[i].hash(&mut h),
+        }
+        h.finish()
+    }
+}
+
 fn problem_text(p: &RowProblem) -> &'static str {
     match p {
         RowProblem::Null => "null embedding",
@@ -137,150 +173,85 @@ fn problem_text(p: &RowProblem) -> &'static str {
     }
 }
 
-/// Reads `files` into the raw store in `dir`.
-pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<Ingested> {
-    let mut reader = ShardReader::new(files, opts.columns.clone(), opts.batch_rows);
-    let mut writers: Option<RawWriters> = None;
-    let mut d: Option<usize> = opts.expected_d.as_ref().map(|(d, _)| *d);
-    let mut dtype: Option<Dtype> = None;
-    let mut id_kind = IdKind::Utf8;
-    let mut rows_read = 0u64;
-    let mut raw_rows = 0u64;
-    let mut rejects = Vec::new();
-    let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
-    let mut shards: Vec<ShardRows> = files
-        .iter()
-        .map(|f| ShardRows {
-            file: f.relative.clone(),
-            first_row: 0,
-            rows: 0,
-        })
-        .collect();
-    let mut img_buf16: Vec<f16> = Vec::new();
-    let mut txt_buf16: Vec<f16> = Vec::new();
-    let mut img_buf32: Vec<f32> = Vec::new();
-    let mut txt_buf32: Vec<f32> = Vec::new();
-    let mut scales: Vec<f32> = Vec::new();
-    let mut rows: Vec<u64> = Vec::new();
-    let mut id_ints: Vec<u64> = Vec::new();
-    let mut id_offs: Vec<u64> = Vec::new();
-    let mut id_dat: Vec<u8> = Vec::new();
-    let mut id_hashes: Vec<(u64, u64)> = Vec::new();
+/// The store precision set by the first shard: f16 only when both columns
+/// are f16 (a later f32 shard would be rounded, so it is an error).
+fn store_dtype(s: &ShardSchema) -> Dtype {
+    if s.image_kind == FloatKind::F16 && s.text_kind == FloatKind::F16 {
+        Dtype::F16
+    } else {
+        Dtype::F32
+    }
+}
 
-    let (img_col, txt_col, id_col) = (
-        opts.columns.image.as_str(),
-        opts.columns.text.as_str(),
-        opts.columns.id.as_str(),
-    );
-    while let Some(batch) = reader.next() {
-        let batch = batch?;
-        let file = &files[batch.file_index];
-        let path = &file.path;
-        let shard = reader.schemas[batch.file_index].clone();
-        shards[batch.file_index].rows += batch.len() as u64;
-        if batch.first_row_in_file == 0 {
-            shards[batch.file_index].first_row = batch.first_row;
-        }
-        // The store precision is set by the first shard: f16 only when both
-        // columns are f16 (a later f32 shard would be rounded, so it is an error).
-        let store_dtype = *dtype.get_or_insert(
-            if shard.image_kind == FloatKind::F16 && shard.text_kind == FloatKind::F16 {
-                Dtype::F16
-            } else {
-                Dtype::F32
-            },
-        );
-        if store_dtype == Dtype::F16
-            && (shard.image_kind != FloatKind::F16 || shard.text_kind != FloatKind::F16)
-        {
-            return Err(Error::column(
-                path,
-                if shard.image_kind != FloatKind::F16 {
-                    img_col
-                } else {
-                    txt_col
-                },
-                "this shard stores float32/float64 embeddings but earlier shards store float16",
-            )
-            .with_hint("convert all shards to one precision"));
-        }
-        if writers.is_none() {
-            id_kind = shard.id_kind;
-            let w = |n: &str| SeqWriter::create(&dir.join(n));
-            writers = Some(RawWriters {
-                image: w("raw.image")?,
-                text: w("raw.text")?,
-                scale: w("raw.scale")?,
-                row: w("raw.row")?,
-                id_main: w(if id_kind == IdKind::Utf8 {
-                    "ids.off"
-                } else {
-                    "ids.int"
-                })?,
-                id_dat: if id_kind == IdKind::Utf8 {
-                    Some(w("ids.dat")?)
-                } else {
-                    None
-                },
-                id_bytes: 0,
-            });
-            if id_kind == IdKind::Utf8 {
-                writers.as_mut().unwrap().id_main.write(&[0u64])?;
-            }
-        }
-        let w = writers.as_mut().unwrap();
-        let img = EmbeddingView::try_new(&batch.image).expect("type checked");
-        let txt = EmbeddingView::try_new(&batch.text).expect("type checked");
-        let ids = id_column(&batch.id);
-        let id_nulls = batch.id.nulls().cloned();
+/// The validated rows of one batch, in order.
+#[derive(Default)]
+struct Prepared {
+    /// Index in the batch of each kept row.
+    keep: Vec<usize>,
+    /// Row-major embeddings of the kept rows at store precision.
+    image: Vec<u8>,
+    text: Vec<u8>,
+    /// Two normalising factors a kept row.
+    scale: Vec<f32>,
+    /// Skipped rows: (index in batch, "column: problem").
+    bad: Vec<(usize, String)>,
+}
 
-        img_buf16.clear();
-        txt_buf16.clear();
-        img_buf32.clear();
-        txt_buf32.clear();
-        scales.clear();
-        rows.clear();
-        id_ints.clear();
-        id_offs.clear();
-        id_dat.clear();
-        for i in 0..batch.len() {
-            let row = batch.first_row + i as u64;
-            let row_in_file = batch.first_row_in_file + i as u64;
-            let dd = *d.get_or_insert_with(|| img.row_len(i));
-            if id_nulls.as_ref().is_some_and(|n| n.is_null(i)) {
-                return Err(Error::at(path, row_in_file, id_col, "null id")
-                    .with_hint("every pair needs an id"));
+/// Everything about the batch a worker needs.
+struct BatchCtx<'a> {
+    path: &'a Path,
+    first_row_in_file: u64,
+    d: usize,
+    dtype: Dtype,
+    img: EmbeddingView<'a>,
+    txt: EmbeddingView<'a>,
+    id_nulls: Option<&'a arrow_buffer::NullBuffer>,
+    opts: &'a IngestOptions,
+}
+
+impl BatchCtx<'_> {
+    /// Validates and converts rows `range` of the batch.
+    fn prepare(&self, range: std::ops::Range<usize>) -> Result<Prepared> {
+        let (d, opts) = (self.d, self.opts);
+        let (img_col, txt_col) = (opts.columns.image.as_str(), opts.columns.text.as_str());
+        let mut p = Prepared::default();
+        let mut f32s: Vec<f32> = Vec::new();
+        for i in range {
+            let row_in_file = self.first_row_in_file + i as u64;
+            if self.id_nulls.is_some_and(|n| n.is_null(i)) {
+                return Err(
+                    Error::at(self.path, row_in_file, &opts.columns.id, "null id")
+                        .with_hint("every pair needs an id"),
+                );
             }
-            let id_text = || match &ids {
-                IdColumn::Str(f) => f(i).to_string(),
-                IdColumn::Int(v) => v[i].unwrap_or_default().to_string(),
-                IdColumn::UInt(v) => v[i].unwrap_or_default().to_string(),
-            };
             let mut bad: Option<String> = None;
             let mut views: [Option<Floats>; 2] = [None, None];
-            for (slot, (view, col)) in [(&img, img_col), (&txt, txt_col)].into_iter().enumerate() {
-                match view.row(i, dd) {
+            for (slot, (view, col)) in [(&self.img, img_col), (&self.txt, txt_col)]
+                .into_iter()
+                .enumerate()
+            {
+                match view.row(i, d) {
                     Ok(v) => views[slot] = Some(v),
                     Err(RowProblem::Length(len)) => {
                         let hint = match &opts.expected_d {
-                            Some((pd, p)) if *pd == dd => {
+                            Some((pd, p)) => {
                                 format!("the prompts file {} has d = {pd}", p.display())
                             }
-                            _ if slot == 1 && len != dd => {
-                                format!("image embeddings have d = {dd}; both towers must match")
+                            None if slot == 1 => {
+                                format!("image embeddings have d = {d}; both towers must match")
                             }
-                            _ => "every row needs the same embedding length".to_string(),
+                            None => "every row needs the same embedding length".to_string(),
                         };
                         return Err(Error::at(
-                            path,
+                            self.path,
                             row_in_file,
                             col,
-                            format!("embedding length {len}, expected {dd}"),
+                            format!("embedding length {len}, expected {d}"),
                         )
                         .with_hint(hint));
                     }
-                    Err(p) => {
-                        bad.get_or_insert(format!("{col}: {}", problem_text(&p)));
+                    Err(e) => {
+                        bad.get_or_insert(format!("{col}: {}", problem_text(&e)));
                     }
                 }
             }
@@ -301,113 +272,331 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
             if let Some(reason) = bad {
                 if opts.on_bad_row == BadRowPolicy::Error {
                     let (col, what) = reason.split_once(": ").unwrap();
-                    return Err(Error::at(path, row_in_file, col, what.to_string())
-                        .with_hint("fix the row, or pass --on-bad-row skip to skip such rows (they are listed in rejects.parquet)"));
+                    return Err(Error::at(self.path, row_in_file, col, what.to_string()).with_hint(
+                        "fix the row, or pass --on-bad-row skip to skip such rows (they are listed in rejects.parquet)",
+                    ));
                 }
-                *skipped
-                    .entry(reason.split_once(": ").unwrap().1.to_string())
-                    .or_default() += 1;
-                rejects.push(Reject {
-                    row,
-                    file: file.relative.clone(),
-                    id: id_text(),
-                    reason,
-                });
+                p.bad.push((i, reason));
                 continue;
             }
             let (u, v) = (views[0].unwrap(), views[1].unwrap());
-            match store_dtype {
+            match self.dtype {
                 Dtype::F16 => {
                     let (Floats::F16(a), Floats::F16(b)) = (u, v) else {
                         unreachable!("f16 store only from f16 shards")
                     };
-                    img_buf16.extend_from_slice(a);
-                    txt_buf16.extend_from_slice(b);
-                    scales.push((1.0 / norms[0]) as f32);
-                    scales.push((1.0 / norms[1]) as f32);
+                    p.image.extend_from_slice(crate::store::as_bytes(a));
+                    p.text.extend_from_slice(crate::store::as_bytes(b));
+                    p.scale.push((1.0 / norms[0]) as f32);
+                    p.scale.push((1.0 / norms[1]) as f32);
                 }
                 Dtype::F32 => {
-                    u.extend_scaled_f32(1.0 / norms[0], &mut img_buf32);
-                    v.extend_scaled_f32(1.0 / norms[1], &mut txt_buf32);
-                    scales.extend([1.0f32, 1.0]);
+                    f32s.clear();
+                    u.extend_scaled_f32(1.0 / norms[0], &mut f32s);
+                    p.image.extend_from_slice(crate::store::as_bytes(&f32s));
+                    f32s.clear();
+                    v.extend_scaled_f32(1.0 / norms[1], &mut f32s);
+                    p.text.extend_from_slice(crate::store::as_bytes(&f32s));
+                    p.scale.extend([1.0f32, 1.0]);
                 }
             }
-            rows.push(row);
-            let mut h = std::hash::DefaultHasher::new();
-            match &ids {
-                IdColumn::Str(f) => {
-                    let s = f(i);
-                    s.hash(&mut h);
-                    id_dat.extend_from_slice(s.as_bytes());
-                    w.id_bytes += s.len() as u64;
-                    id_offs.push(w.id_bytes);
-                }
-                IdColumn::Int(v) => {
-                    let x = v[i].unwrap();
-                    x.hash(&mut h);
-                    id_ints.push(x as u64);
-                }
-                IdColumn::UInt(v) => {
-                    let x = v[i].unwrap();
-                    x.hash(&mut h);
-                    id_ints.push(x);
-                }
-            }
-            id_hashes.push((h.finish(), raw_rows));
-            raw_rows += 1;
+            p.keep.push(i);
         }
-        rows_read += batch.len() as u64;
-        match store_dtype {
-            Dtype::F16 => {
-                w.image.write(&img_buf16)?;
-                w.text.write(&txt_buf16)?;
-            }
-            Dtype::F32 => {
-                w.image.write(&img_buf32)?;
-                w.text.write(&txt_buf32)?;
-            }
-        }
-        w.scale.write(&scales)?;
-        w.row.write(&rows)?;
-        if id_kind == IdKind::Utf8 {
-            w.id_main.write(&id_offs)?;
-            w.id_dat.as_mut().unwrap().write(&id_dat)?;
-        } else {
-            w.id_main.write(&id_ints)?;
-        }
+        Ok(p)
     }
-    let Some(w) = writers else {
+}
+
+/// Normalised `f32` rows of a prepared batch (for classification).
+fn normalised_f32(p: &Prepared, dtype: Dtype, d: usize, text: bool) -> Vec<f32> {
+    let bytes = if text { &p.text } else { &p.image };
+    let slot = usize::from(text);
+    match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2 * d)
+            .enumerate()
+            .flat_map(|(r, row)| {
+                let s = p.scale[2 * r + slot];
+                row.chunks_exact(2)
+                    .map(move |b| f16::from_le_bytes([b[0], b[1]]).to_f32() * s)
+            })
+            .collect(),
+    }
+}
+
+/// A class's rows waiting to be written as a chunk.
+#[derive(Default)]
+struct Bucket {
+    image: Vec<u8>,
+    text: Vec<u8>,
+    scale: Vec<f32>,
+    rows: Vec<u64>,
+    hashes: Vec<u64>,
+    id_bytes: Vec<u8>,
+    id_ends: Vec<u32>,
+    id_ints: Vec<u64>,
+}
+
+impl Bucket {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// The store files being written.
+struct Writers {
+    image: SeqWriter,
+    text: SeqWriter,
+    scale: SeqWriter,
+    row: SeqWriter,
+    id_main: SeqWriter,
+    id_dat: Option<SeqWriter>,
+    id_total: u64,
+    file_rows: u64,
+    chunks: Vec<(u32, u32)>,
+    hashes: Vec<(u64, u64)>,
+}
+
+impl Writers {
+    fn create(dir: &Path, id_kind: IdKind) -> Result<Self> {
+        let w = |n: &str| SeqWriter::create(&dir.join(n));
+        let utf8 = id_kind == IdKind::Utf8;
+        let mut me = Writers {
+            image: w("image.bin")?,
+            text: w("text.bin")?,
+            scale: w("scale.bin")?,
+            row: w("row.bin")?,
+            id_main: w(if utf8 { "ids.off" } else { "ids.int" })?,
+            id_dat: if utf8 { Some(w("ids.dat")?) } else { None },
+            id_total: 0,
+            file_rows: 0,
+            chunks: Vec::new(),
+            hashes: Vec::new(),
+        };
+        if utf8 {
+            me.id_main.write(&[0u64])?;
+        }
+        Ok(me)
+    }
+
+    fn flush(&mut self, class: u32, b: &mut Bucket) -> Result<()> {
+        let n = b.len();
+        if n == 0 {
+            return Ok(());
+        }
+        self.image.write(&b.image)?;
+        self.text.write(&b.text)?;
+        self.scale.write(&b.scale)?;
+        self.row.write(&b.rows)?;
+        if let Some(dat) = self.id_dat.as_mut() {
+            dat.write(&b.id_bytes)?;
+            let base = self.id_total;
+            let offs: Vec<u64> = b.id_ends.iter().map(|&e| base + e as u64).collect();
+            self.id_main.write(&offs)?;
+            self.id_total += b.id_bytes.len() as u64;
+        } else {
+            self.id_main.write(&b.id_ints)?;
+        }
+        for (i, &h) in b.hashes.iter().enumerate() {
+            self.hashes.push((h, self.file_rows + i as u64));
+        }
+        self.chunks.push((class, n as u32));
+        self.file_rows += n as u64;
+        *b = Bucket::default();
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        for s in [self.image, self.text, self.scale, self.row, self.id_main]
+            .into_iter()
+            .chain(self.id_dat)
+        {
+            s.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows per unit of parallel validation work.
+const PREPARE_ROWS: usize = 512;
+
+/// Reads `files` into the store files in `dir`.
+pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<Ingested> {
+    let mut shards: Vec<ShardRows> = files
+        .iter()
+        .map(|f| ShardRows {
+            file: f.relative.clone(),
+            first_row: 0,
+            rows: 0,
+        })
+        .collect();
+    let classes = opts.classify.as_ref().map_or(1, |c| c.classes);
+    let chunk_rows = opts.chunk_rows.max(1);
+    let mut buckets: Vec<Bucket> = (0..classes.max(1)).map(|_| Bucket::default()).collect();
+    let mut writers: Option<Writers> = None;
+    let mut d: Option<usize> = opts.expected_d.as_ref().map(|(d, _)| *d);
+    let mut dtype: Option<Dtype> = None;
+    let mut id_kind = IdKind::Utf8;
+    let mut rows_read = 0u64;
+    let mut rejects = Vec::new();
+    let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
+
+    // The decoder runs one batch ahead on its own thread.
+    let (tx, rx) = sync_channel::<Result<(ShardBatch, ShardSchema)>>(1);
+    std::thread::scope(|scope| -> Result<()> {
+        // `tx` moves into the decoder so the channel closes when it is done.
+        scope.spawn(move || {
+            let mut reader = ShardReader::new(files, opts.columns.clone(), opts.batch_rows);
+            while let Some(b) = reader.next() {
+                let item = b.map(|b| {
+                    let schema = reader.schemas[b.file_index].clone();
+                    (b, schema)
+                });
+                let stop = item.is_err();
+                if tx.send(item).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        for item in rx {
+            let (batch, shard) = item?;
+            let file = &files[batch.file_index];
+            let path = &file.path;
+            shards[batch.file_index].rows += batch.len() as u64;
+            if batch.first_row_in_file == 0 {
+                shards[batch.file_index].first_row = batch.first_row;
+            }
+            let dt = *dtype.get_or_insert(store_dtype(&shard));
+            if dt == Dtype::F16 && store_dtype(&shard) != Dtype::F16 {
+                let col = if shard.image_kind != FloatKind::F16 {
+                    &opts.columns.image
+                } else {
+                    &opts.columns.text
+                };
+                return Err(Error::column(
+                    path,
+                    col,
+                    "this shard stores float32/float64 embeddings but earlier shards store float16",
+                )
+                .with_hint("convert all shards to one precision"));
+            }
+            if writers.is_none() {
+                id_kind = shard.id_kind;
+                writers = Some(Writers::create(dir, id_kind)?);
+            }
+            let img = EmbeddingView::try_new(&batch.image).expect("type checked");
+            let txt = EmbeddingView::try_new(&batch.text).expect("type checked");
+            let dd = *d.get_or_insert_with(|| if batch.is_empty() { 0 } else { img.row_len(0) });
+            let ctx = BatchCtx {
+                path,
+                first_row_in_file: batch.first_row_in_file,
+                d: dd,
+                dtype: dt,
+                img,
+                txt,
+                id_nulls: batch.id.nulls(),
+                opts,
+            };
+            let n = batch.len();
+            let parts: Vec<Result<Prepared>> = (0..n.div_ceil(PREPARE_ROWS))
+                .into_par_iter()
+                .map(|c| ctx.prepare(c * PREPARE_ROWS..((c + 1) * PREPARE_ROWS).min(n)))
+                .collect();
+            let mut prepared = Prepared::default();
+            for p in parts {
+                let p = p?; // the first error in row order
+                prepared.keep.extend(p.keep);
+                prepared.image.extend(p.image);
+                prepared.text.extend(p.text);
+                prepared.scale.extend(p.scale);
+                prepared.bad.extend(p.bad);
+            }
+            let ids = id_column(&batch.id);
+            for (i, reason) in &prepared.bad {
+                *skipped
+                    .entry(reason.split_once(": ").unwrap().1.to_string())
+                    .or_default() += 1;
+                rejects.push(Reject {
+                    row: batch.first_row + *i as u64,
+                    file: file.relative.clone(),
+                    id: ids.text(*i),
+                    reason: reason.clone(),
+                });
+            }
+            let labels: Vec<u32> = match &opts.classify {
+                Some(c) => {
+                    let rows = normalised_f32(&prepared, dt, dd, c.use_text);
+                    kmeans::assign(
+                        &kmeans::SliceRows { data: &rows, d: dd },
+                        &c.embeddings,
+                        true,
+                    )
+                }
+                None => vec![0; prepared.keep.len()],
+            };
+            let w = writers.as_mut().unwrap();
+            let rb = dd * dt.bytes();
+            for (r, (&i, &k)) in prepared.keep.iter().zip(&labels).enumerate() {
+                let b = &mut buckets[k as usize];
+                b.image
+                    .extend_from_slice(&prepared.image[r * rb..(r + 1) * rb]);
+                b.text
+                    .extend_from_slice(&prepared.text[r * rb..(r + 1) * rb]);
+                b.scale.extend_from_slice(&prepared.scale[2 * r..2 * r + 2]);
+                b.rows.push(batch.first_row + i as u64);
+                b.hashes.push(ids.hash(i));
+                match &ids {
+                    IdColumn::Str(f) => {
+                        b.id_bytes.extend_from_slice(f(i).as_bytes());
+                        b.id_ends.push(b.id_bytes.len() as u32);
+                    }
+                    IdColumn::Int(v) => b.id_ints.push(v[i].unwrap() as u64),
+                    IdColumn::UInt(v) => b.id_ints.push(v[i].unwrap()),
+                }
+                if b.len() >= chunk_rows {
+                    w.flush(k, b)?;
+                }
+            }
+            rows_read += n as u64;
+        }
+        Ok(())
+    })?;
+    let Some(mut w) = writers else {
         return Err(Error::file(&files[0].path, "the dataset has no rows"));
     };
-    for s in [w.image, w.text, w.scale, w.row, w.id_main]
-        .into_iter()
-        .chain(w.id_dat)
-    {
-        s.finish()?;
+    for (k, b) in buckets.iter_mut().enumerate() {
+        w.flush(k as u32, b)?;
     }
-    if raw_rows == 0 {
+    if w.file_rows == 0 {
         return Err(
             Error::file(&files[0].path, "no usable rows: every row was rejected")
                 .with_hint("see rejects.parquet"),
         );
     }
+    let hashes = std::mem::take(&mut w.hashes);
+    let (file_rows, chunks) = (w.file_rows, std::mem::take(&mut w.chunks));
+    w.finish()?;
     let mut ingested = Ingested {
-        d: d.unwrap(),
+        d: d.unwrap_or(0),
         dtype: dtype.unwrap(),
         id_kind,
         rows_read,
-        raw_rows,
-        duplicate_positions: Vec::new(),
+        file_rows,
+        duplicate_file_rows: Vec::new(),
+        chunks,
         rejects,
         skipped,
         shards,
     };
-    find_duplicates(dir, files, &mut ingested, id_hashes, opts)?;
+    find_duplicates(dir, files, &mut ingested, hashes, opts)?;
     Ok(ingested)
 }
 
 /// Finds repeated ids by sorting their hashes, then comparing the ids whose
-/// hashes collide. Keeps the first occurrence in canonical order.
+/// hashes collide. Keeps the occurrence with the smallest row index.
 fn find_duplicates(
     dir: &Path,
     files: &[SourceFile],
@@ -417,9 +606,10 @@ fn find_duplicates(
 ) -> Result<()> {
     hashes.par_sort_unstable();
     let ids = IdStore::open(dir, ing.id_kind)?;
-    let raw_row = crate::store::Mapped::<u64>::open(&dir.join("raw.row"))?;
-    let raw_row = raw_row.as_slice();
-    let mut dups = Vec::new();
+    let row_map = Mapped::<u64>::open(&dir.join("row.bin"))?;
+    let row_of = |f: u64| row_map.as_slice()[f as usize];
+    // (dropped file row, kept file row)
+    let mut dups: Vec<(u64, u64)> = Vec::new();
     let mut i = 0;
     while i < hashes.len() {
         let mut j = i + 1;
@@ -427,64 +617,65 @@ fn find_duplicates(
             j += 1;
         }
         if j - i > 1 {
-            // Same hash: compare real ids; the group is in raw order.
-            let group: Vec<u64> = hashes[i..j].iter().map(|h| h.1).collect();
-            for (a, &pa) in group.iter().enumerate() {
-                if dups.contains(&pa) {
+            // Same hash: group by real id, in row order.
+            let mut group: Vec<u64> = hashes[i..j].iter().map(|h| h.1).collect();
+            group.sort_by_key(|&f| row_of(f));
+            let mut done = vec![false; group.len()];
+            for a in 0..group.len() {
+                if done[a] {
                     continue;
                 }
-                for &pb in &group[a + 1..] {
-                    if ids.get(pa as usize) == ids.get(pb as usize) {
-                        dups.push(pb);
+                for b in a + 1..group.len() {
+                    if !done[b] && ids.get(group[a] as usize) == ids.get(group[b] as usize) {
+                        done[b] = true;
+                        dups.push((group[b], group[a]));
                     }
                 }
             }
         }
         i = j;
     }
-    dups.sort_unstable();
-    dups.dedup();
     if dups.is_empty() {
         return Ok(());
     }
+    dups.sort_by_key(|&(f, _)| row_of(f));
     let locate = |row: u64| -> (&SourceFile, u64) {
-        let s = ing
+        let (i, first) = ing
             .shards
             .iter()
             .enumerate()
             .rfind(|(_, s)| s.first_row <= row && s.rows > 0)
             .map(|(i, s)| (i, s.first_row))
             .unwrap_or((0, 0));
-        (&files[s.0], row - s.1)
+        (&files[i], row - first)
     };
     if opts.on_duplicate == DuplicatePolicy::Error {
-        let pos = dups[0];
-        let id = ids.get(pos as usize);
-        let first = (0..pos)
-            .find(|&p| ids.get(p as usize) == id)
-            .map(|p| raw_row[p as usize])
-            .unwrap_or(0);
-        let (file, row_in_file) = locate(raw_row[pos as usize]);
+        let (f, kept) = dups[0];
+        let (file, row_in_file) = locate(row_of(f));
         return Err(Error::at(
             &file.path,
             row_in_file,
             &opts.columns.id,
-            format!("duplicate id '{id}' (first seen at dataset row {first})"),
+            format!(
+                "duplicate id '{}' (first seen at dataset row {})",
+                ids.get(f as usize),
+                row_of(kept)
+            ),
         )
         .with_hint("ids must be unique; --on-duplicate keep-first keeps the first occurrence"));
     }
-    for &pos in &dups {
-        let row = raw_row[pos as usize];
-        let (file, _) = locate(row);
+    for &(f, _) in &dups {
+        let row = row_of(f);
         ing.rejects.push(Reject {
             row,
-            file: file.relative.clone(),
-            id: ids.get(pos as usize).to_string(),
+            file: locate(row).0.relative.clone(),
+            id: ids.get(f as usize).to_string(),
             reason: "duplicate id".into(),
         });
     }
     *ing.skipped.entry("duplicate id".into()).or_default() += dups.len() as u64;
     ing.rejects.sort_by_key(|r| r.row);
-    ing.duplicate_positions = dups;
+    ing.duplicate_file_rows = dups.into_iter().map(|(f, _)| f).collect();
+    ing.duplicate_file_rows.sort_unstable();
     Ok(())
 }

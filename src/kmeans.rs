@@ -33,6 +33,24 @@ pub trait RowSource: Sync {
     fn rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32];
 }
 
+/// Rows held in one contiguous row-major slice.
+pub struct SliceRows<'a> {
+    pub data: &'a [f32],
+    pub d: usize,
+}
+
+impl RowSource for SliceRows<'_> {
+    fn len(&self) -> usize {
+        self.data.len() / self.d.max(1)
+    }
+    fn d(&self) -> usize {
+        self.d
+    }
+    fn rows<'a>(&'a self, range: Range<usize>, _: &'a mut Vec<f32>) -> &'a [f32] {
+        &self.data[range.start * self.d..range.end * self.d]
+    }
+}
+
 const BLOCK_ROWS: usize = 2048;
 /// Row groups whose partial sums are reduced in order (fixed, for determinism).
 const GROUPS: usize = 8;

@@ -116,6 +116,22 @@ pub struct Plan {
     pub batch_rows: usize,
 }
 
+impl Plan {
+    /// Rows per chunk of ingest's class buckets: all `classes` buckets
+    /// together may hold an eighth of the limit. Longer chunks make longer
+    /// sequential runs of a class in the store.
+    pub fn chunk_rows(&self, classes: usize, d: usize) -> usize {
+        let row_bytes = (2 * d * 4 + 64) as u64;
+        let rows = self.limit_bytes / 8 / (classes.max(1) as u64 * row_bytes);
+        rows.clamp(CHUNK_ROWS_MIN, CHUNK_ROWS_MAX) as usize
+    }
+}
+
+/// Chunk length bounds: below 16 rows a class's runs get too short to read
+/// sequentially; above 4096 nothing is gained.
+const CHUNK_ROWS_MIN: u64 = 16;
+const CHUNK_ROWS_MAX: u64 = 4096;
+
 /// Smallest tile side clipcov will use.
 const TILE_ROWS_MIN: usize = 64;
 /// Largest tile side: beyond it GEMM gains nothing and caches suffer.

@@ -11,7 +11,7 @@ use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::{discover, open_parquet, Columns, SourceFile};
 use crate::formats::prompts::{read_prompts, Prompts};
-use crate::ingest::{self, BadRowPolicy, DuplicatePolicy, IngestOptions, Ingested};
+use crate::ingest::{self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested};
 use crate::memory::{self, Plan, RssMonitor};
 use crate::score::{self, ScoreOptions, Tau, TERMS};
 use crate::select::{self, Pick, SelectOptions, Weights};
@@ -128,7 +128,7 @@ pub struct Staged {
 
 /// Ingests `cfg.data`, assigns latent classes and writes the class-sorted
 /// store in `store_dir` (removed first if present). Stages: ingest,
-/// classes, sort.
+/// classes.
 pub fn stage_data(
     cfg: &SelectConfig,
     store_dir: &Path,
@@ -154,6 +154,10 @@ pub fn stage_data(
     }
     std::fs::create_dir_all(store_dir).at_path(store_dir)?;
 
+    let classes_k = match (&cfg.classes, &prompts) {
+        (ClassSource::Prompts(_), Some(p)) => p.len(),
+        _ => 1,
+    };
     let opts = IngestOptions {
         columns: cfg.columns.clone(),
         on_bad_row: cfg.on_bad_row,
@@ -163,24 +167,34 @@ pub fn stage_data(
             (ClassSource::Prompts(path), Some(p)) => Some((p.d, path.clone())),
             _ => None,
         },
+        classify: prompts.as_ref().map(|p| Classify {
+            embeddings: p.embeddings.clone(),
+            classes: p.len(),
+            use_text: cfg.assign_text,
+        }),
+        chunk_rows: plan.chunk_rows(classes_k, d_hint),
     };
     let ing = stage(timings, "ingest", total_rows, input_bytes, || {
         ingest::ingest(&files, store_dir, &opts)
     })?;
     let (d, dtype) = (ing.d, ing.dtype);
-    let raw_bytes = ing.raw_rows * (2 * d * dtype.bytes()) as u64;
-    let raw_names = ["raw.image", "raw.text", "raw.scale"];
+    let store_bytes = ing.file_rows * (2 * d * dtype.bytes()) as u64;
 
-    let (labels, class_emb, class_ids, class_names) =
-        stage(timings, "classes", ing.raw_rows, raw_bytes, || {
-            let raw = Pair::open(store_dir, raw_names, dtype, d)?;
-            Ok(match (&cfg.classes, &prompts) {
-                (ClassSource::Prompts(_), Some(p)) => (
-                    classes::assign_by_prompts(&raw, p, cfg.assign_text),
-                    p.embeddings.clone(),
-                    p.class_ids.clone(),
-                    p.names.clone(),
-                ),
+    let (order, offsets, class_emb, class_ids, class_names) =
+        stage(timings, "classes", ing.file_rows, store_bytes, || {
+            let dropped = &ing.duplicate_file_rows;
+            let (order, offsets, emb, ids, names) = match (&cfg.classes, &prompts) {
+                (ClassSource::Prompts(_), Some(p)) => {
+                    let (order, offsets) =
+                        classes::order_from_chunks(&ing.chunks, p.len(), dropped);
+                    (
+                        order,
+                        offsets,
+                        p.embeddings.clone(),
+                        p.class_ids.clone(),
+                        p.names.clone(),
+                    )
+                }
                 (
                     ClassSource::KMeans {
                         clusters,
@@ -188,40 +202,34 @@ pub fn stage_data(
                     },
                     _,
                 ) => {
+                    let pair = Pair::open(store_dir, dtype, d)?;
                     let (centroids, labels) =
-                        classes::assign_by_kmeans(&raw, *clusters, *iterations, cfg.seed);
+                        classes::assign_by_kmeans(&pair, *clusters, *iterations, cfg.seed);
                     let k = centroids.len() / d;
+                    let (order, offsets) = classes::order_from_labels(&labels, k, dropped);
                     (
-                        labels,
+                        order,
+                        offsets,
                         centroids,
                         (0..k as i64).collect(),
                         (0..k).map(|c| format!("cluster_{c}")).collect(),
                     )
                 }
-                _ => (
-                    vec![0; raw.len()],
-                    vec![0.0; d],
-                    vec![0],
-                    vec!["all".to_string()],
-                ),
-            })
+                _ => {
+                    let (order, offsets) = classes::order_from_chunks(&ing.chunks, 1, dropped);
+                    (
+                        order,
+                        offsets,
+                        vec![0.0; d],
+                        vec![0],
+                        vec!["all".to_string()],
+                    )
+                }
+            };
+            classes::write_order(store_dir, &order)?;
+            Ok((order, offsets, emb, ids, names))
         })?;
-
-    let offsets = stage(timings, "sort", ing.raw_rows, raw_bytes, || {
-        let raw = Pair::open(store_dir, raw_names, dtype, d)?;
-        classes::sort_store(
-            store_dir,
-            &raw,
-            &labels,
-            &ing.duplicate_positions,
-            class_ids.len(),
-        )
-    })?;
-    drop(labels);
-    for f in raw_names {
-        let p = store_dir.join(f);
-        std::fs::remove_file(&p).at_path(&p)?;
-    }
+    drop(order);
     let meta = StoreMeta {
         version: STORE_VERSION,
         d,

@@ -3,15 +3,18 @@
 //!
 //! Layout of a store folder (all little-endian, row-major):
 //!
-//! | file | per row | order |
+//! | file | per row | indexed by |
 //! |---|---|---|
-//! | `raw.image`, `raw.text` | `d` values (f16 or f32) | ingest order ("raw position") |
-//! | `raw.scale` | 2 x f32: factors that normalise image and text | raw position |
-//! | `raw.row` | u64 canonical row index | raw position |
-//! | `ids.off` + `ids.dat`, or `ids.int` | the id | raw position |
-//! | `image.bin`, `text.bin`, `scale.bin` | as above | sorted by class, then row |
-//! | `rawpos.bin` | u64 raw position | sorted |
-//! | `terms.bin` | 4 x f64: easy, cross, label, between | sorted |
+//! | `image.bin`, `text.bin` | `d` values (f16 or f32) | file row |
+//! | `scale.bin` | 2 x f32: factors that normalise image and text | file row |
+//! | `row.bin` | u64 canonical row index | file row |
+//! | `ids.off` + `ids.dat`, or `ids.int` | the id | file row |
+//! | `order.bin` | u64 file row | sorted position |
+//! | `terms.bin` | 4 x f64: easy, cross, label, between | sorted position |
+//!
+//! Ingest writes rows in chunks, one class bucket at a time, so a class is a
+//! few long runs of file rows; `order.bin` lists them class by class (the
+//! *sorted position*), in canonical row order inside a class.
 //!
 //! f16 input stays f16 (with its normalising factor kept beside it, so no
 //! precision is lost to a second rounding); f32 and f64 input is stored as
@@ -248,41 +251,51 @@ impl Embeddings {
         })
     }
 
-    /// Rows `range` as normalised `f32`: borrowed straight from the map for
-    /// f32 stores, converted into `buf` (and scaled) for f16 stores.
-    /// `scale` holds each row's normalising factor (`scale[row]`).
-    pub fn rows_f32<'a>(
+    /// File rows `rows` as normalised `f32`, row-major. A run of
+    /// consecutive rows in an f32 store is borrowed straight from the map;
+    /// anything else is gathered (and, for f16, converted and scaled) into
+    /// `buf`. `scale(r)` is file row `r`'s normalising factor.
+    pub fn gather_f32<'a>(
         &'a self,
-        range: Range<usize>,
+        rows: &[u64],
         d: usize,
         scale: impl Fn(usize) -> f32,
         buf: &'a mut Vec<f32>,
     ) -> &'a [f32] {
-        match self {
-            Embeddings::F32(m) => &m.as_slice()[range.start * d..range.end * d],
-            Embeddings::F16(m) => {
-                use half::slice::HalfFloatSliceExt;
-                let src = &m.as_slice()[range.start * d..range.end * d];
-                buf.clear();
-                buf.resize(src.len(), 0.0);
-                src.convert_to_f32_slice(buf);
-                for (r, row) in range.clone().zip(buf.chunks_exact_mut(d)) {
-                    let s = scale(r);
-                    for x in row {
-                        *x *= s;
+        let consecutive = rows.windows(2).all(|w| w[1] == w[0] + 1);
+        if let (Embeddings::F32(m), true) = (self, consecutive) {
+            let start = rows.first().map_or(0, |&r| r as usize);
+            return &m.as_slice()[start * d..(start + rows.len()) * d];
+        }
+        buf.clear();
+        buf.reserve(rows.len() * d);
+        let mut i = 0;
+        while i < rows.len() {
+            // The longest run of consecutive file rows from i.
+            let mut j = i + 1;
+            while j < rows.len() && rows[j] == rows[j - 1] + 1 {
+                j += 1;
+            }
+            let (a, b) = (rows[i] as usize, rows[i] as usize + (j - i));
+            match self {
+                Embeddings::F32(m) => buf.extend_from_slice(&m.as_slice()[a * d..b * d]),
+                Embeddings::F16(m) => {
+                    use half::slice::HalfFloatSliceExt;
+                    let src = &m.as_slice()[a * d..b * d];
+                    let start = buf.len();
+                    buf.resize(start + src.len(), 0.0);
+                    src.convert_to_f32_slice(&mut buf[start..]);
+                    for (r, row) in (a..b).zip(buf[start..].chunks_exact_mut(d)) {
+                        let s = scale(r);
+                        for x in row {
+                            *x *= s;
+                        }
                     }
                 }
-                buf
             }
+            i = j;
         }
-    }
-
-    /// The raw bytes of rows `range` (for copying rows between files).
-    pub fn raw_bytes(&self, range: Range<usize>, d: usize) -> &[u8] {
-        match self {
-            Embeddings::F16(m) => as_bytes(&m.as_slice()[range.start * d..range.end * d]),
-            Embeddings::F32(m) => as_bytes(&m.as_slice()[range.start * d..range.end * d]),
-        }
+        buf
     }
 }
 
@@ -364,8 +377,8 @@ impl StoreMeta {
     }
 }
 
-/// Image and caption embeddings with their normalising factors: either the
-/// raw (ingest-order) files or the class-sorted ones.
+/// Image and caption embeddings with their normalising factors, by file
+/// row (the order ingest wrote them in).
 pub struct Pair {
     pub image: Embeddings,
     pub text: Embeddings,
@@ -375,12 +388,11 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// Opens `{prefix}image`, `{prefix}text` and `{prefix}scale` in `dir`.
-    pub fn open(dir: &Path, names: [&str; 3], dtype: Dtype, d: usize) -> Result<Self> {
+    pub fn open(dir: &Path, dtype: Dtype, d: usize) -> Result<Self> {
         Ok(Pair {
-            image: Embeddings::open(&dir.join(names[0]), dtype)?,
-            text: Embeddings::open(&dir.join(names[1]), dtype)?,
-            scale: Mapped::open(&dir.join(names[2]))?,
+            image: Embeddings::open(&dir.join("image.bin"), dtype)?,
+            text: Embeddings::open(&dir.join("text.bin"), dtype)?,
+            scale: Mapped::open(&dir.join("scale.bin"))?,
             d,
         })
     }
@@ -393,40 +405,37 @@ impl Pair {
         self.len() == 0
     }
 
-    /// Normalised image rows `range`.
-    pub fn image_rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    /// Normalised image rows of file rows `rows`.
+    pub fn image_gather<'a>(&'a self, rows: &[u64], buf: &'a mut Vec<f32>) -> &'a [f32] {
         let s = self.scale.as_slice();
-        self.image.rows_f32(range, self.d, |r| s[2 * r], buf)
+        self.image.gather_f32(rows, self.d, |r| s[2 * r], buf)
     }
 
-    /// Normalised caption rows `range`.
-    pub fn text_rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    /// Normalised caption rows of file rows `rows`.
+    pub fn text_gather<'a>(&'a self, rows: &[u64], buf: &'a mut Vec<f32>) -> &'a [f32] {
         let s = self.scale.as_slice();
-        self.text.rows_f32(range, self.d, |r| s[2 * r + 1], buf)
+        self.text.gather_f32(rows, self.d, |r| s[2 * r + 1], buf)
     }
 }
 
-/// The class-sorted store, opened for the score, select and emit stages.
+/// The staged store, opened for the score, select and emit stages. Rows are
+/// addressed by *sorted position*: class by class, canonical row order
+/// inside a class; `order.bin` maps a sorted position to its file row.
 pub struct Store {
     pub dir: PathBuf,
     pub meta: StoreMeta,
     pub emb: Pair,
-    pub rawpos: Mapped<u64>,
-    pub raw_row: Mapped<u64>,
+    pub order: Mapped<u64>,
+    pub row: Mapped<u64>,
     pub ids: IdStore,
 }
 
 impl Store {
     pub fn open(dir: &Path, meta: StoreMeta) -> Result<Self> {
         Ok(Store {
-            emb: Pair::open(
-                dir,
-                ["image.bin", "text.bin", "scale.bin"],
-                meta.dtype,
-                meta.d,
-            )?,
-            rawpos: Mapped::open(&dir.join("rawpos.bin"))?,
-            raw_row: Mapped::open(&dir.join("raw.row"))?,
+            emb: Pair::open(dir, meta.dtype, meta.d)?,
+            order: Mapped::open(&dir.join("order.bin"))?,
+            row: Mapped::open(&dir.join("row.bin"))?,
             ids: IdStore::open(dir, meta.id_kind)?,
             dir: dir.to_path_buf(),
             meta,
@@ -443,20 +452,20 @@ impl Store {
 
     /// Normalised image rows of sorted positions `range`.
     pub fn image_rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
-        self.emb.image_rows(range, buf)
+        self.emb.image_gather(&self.order.as_slice()[range], buf)
     }
 
     /// Normalised caption rows of sorted positions `range`.
     pub fn text_rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
-        self.emb.text_rows(range, buf)
+        self.emb.text_gather(&self.order.as_slice()[range], buf)
     }
 
     /// Canonical row index of sorted position `pos`.
     pub fn row_index(&self, pos: usize) -> u64 {
-        self.raw_row.as_slice()[self.rawpos.as_slice()[pos] as usize]
+        self.row.as_slice()[self.order.as_slice()[pos] as usize]
     }
 
     pub fn id(&self, pos: usize) -> IdRef<'_> {
-        self.ids.get(self.rawpos.as_slice()[pos] as usize)
+        self.ids.get(self.order.as_slice()[pos] as usize)
     }
 }
