@@ -38,7 +38,8 @@ const LANES: usize = 16;
 /// Only the vector width changes: no FMA contraction happens without
 /// fast-math, so every variant computes bit-identical results.
 macro_rules! dispatch {
-    ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($(#[$doc:meta])* $name:ident, $impl:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        $(#[$doc])*
         pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
@@ -122,10 +123,26 @@ fn col_sum_exp_impl(tile: &[f32], maxes: &[f32], inv_t: f32, sums: &mut [f32]) {
     }
 }
 
-dispatch!(max_f32, max_impl, (v: &[f32]) -> f32);
-dispatch!(sum_exp, sum_exp_impl, (v: &[f32], m: f32, inv_t: f32) -> f32);
-dispatch!(col_max, col_max_impl, (tile: &[f32], maxes: &mut [f32]) -> ());
 dispatch!(
+    /// The largest value of `v` (`-inf` when empty).
+    max_f32,
+    max_impl,
+    (v: &[f32]) -> f32
+);
+dispatch!(
+    /// `sum_x e^{(x - m) * inv_t}`, over fixed lanes reduced in a fixed order.
+    sum_exp,
+    sum_exp_impl,
+    (v: &[f32], m: f32, inv_t: f32) -> f32
+);
+dispatch!(
+    /// `maxes[j] = max(maxes[j], max_i tile[i, j])` for a `[rows, maxes.len()]` tile.
+    col_max,
+    col_max_impl,
+    (tile: &[f32], maxes: &mut [f32]) -> ()
+);
+dispatch!(
+    /// `sums[j] += sum_i e^{(tile[i, j] - maxes[j]) * inv_t}`.
     col_sum_exp,
     col_sum_exp_impl,
     (tile: &[f32], maxes: &[f32], inv_t: f32, sums: &mut [f32]) -> ()
@@ -232,6 +249,22 @@ mod tests {
         }
         assert!(exp_f32(-1e9) < 1e-37);
         assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let mut r = Rng::new(2);
+        let v: Vec<f32> = (0..1037).map(|_| r.normal() as f32).collect();
+        let m = max_impl(&v);
+        assert_eq!(max_f32(&v), m);
+        assert_eq!(
+            sum_exp(&v, m, 37.0).to_bits(),
+            sum_exp_impl(&v, m, 37.0).to_bits()
+        );
+        let (mut a, mut b) = (vec![0.0f32; 17], vec![0.0f32; 17]);
+        col_sum_exp(&v[..17 * 61], &v[..17], 3.0, &mut a);
+        col_sum_exp_impl(&v[..17 * 61], &v[..17], 3.0, &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]
