@@ -22,11 +22,17 @@ fn arg(dir: &Dir, p: &str) -> String {
     dir.join(p).to_str().unwrap().to_string()
 }
 
+/// Runs clipcov with whitespace-separated `args` (test paths hold no
+/// spaces) and asserts success.
+fn ok(args: &str) -> String {
+    clipcov_ok(&args.split_whitespace().collect::<Vec<_>>())
+}
+
 /// Runs clipcov, asserts the exit status, returns stderr.
-fn fails(args: &[&str], code: i32) -> String {
-    let out = clipcov(args);
+fn fails(args: &str, code: i32) -> String {
+    let out = clipcov(&args.split_whitespace().collect::<Vec<_>>());
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "clipcov {args:?}: {err}");
+    assert_eq!(out.status.code(), Some(code), "clipcov {args}: {err}");
     err
 }
 
@@ -243,30 +249,16 @@ fn clip_score_is_the_exact_top_b_with_ties_to_the_smaller_row() {
     let easy: Vec<f64> = (0..n).map(|i| dot(&unit(&u[i]), &unit(&v[i]))).collect();
     let data = arg(&dir, "data");
     let out = arg(&dir, "out");
-    clipcov_ok(&[
-        "baseline",
-        "clip_score",
-        "--data",
-        &data,
-        "--budget",
-        "2",
-        "--out",
-        &out,
-    ]);
+    ok(&format!(
+        "baseline clip_score --data {data} --budget 2 --out {out}"
+    ));
     let t = Table::read(&dir.join("out/clip_score/subset.parquet"));
     assert_eq!(t.rows(), vec![10, 700]);
     assert_eq!(t.strs("id"), vec!["r10", "r700"]);
     for budget in ["0.137", "1"] {
-        clipcov_ok(&[
-            "baseline",
-            "clip_score",
-            "--data",
-            &data,
-            "--fraction",
-            budget,
-            "--out",
-            &out,
-        ]);
+        ok(&format!(
+            "baseline clip_score --data {data} --fraction {budget} --out {out}"
+        ));
         let t = Table::read(&dir.join("out/clip_score/subset.parquet"));
         let b = (budget.parse::<f64>().unwrap() * n as f64).floor() as usize;
         assert_top(&t.rows(), &easy, b, 1e-6);
@@ -276,16 +268,9 @@ fn clip_score_is_the_exact_top_b_with_ties_to_the_smaller_row() {
             assert!((s - easy[*row]).abs() < 1e-6);
         }
     }
-    clipcov_ok(&[
-        "baseline",
-        "clip_score",
-        "--data",
-        &data,
-        "--threshold",
-        "0.8",
-        "--out",
-        &out,
-    ]);
+    ok(&format!(
+        "baseline clip_score --data {data} --threshold 0.8 --out {out}"
+    ));
     let t = Table::read(&dir.join("out/clip_score/subset.parquet"));
     let mut want: Vec<usize> = (0..n).filter(|&i| easy[i] >= 0.8).collect();
     let mut got = t.rows();
@@ -320,20 +305,9 @@ fn semdedup_max_sim_and_argmax_match_brute_force() {
     let uu: Vec<Vec<f64>> = u.iter().map(|x| unit(x)).collect();
     let (data, out) = (arg(&dir, "data"), arg(&dir, "out"));
     // Tiles of 16 rows: every cluster spans many tiles.
-    clipcov_ok(&[
-        "baseline",
-        "semdedup",
-        "--data",
-        &data,
-        "--fraction",
-        "0.4",
-        "--out",
-        &out,
-        "--clusters",
-        "4",
-        "--tile-rows",
-        "16",
-    ]);
+    ok(&format!(
+        "baseline semdedup --data {data} --fraction 0.4 --out {out} --clusters 4 --tile-rows 16"
+    ));
     let nb = Table::read(&dir.join("out/semdedup/neighbours.parquet"));
     assert_eq!(nb.rows(), (0..n).collect::<Vec<_>>());
     let (cluster, dist) = (nb.i32s("cluster"), nb.f64s("centroid_distance"));
@@ -384,37 +358,17 @@ fn semdedup_max_sim_and_argmax_match_brute_force() {
     assert_eq!(got, want);
     assert_rank_rule(&t, false);
     // One tile per cluster gives the same values.
-    clipcov_ok(&[
-        "baseline",
-        "semdedup",
-        "--data",
-        &data,
-        "--fraction",
-        "0.4",
-        "--out",
-        &out,
-        "--clusters",
-        "4",
-        "--tile-rows",
-        "1024",
-    ]);
+    ok(&format!(
+        "baseline semdedup --data {data} --fraction 0.4 --out {out} --clusters 4 --tile-rows 1024"
+    ));
     let nb2 = Table::read(&dir.join("out/semdedup/neighbours.parquet"));
     for (a, b) in max_sim.iter().zip(nb2.f64s("max_sim")) {
         assert!(a == &b || (a - b).abs() < 1e-6);
     }
     // --eps keeps exactly the rows with m_j <= 1 - eps.
-    clipcov_ok(&[
-        "baseline",
-        "semdedup",
-        "--data",
-        &data,
-        "--eps",
-        "0.02",
-        "--out",
-        &out,
-        "--clusters",
-        "4",
-    ]);
+    ok(&format!(
+        "baseline semdedup --data {data} --eps 0.02 --out {out} --clusters 4"
+    ));
     let t = Table::read(&dir.join("out/semdedup/subset.parquet"));
     let mut got = t.rows();
     got.sort_unstable();
@@ -451,18 +405,10 @@ fn semdedup_chain_removes_b_and_c() {
     u[c] = axis(0.3);
     let v = u.clone();
     write_data(&dir.join("data/a.parquet"), &u, &v);
-    clipcov_ok(&[
-        "baseline",
-        "semdedup",
-        "--data",
-        &arg(&dir, "data"),
-        "--eps",
-        "0.1",
-        "--out",
-        &arg(&dir, "out"),
-        "--clusters",
-        "1",
-    ]);
+    let (data, out) = (arg(&dir, "data"), arg(&dir, "out"));
+    ok(&format!(
+        "baseline semdedup --data {data} --eps 0.1 --out {out} --clusters 1"
+    ));
     let nb = Table::read(&dir.join("out/semdedup/neighbours.parquet"));
     let max_row = nb.u64s("max_sim_row");
     assert_eq!(max_row[b], Some(a as u64));
@@ -501,36 +447,18 @@ fn semdedup_and_ssp_ties_go_to_the_smaller_row() {
     let v = u.clone();
     write_data(&dir.join("data/a.parquet"), &u, &v);
     let (data, out) = (arg(&dir, "data"), arg(&dir, "out"));
-    clipcov_ok(&[
-        "baseline",
-        "semdedup",
-        "--data",
-        &data,
-        "--budget",
-        "10",
-        "--out",
-        &out,
-        "--clusters",
-        "1",
-    ]);
+    ok(&format!(
+        "baseline semdedup --data {data} --budget 10 --out {out} --clusters 1"
+    ));
     let nb = Table::read(&dir.join("out/semdedup/neighbours.parquet"));
     let (dist, max_row) = (nb.f64s("centroid_distance"), nb.u64s("max_sim_row"));
     assert_eq!(dist[2], dist[5]);
     assert_eq!(max_row[2], None, "row 2 ranks first");
     assert_eq!(max_row[5], Some(2));
     assert_eq!(max_row[0], Some(2), "equal similarities to rows 2 and 5");
-    clipcov_ok(&[
-        "baseline",
-        "ssp",
-        "--data",
-        &data,
-        "--budget",
-        "2",
-        "--out",
-        &out,
-        "--clusters",
-        "1",
-    ]);
+    ok(&format!(
+        "baseline ssp --data {data} --budget 2 --out {out} --clusters 1"
+    ));
     let t = Table::read(&dir.join("out/ssp/subset.parquet"));
     assert_eq!(t.rows(), vec![2, 5]);
 }
@@ -569,20 +497,11 @@ fn ssp_keeps_the_rows_farthest_from_unit_centroids() {
     write_data(&dir.join("data/a.parquet"), &u, &v);
     let uu: Vec<Vec<f64>> = u.iter().map(|x| unit(x)).collect();
     let (data, out) = (arg(&dir, "data"), arg(&dir, "out"));
-    let common = [
-        "--data",
-        &data,
-        "--fraction",
-        "0.25",
-        "--out",
-        &out,
-        "--clusters",
-        "4",
-    ];
-    clipcov_ok(&[&["baseline", "semdedup"], &common[..]].concat());
+    let common = format!("--data {data} --fraction 0.25 --out {out} --clusters 4");
+    ok(&format!("baseline semdedup {common}"));
     let nb = Table::read(&dir.join("out/semdedup/neighbours.parquet"));
     let (cluster, dist) = (nb.i32s("cluster"), nb.f64s("centroid_distance"));
-    clipcov_ok(&[&["baseline", "ssp"], &common[..]].concat());
+    ok(&format!("baseline ssp {common}"));
     let t = Table::read(&dir.join("out/ssp/subset.parquet"));
     assert_top(&t.rows(), &dist, 300, 0.0);
     assert_rank_rule(&t, true);
@@ -637,22 +556,7 @@ fn neg_clip_loss_matches_its_definition() {
     let (data, out) = (arg(&dir, "data"), arg(&dir, "out"));
     // One batch of all rows (b capped at N), and random batches of 128.
     for (b, k) in [(100_000usize, 2usize), (128, 3)] {
-        clipcov_ok(&[
-            "baseline",
-            "neg_clip_loss",
-            "--data",
-            &data,
-            "--fraction",
-            "1",
-            "--out",
-            &out,
-            "--neg-batch-size",
-            &b.to_string(),
-            "--neg-batches",
-            &k.to_string(),
-            "--seed",
-            "7",
-        ]);
+        ok(&format!("baseline neg_clip_loss --data {data} --fraction 1 --out {out} --neg-batch-size {b} --neg-batches {k} --seed 7"));
         let mut r_bf = vec![0.0; n];
         for rep in 0..k {
             for batch in neg_clip_loss::batches(n, b, 7, rep) {
@@ -677,18 +581,9 @@ fn neg_clip_loss_matches_its_definition() {
         assert_top(&rows, &score_bf, n, 2e-4);
         assert_rank_rule(&tb, true);
     }
-    clipcov_ok(&[
-        "baseline",
-        "neg_clip_loss",
-        "--data",
-        &data,
-        "--fraction",
-        "0.2",
-        "--out",
-        &out,
-        "--neg-batch-size",
-        "100000",
-    ]);
+    ok(&format!(
+        "baseline neg_clip_loss --data {data} --fraction 0.2 --out {out} --neg-batch-size 100000"
+    ));
     let mut r_full = vec![0.0; n];
     for (i, r) in r_full.iter_mut().enumerate() {
         *r = t * (lse((0..n).map(|j| s(i, j))) + lse((0..n).map(|j| s(j, i)))) / 2.0;
@@ -728,22 +623,7 @@ fn c_rho_matches_its_definition_and_checks_the_learner_rows() {
     };
     let (data, learner, out) = (arg(&dir, "ref"), arg(&dir, "learner"), arg(&dir, "out"));
     for m in [100_000usize, 40] {
-        clipcov_ok(&[
-            "baseline",
-            "c_rho",
-            "--data",
-            &data,
-            "--learner-data",
-            &learner,
-            "--fraction",
-            "1",
-            "--out",
-            &out,
-            "--rho-sample",
-            &m.to_string(),
-            "--seed",
-            "3",
-        ]);
+        ok(&format!("baseline c_rho --data {data} --learner-data {learner} --fraction 1 --out {out} --rho-sample {m} --seed 3"));
         let sample = c_rho::sample(n, m, 3);
         let tb = Table::read(&dir.join("out/c_rho/subset.parquet"));
         let mut reducible = vec![0.0; n];
@@ -769,24 +649,13 @@ fn c_rho_matches_its_definition_and_checks_the_learner_rows() {
         ],
     );
     let bad = arg(&dir, "bad");
-    let base = [
-        "baseline",
-        "c_rho",
-        "--data",
-        &data,
-        "--fraction",
-        "0.1",
-        "--out",
-        &out,
-    ];
-    let err = fails(&[&base[..], &["--learner-data", &bad]].concat(), 65);
+    let base = format!("baseline c_rho --data {data} --fraction 0.1 --out {out}");
+    let err = fails(&format!("{base} --learner-data {bad}"), 65);
     assert!(err.contains("bad/a.parquet: row 7, column 'id'"), "{err}");
     assert!(err.contains("'other'") && err.contains("'r7'"), "{err}");
     write_data(&dir.join("short/a.parquet"), &ul[..n - 1], &vl[..n - 1]);
-    let err = fails(
-        &[&base[..], &["--learner-data", &arg(&dir, "short")]].concat(),
-        65,
-    );
+    let short = arg(&dir, "short");
+    let err = fails(&format!("{base} --learner-data {short}"), 65);
     assert!(err.contains("has 499 rows but --data has 500"), "{err}");
     let err = fails(&base, 2);
     assert!(err.contains("--learner-data"), "{err}");
@@ -836,23 +705,13 @@ fn datacomp_image_based_keeps_the_clusters_that_hold_a_target() {
     write_npy(&dir.join("targets.npy"), &targets);
     let easy: Vec<f64> = (0..n).map(|i| dot(&unit(&u[i]), &unit(&v[i]))).collect();
     let (data, out) = (arg(&dir, "data"), arg(&dir, "out"));
-    let run = |targets: &str, extra: &[&str]| {
-        let base = [
-            "baseline",
-            "datacomp_image_based",
-            "--data",
-            &data,
-            "--out",
-            &out,
-            "--targets",
-            targets,
-            "--clusters",
-            "4",
-        ];
-        clipcov_ok(&[&base[..], extra].concat());
+    let run = |targets: &str, extra: &str| {
+        ok(&format!(
+            "baseline datacomp_image_based --data {data} --out {out} --targets {targets} --clusters 4 {extra}"
+        ));
         Table::read(&dir.join("out/datacomp_image_based/subset.parquet"))
     };
-    let t = run(&arg(&dir, "targets.parquet"), &[]);
+    let t = run(&arg(&dir, "targets.parquet"), "");
     let want: Vec<usize> = (0..n).filter(|&i| group[i] == 0 || group[i] == 2).collect();
     let mut got = t.rows();
     got.sort_unstable();
@@ -869,16 +728,13 @@ fn datacomp_image_based_keeps_the_clusters_that_hold_a_target() {
         assert_eq!(*c, class[first]);
     }
     let bytes = std::fs::read(dir.join("out/datacomp_image_based/subset.parquet")).unwrap();
-    run(&arg(&dir, "targets.npy"), &[]);
+    run(&arg(&dir, "targets.npy"), "");
     assert_eq!(
         std::fs::read(dir.join("out/datacomp_image_based/subset.parquet")).unwrap(),
         bytes
     );
     // --intersect-clip-score: the top half by CLIP score, then the rule.
-    let t = run(
-        &arg(&dir, "targets.parquet"),
-        &["--intersect-clip-score", "0.5"],
-    );
+    let t = run(&arg(&dir, "targets.parquet"), "--intersect-clip-score 0.5");
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| easy[b].total_cmp(&easy[a]).then(a.cmp(&b)));
     let mut want: Vec<usize> = order[..n / 2]
@@ -895,17 +751,9 @@ fn datacomp_image_based_keeps_the_clusters_that_hold_a_target() {
         &dir.join("wrong.parquet"),
         vec![("image_embedding", embedding_column(&[vec![1.0; 16]]))],
     );
+    let wrong = arg(&dir, "wrong.parquet");
     let err = fails(
-        &[
-            "baseline",
-            "datacomp_image_based",
-            "--data",
-            &data,
-            "--out",
-            &out,
-            "--targets",
-            &arg(&dir, "wrong.parquet"),
-        ],
+        &format!("baseline datacomp_image_based --data {data} --out {out} --targets {wrong}"),
         65,
     );
     assert!(
@@ -921,20 +769,10 @@ fn random_is_seeded_and_independent_of_threads() {
     write_data(&dir.join("data/a.parquet"), &u, &v);
     let data = arg(&dir, "data");
     let run = |threads: &str, seed: &str, out: &str| {
-        clipcov_ok(&[
-            "baseline",
-            "random",
-            "--data",
-            &data,
-            "--fraction",
-            "0.1",
-            "--out",
-            &arg(&dir, out),
-            "--threads",
-            threads,
-            "--seed",
-            seed,
-        ]);
+        let o = arg(&dir, out);
+        ok(&format!(
+            "baseline random --data {data} --fraction 0.1 --out {o} --threads {threads} --seed {seed}"
+        ));
         std::fs::read(dir.join(out).join("random/subset.parquet")).unwrap()
     };
     let one = run("1", "5", "a");
@@ -950,34 +788,17 @@ fn random_is_seeded_and_independent_of_threads() {
 #[test]
 fn compare_runs_every_method_deterministically() {
     let dir = Dir::new("compare");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "3000",
-        "--classes",
-        "8",
-        "--dim",
-        "32",
-        "--out",
-        &arg(&dir, "ds"),
-        "--eval-rows",
-        "200",
-    ]);
+    let ds = arg(&dir, "ds");
+    // f16 input: the store keeps f16 and every method reads it converted.
+    ok(&format!(
+        "synth --rows 3000 --classes 8 --dim 32 --f16 --eval-rows 200 --out {ds}"
+    ));
     let (data, prompts) = (arg(&dir, "ds/data"), arg(&dir, "ds/prompts.parquet"));
     let run = |out: &str, threads: &str| {
-        clipcov_ok(&[
-            "compare",
-            "--data",
-            &data,
-            "--prompts",
-            &prompts,
-            "--fraction",
-            "0.1",
-            "--out",
-            &arg(&dir, out),
-            "--threads",
-            threads,
-        ])
+        let o = arg(&dir, out);
+        ok(&format!(
+            "compare --data {data} --prompts {prompts} --fraction 0.1 --out {o} --threads {threads}"
+        ))
     };
     let printed = run("one", "2");
     assert!(printed.contains("| method | rows kept |"), "{printed}");
@@ -990,66 +811,47 @@ fn compare_runs_every_method_deterministically() {
         "ssp",
         "neg_clip_loss",
     ];
+    let read = |out: &str, file: &str| std::fs::read(dir.join(out).join(file)).unwrap();
     for m in methods {
         for f in ["subset.parquet", "subset.csv"] {
-            let a = std::fs::read(dir.join("one").join(m).join(f)).unwrap();
-            let b = std::fs::read(dir.join("two").join(m).join(f)).unwrap();
-            assert!(a == b, "{m}/{f} differs between runs");
+            let file = format!("{m}/{f}");
+            assert!(read("one", &file) == read("two", &file), "{file} differs");
         }
         let t = Table::read(&dir.join("one").join(m).join("subset.parquet"));
         assert_eq!(t.rows().len(), 300, "{m}");
-        let csv = std::fs::read_to_string(dir.join("one").join(m).join("subset.csv")).unwrap();
+        let csv = String::from_utf8(read("one", &format!("{m}/subset.csv"))).unwrap();
         assert_eq!(csv.lines().count(), 301, "{m}");
     }
-    let nb = |o: &str| std::fs::read(dir.join(o).join("semdedup/neighbours.parquet")).unwrap();
-    assert_eq!(nb("one"), nb("two"));
-    let c: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("one/compare.json")).unwrap()).unwrap();
+    let nb = "semdedup/neighbours.parquet";
+    assert_eq!(read("one", nb), read("two", nb));
+    let c: serde_json::Value = serde_json::from_slice(&read("one", "compare.json")).unwrap();
     let list = c["methods"].as_array().unwrap();
     assert_eq!(list.len(), methods.len());
     for (e, m) in list.iter().zip(methods) {
         assert_eq!(e["method"], m);
         assert_eq!(e["rows_kept"], 300);
         assert_eq!(e["jaccard"][m], 1.0);
-        for o in methods {
+        assert!(e["classes_covered"].as_u64().unwrap() <= 8);
+        for (o, other) in methods.iter().zip(list) {
             let j = e["jaccard"][o].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&j));
-            assert_eq!(
-                j,
-                list.iter().find(|x| x["method"] == o).unwrap()["jaccard"][m]
-            );
+            assert_eq!(j, other["jaccard"][m]);
         }
     }
-    assert!(c["methods"][0]["classes_covered"].as_u64().unwrap() <= 8);
-    let md = std::fs::read_to_string(dir.join("one/compare.md")).unwrap();
+    let md = String::from_utf8(read("one", "compare.md")).unwrap();
     assert!(md.contains("| semdedup | 300 |"), "{md}");
-    // A baseline alone (one-class store) gives the same bytes as in compare.
-    clipcov_ok(&[
-        "baseline",
-        "ssp",
-        "--data",
-        &data,
-        "--fraction",
-        "0.1",
-        "--out",
-        &arg(&dir, "alone"),
-    ]);
+    // A baseline alone (a one-class store) gives the same bytes as in compare.
+    let alone = arg(&dir, "alone");
+    ok(&format!(
+        "baseline ssp --data {data} --fraction 0.1 --out {alone}"
+    ));
     assert_eq!(
-        std::fs::read(dir.join("alone/ssp/subset.parquet")).unwrap(),
-        std::fs::read(dir.join("one/ssp/subset.parquet")).unwrap()
+        read("alone", "ssp/subset.parquet"),
+        read("one", "ssp/subset.parquet")
     );
+    let x = arg(&dir, "x");
     let err = fails(
-        &[
-            "compare",
-            "--data",
-            &data,
-            "--fraction",
-            "0.1",
-            "--out",
-            &arg(&dir, "x"),
-            "--methods",
-            "random,nope",
-        ],
+        &format!("compare --data {data} --fraction 0.1 --out {x} --methods random,nope"),
         2,
     );
     assert!(err.contains("unknown method 'nope'"), "{err}");

@@ -127,9 +127,8 @@ fn losses(
             let pos = &positions[start..start + out.len()];
             gather(store, false, pos, u);
             gather(store, true, pos, v);
-            a.clear();
+            // GEMM overwrites the whole buffer: no need to zero it again.
             a.resize(out.len() * m, 0.0);
-            b.clear();
             b.resize(out.len() * m, 0.0);
             gemm_abt(u, &sv, d, a); // <u_i, v_j>
             gemm_abt(v, &su, d, b); // <u_j, v_i>

@@ -80,7 +80,7 @@ pub fn lse_rows_cols(
             let (mut sims, mut scratch) = (Vec::new(), Vec::new());
             for c0 in (0..m).step_by(tc) {
                 let c1 = (c0 + tc).min(m);
-                sims.clear();
+                // GEMM overwrites the whole buffer: no need to zero it again.
                 sims.resize(r.len() * (c1 - c0), 0.0f32);
                 gemm_abt(ar, &b[c0 * d..c1 * d], d, &mut sims);
                 for (p, row) in row_p.iter_mut().zip(sims.chunks_exact(c1 - c0)) {

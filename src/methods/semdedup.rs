@@ -72,7 +72,7 @@ pub fn max_sims(ctx: &Ctx, order: &[Vec<usize>], tile: usize) -> (Vec<f32>, Vec<
                         ctx.gather(false, is, ui);
                         ui
                     };
-                    sims.clear();
+                    // GEMM overwrites the whole buffer: no need to zero it again.
                     sims.resize(js.len() * is.len(), 0.0f32);
                     gemm_abt(uj, u_i, d, sims);
                     for (jl, row) in sims.chunks_exact(is.len()).enumerate() {
