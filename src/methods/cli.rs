@@ -337,7 +337,10 @@ pub fn describe(sel: &Selection) -> String {
     }
     for (key, v) in &sel.report {
         if key == "eps" {
-            s.push_str(&format!(", eps = {v}"));
+            match v.as_f64() {
+                Some(e) => s.push_str(&format!(", eps = {e}")),
+                None => s.push_str(", no finite eps gives this budget"),
+            }
         }
         if key == "clusters_with_targets" {
             s.push_str(&format!(", {v} clusters received a target"));

@@ -29,6 +29,8 @@ const TILE_ROWS_MAX: usize = 256;
 /// Largest column tile: a `256 x 2048` tile (2 MiB) stays in cache while
 /// its rows and columns are reduced.
 const TILE_COLS_MAX: usize = 2048;
+/// Columns per parallel task when folding the row tiles' column partials.
+const COL_FOLD: usize = 4096;
 
 /// Repetition `rep`'s batches: indices into the rows in canonical order.
 pub fn batches(n: usize, b: usize, seed: u64, rep: usize) -> Vec<Vec<usize>> {
@@ -91,14 +93,19 @@ pub fn lse_rows_cols(
             (row_p.iter().map(|p| p.lse(inv_t)).collect(), col_p)
         })
         .collect();
-    let mut rows = Vec::with_capacity(n);
+    // Each column folds its row tiles' partials in tile order; columns are
+    // independent, so they fold in parallel.
     let mut cols = vec![Partial::EMPTY; m];
-    for (r, c) in parts {
-        rows.extend(r);
-        for (acc, p) in cols.iter_mut().zip(c) {
-            *acc = acc.merge(p, inv_t);
-        }
-    }
+    cols.par_chunks_mut(COL_FOLD)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            for (_, c) in &parts {
+                for (acc, p) in chunk.iter_mut().zip(&c[k * COL_FOLD..]) {
+                    *acc = acc.merge(*p, inv_t);
+                }
+            }
+        });
+    let rows = parts.into_iter().flat_map(|(r, _)| r).collect();
     (rows, cols.iter().map(|p| p.lse(inv_t)).collect())
 }
 
