@@ -11,7 +11,7 @@ use clap::Args;
 use super::c_rho::Learner;
 use super::{output, Ctx, Method, MethodOptions, Selection};
 use crate::emit::{self, Manifest, StageTiming};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::Columns;
 use crate::ingest::{BadRowPolicy, DuplicatePolicy};
 use crate::memory::{parse_size, RssMonitor};
@@ -188,6 +188,10 @@ impl MethodArgs {
     pub fn options(&self, data: &DataArgs) -> Result<MethodOptions> {
         if let Some(c) = self.clusters {
             at_least_one("clusters", c)?;
+        }
+        if let Some(l) = &self.learner_data {
+            // Fail before staging the main data, not after.
+            std::fs::metadata(l).at_path(l)?;
         }
         if let Some(e) = self.eps {
             if !e.is_finite() {

@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use context::{default_clusters, Clusters, Ctx};
 
 use crate::emit::OutputFile;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::pipeline::Budget;
 
 /// A baseline method.
@@ -189,10 +189,15 @@ impl Selection {
 
 /// The budget `B` for `n` rows, or a usage error naming the method.
 pub fn budget_rows(method: Method, opts: &MethodOptions, n: usize) -> Result<usize> {
+    let or = match method {
+        Method::Semdedup => " (or --eps E)",
+        Method::ClipScore => " (or --threshold T)",
+        _ => "",
+    };
     match opts.budget {
         Some(b) => Ok(b.rows(n as u64) as usize),
         None => Err(Error::Usage(format!(
-            "{} needs a budget: give --fraction F or --budget COUNT",
+            "{} needs a budget: give --fraction F or --budget COUNT{or}",
             method.name()
         ))),
     }
@@ -243,10 +248,16 @@ pub fn check(method: Method, opts: &MethodOptions, has_learner: bool) -> Result<
             "c_rho needs a second embedding set: give --learner-data DIR (the weaker learner model's embeddings of the same pairs, same ids in the same order; --data is the reference model)".into(),
         ));
     }
-    if method == Method::DatacompImageBased && opts.targets.is_none() {
-        return Err(Error::Usage(
-            "datacomp_image_based needs --targets FILE (Parquet with an image_embedding column, or .npy [K, d])".into(),
-        ));
+    if method == Method::DatacompImageBased {
+        match &opts.targets {
+            // Fail before staging the data, not after.
+            Some(t) => {
+                std::fs::metadata(t).at_path(t)?;
+            }
+            None => return Err(Error::Usage(
+                "datacomp_image_based needs --targets FILE (Parquet with an image_embedding column, or .npy [K, d])".into(),
+            )),
+        }
     }
     Ok(())
 }
