@@ -112,6 +112,28 @@ pub struct MethodResult {
     rows: Vec<u64>,
 }
 
+impl MethodResult {
+    /// A result for `method` keeping the rows at store `positions`; the
+    /// other fields are filled in by the caller.
+    fn kept(method: &str, ctx: &Ctx, positions: impl Iterator<Item = usize>) -> Self {
+        let mut rows: Vec<u64> = positions.map(|p| ctx.rows[p]).collect();
+        rows.sort_unstable();
+        MethodResult {
+            method: method.to_string(),
+            rows_kept: rows.len(),
+            classes_covered: None,
+            clusters: None,
+            clusters_covered: None,
+            seconds: 0.0,
+            uses_shared: Vec::new(),
+            report: serde_json::Map::new(),
+            jaccard: serde_json::Map::new(),
+            outputs: Vec::new(),
+            rows,
+        }
+    }
+}
+
 /// `compare.json`.
 #[derive(Debug, Serialize)]
 pub struct Comparison {
@@ -228,8 +250,7 @@ fn compare(
         let shared_seconds = ctx.shared_seconds();
         let mut r = match e {
             Entry::ClipCov => {
-                let mut t = Vec::new();
-                let (picks, terms) = pipeline::clipcov_picks(cfg, &staged, &mut t)?;
+                let (picks, terms) = pipeline::clipcov_picks(cfg, &staged, &mut Vec::new())?;
                 let m = emit::emit_clipcov(
                     &cfg.out,
                     store,
@@ -237,46 +258,36 @@ fn compare(
                     &picks,
                     &staged.ingested.rejects,
                 )?;
-                let mut rows: Vec<u64> = picks.iter().map(|p| ctx.rows[p.pos]).collect();
-                rows.sort_unstable();
                 let k = covered(&mut picks.iter().map(|p| p.pos));
                 MethodResult {
-                    method: "clipcov".into(),
-                    rows_kept: picks.len(),
                     classes_covered: Some(k),
                     clusters: Some(store.meta.classes()),
                     clusters_covered: Some(k),
-                    seconds: 0.0,
-                    uses_shared: Vec::new(),
-                    report: serde_json::Map::new(),
-                    jaccard: serde_json::Map::new(),
                     outputs: m.outputs,
-                    rows,
+                    ..MethodResult::kept("clipcov", &ctx, picks.iter().map(|p| p.pos))
                 }
             }
             Entry::Baseline(m) => {
                 let sel = methods::run(m, &ctx, opts, &cfg.out, learner.as_ref())?;
-                let outputs = output::write_subset(&cfg.out, &ctx, &sel)?;
-                let mut rows: Vec<u64> = sel.picks.iter().map(|p| ctx.rows[p.pos]).collect();
-                rows.sort_unstable();
+                let positions = || sel.picks.iter().map(|p| p.pos);
                 MethodResult {
-                    method: m.name().into(),
-                    rows_kept: sel.picks.len(),
-                    classes_covered: prompts.then(|| covered(&mut sel.picks.iter().map(|p| p.pos))),
+                    classes_covered: prompts.then(|| covered(&mut positions())),
                     clusters: sel.clusters,
                     clusters_covered: sel.clusters_covered(),
-                    seconds: 0.0,
-                    uses_shared: Vec::new(),
-                    report: sel.report,
-                    jaccard: serde_json::Map::new(),
-                    outputs,
-                    rows,
+                    outputs: output::write_subset(&cfg.out, &ctx, &sel)?,
+                    report: sel.report.clone(),
+                    ..MethodResult::kept(m.name(), &ctx, positions())
                 }
             }
         };
         r.seconds = t.elapsed().as_secs_f64() - (ctx.shared_seconds() - shared_seconds);
         r.uses_shared = uses_shared(e, opts, ctx.n());
         results.push(r);
+    }
+    let rejects = &staged.ingested.rejects;
+    if !entries.contains(&Entry::ClipCov) && !rejects.is_empty() {
+        // clipcov's emit writes them otherwise.
+        emit::write_rejects(&cfg.out.join("rejects.parquet"), rejects)?;
     }
     for i in 0..results.len() {
         for j in 0..results.len() {
