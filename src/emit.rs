@@ -100,7 +100,8 @@ fn sha256_file(path: &Path) -> Result<(u64, String)> {
     Ok((bytes.len() as u64, hex))
 }
 
-fn record(out: &Path, path: &Path, rows: u64) -> Result<OutputFile> {
+/// Describes the written file `path` (relative to `out`) with its checksum.
+pub fn record(out: &Path, path: &Path, rows: u64) -> Result<OutputFile> {
     let (bytes, sha256) = sha256_file(path)?;
     Ok(OutputFile {
         path: path
@@ -164,7 +165,8 @@ pub fn emit_clipcov(
     })
 }
 
-fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
+/// Writes `rejects.parquet`: every skipped row with its reason.
+pub fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("row", DataType::UInt64, false),
         Field::new("file", DataType::Utf8, false),

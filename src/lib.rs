@@ -15,6 +15,7 @@
 //! section 1 in [`classes`], section 2 in [`score`], section 3 in [`select`].
 
 pub mod classes;
+pub mod compare;
 pub mod emit;
 pub mod error;
 pub mod formats;
@@ -22,6 +23,7 @@ pub mod ingest;
 pub mod kernels;
 pub mod kmeans;
 pub mod memory;
+pub mod methods;
 pub mod pipeline;
 pub mod rng;
 pub mod score;

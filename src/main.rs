@@ -38,6 +38,10 @@ enum Command {
     Synth(SynthArgs),
     /// Select a ClipCov subset.
     Select(Box<SelectArgs>),
+    /// Run one baseline method (random, clip_score, semdedup, ssp, c_rho, ...).
+    Baseline(Box<clipcov::methods::cli::BaselineArgs>),
+    /// Run ClipCov and the baselines side by side on the same data and budget.
+    Compare(Box<clipcov::compare::CompareArgs>),
 }
 
 #[derive(Args)]
@@ -361,6 +365,8 @@ fn run(cli: Cli) -> Result<()> {
             print_summary(&summary, &cfg.out);
             Ok(())
         }
+        Command::Baseline(a) => clipcov::methods::cli::run_baseline(*a),
+        Command::Compare(a) => clipcov::compare::run_compare(*a),
     }
 }
 

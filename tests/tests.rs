@@ -11,3 +11,5 @@ mod parity;
 mod bad_input;
 // Same input, same bytes; the demo and synth commands.
 mod runs;
+// The baselines against brute force; compare end to end.
+mod baselines;

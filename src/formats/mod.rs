@@ -6,3 +6,4 @@ pub mod canonical;
 pub mod embedding;
 pub mod prompts;
 pub mod subset;
+pub mod targets;

@@ -4,4 +4,5 @@
 //! them on tiles of the staged store.
 
 pub mod dense;
+pub mod lse;
 pub mod topk;

@@ -1,0 +1,456 @@
+//! `clipcov compare`: ClipCov and the baselines side by side on the same
+//! staged data and budget.
+//!
+//! The data is ingested once (classes from the prompts when ClipCov runs),
+//! shared work (CLIP scores, the spherical k-means of semdedup and ssp) is
+//! computed once, and each method writes `OUT/<method>/subset.{parquet,csv}`.
+//! The comparison, printed and written to `OUT/compare.md` and
+//! `OUT/compare.json`, gives per method the rows kept, the latent classes
+//! and the method's own clusters covered, the Jaccard overlap of its rows
+//! with every other method's, and its own time (shared work is timed apart).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::emit::{self, OutputFile};
+use crate::error::{Error, Result};
+use crate::formats::atomic::atomic_write;
+use crate::methods::cli::{
+    learner, learner_store, stage_learner, thread_pool, DataArgs, MethodArgs,
+};
+use crate::methods::context::SharedStage;
+use crate::methods::{self, output, Ctx, Method, MethodOptions};
+use crate::pipeline::{self, ClassSource, SelectConfig};
+
+pub const DEFAULT_METHODS: &str = "clipcov,random,clip_score,semdedup,ssp,neg_clip_loss";
+
+#[derive(Args, Clone, Debug)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Class prompts for ClipCov (Parquet: class_id, name, text_embedding).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Methods to run, comma-separated: clipcov and any baseline.
+    #[arg(long, default_value = DEFAULT_METHODS)]
+    pub methods: String,
+    /// ClipCov: similarity threshold, a number or 'none'.
+    #[arg(long, default_value = "0")]
+    pub tau: String,
+    /// ClipCov: refresh period R of the greedy.
+    #[arg(long, default_value_t = 200)]
+    pub refresh: usize,
+    /// ClipCov: w_cross,w_easy,w_label,w_between.
+    #[arg(long, default_value = "1,2,0.5,1")]
+    pub weights: String,
+    #[command(flatten)]
+    pub options: MethodArgs,
+}
+
+/// One entry of `--methods`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    ClipCov,
+    Baseline(Method),
+}
+
+impl Entry {
+    fn name(self) -> &'static str {
+        match self {
+            Entry::ClipCov => "clipcov",
+            Entry::Baseline(m) => m.name(),
+        }
+    }
+}
+
+fn parse_methods(s: &str) -> Result<Vec<Entry>> {
+    let mut out: Vec<Entry> = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        let e = match name {
+            "clipcov" => Entry::ClipCov,
+            _ => Entry::Baseline(Method::from_name(name).ok_or_else(|| {
+                Error::Usage(format!(
+                    "unknown method '{name}' in --methods; choose from clipcov, {}",
+                    Method::ALL.map(Method::name).join(", ")
+                ))
+            })?),
+        };
+        if out.contains(&e) {
+            return Err(Error::Usage(format!("--methods names '{name}' twice")));
+        }
+        out.push(e);
+    }
+    if out.is_empty() {
+        return Err(Error::Usage("--methods is empty".into()));
+    }
+    Ok(out)
+}
+
+/// One method's line of the comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodResult {
+    pub method: String,
+    pub rows_kept: usize,
+    /// Latent (prompt) classes among the kept rows; `None` without prompts.
+    pub classes_covered: Option<usize>,
+    /// The method's own clusters (ClipCov: its classes), where it has them.
+    pub clusters: Option<usize>,
+    pub clusters_covered: Option<usize>,
+    /// The method's own work and its files, without the shared stages.
+    pub seconds: f64,
+    /// Shared stages the method used (timed once, in `shared`).
+    pub uses_shared: Vec<String>,
+    pub report: serde_json::Map<String, serde_json::Value>,
+    /// Jaccard overlap of the kept rows with each method, in run order.
+    pub jaccard: serde_json::Map<String, serde_json::Value>,
+    pub outputs: Vec<OutputFile>,
+    #[serde(skip)]
+    rows: Vec<u64>,
+}
+
+impl MethodResult {
+    /// A result for `method` keeping the rows at store `positions`; the
+    /// other fields are filled in by the caller.
+    fn kept(method: &str, ctx: &Ctx, positions: impl Iterator<Item = usize>) -> Self {
+        let mut rows: Vec<u64> = positions.map(|p| ctx.rows[p]).collect();
+        rows.sort_unstable();
+        MethodResult {
+            method: method.to_string(),
+            rows_kept: rows.len(),
+            classes_covered: None,
+            clusters: None,
+            clusters_covered: None,
+            seconds: 0.0,
+            uses_shared: Vec::new(),
+            report: serde_json::Map::new(),
+            jaccard: serde_json::Map::new(),
+            outputs: Vec::new(),
+            rows,
+        }
+    }
+}
+
+/// `compare.json`.
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub tool: String,
+    pub version: String,
+    pub data: PathBuf,
+    pub rows: usize,
+    pub budget_rows: usize,
+    pub classes: Option<usize>,
+    pub parameters: serde_json::Value,
+    pub shared: Vec<SharedStage>,
+    pub methods: Vec<MethodResult>,
+    pub seconds_total: f64,
+}
+
+/// `|A ∩ B| / |A ∪ B|` of two sorted, distinct lists (1 when both empty).
+pub fn jaccard(a: &[u64], b: &[u64]) -> f64 {
+    let (mut i, mut j, mut both) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - both;
+    if union == 0 {
+        1.0
+    } else {
+        both as f64 / union as f64
+    }
+}
+
+/// Runs `clipcov compare`.
+pub fn run_compare(a: CompareArgs) -> Result<()> {
+    let entries = parse_methods(&a.methods)?;
+    let opts = a.options.options(&a.data)?;
+    if opts.budget.is_none() {
+        return Err(Error::Usage(
+            "compare needs a budget: give --fraction F or --budget COUNT".into(),
+        ));
+    }
+    let with_clipcov = entries.contains(&Entry::ClipCov);
+    for e in &entries {
+        if let Entry::Baseline(m) = e {
+            methods::check(*m, &opts, a.options.learner_data.is_some())?;
+        }
+    }
+    let classes = match (&a.prompts, with_clipcov) {
+        (Some(p), _) => ClassSource::Prompts(p.clone()),
+        (None, false) => ClassSource::Single,
+        (None, true) => {
+            return Err(Error::Usage(
+                "clipcov in --methods needs --prompts FILE (or leave clipcov out of --methods)"
+                    .into(),
+            ))
+        }
+    };
+    let mut cfg = a.data.config(classes)?;
+    cfg.tau = pipeline::parse_tau(&a.tau)?;
+    cfg.weights = pipeline::parse_weights(&a.weights)?;
+    if a.refresh == 0 {
+        return Err(Error::Usage("--refresh must be at least 1".into()));
+    }
+    cfg.refresh = a.refresh;
+    let c = thread_pool(cfg.threads)?.install(|| {
+        let r = compare(&entries, &cfg, &opts, &a);
+        if r.is_err() {
+            let _ = std::fs::remove_dir_all(cfg.out.join("store"));
+            let _ = std::fs::remove_dir_all(learner_store(&cfg.out));
+        }
+        r
+    })?;
+    print!("{}", markdown(&c));
+    println!("  wrote {}", cfg.out.join("compare.md").display());
+    println!("  wrote {}", cfg.out.join("compare.json").display());
+    Ok(())
+}
+
+fn compare(
+    entries: &[Entry],
+    cfg: &SelectConfig,
+    opts: &MethodOptions,
+    a: &CompareArgs,
+) -> Result<Comparison> {
+    let started = Instant::now();
+    let mut timings = Vec::new();
+    let staged = pipeline::stage_data(cfg, &cfg.out.join("store"), &mut timings)?;
+    let store = &staged.store;
+    let ctx = Ctx::new(store, staged.tile_rows);
+    let lstaged = if entries.contains(&Entry::Baseline(Method::CRho)) {
+        stage_learner(cfg, &a.options, &mut timings)?
+    } else {
+        None
+    };
+    let learner = learner(&ctx, &staged, lstaged.as_ref(), cfg)?;
+    let prompts = matches!(cfg.classes, ClassSource::Prompts(_));
+    let offsets = &store.meta.class_offsets;
+    let class_of = |pos: usize| offsets.partition_point(|&o| o <= pos as u64) - 1;
+    let covered = |positions: &mut dyn Iterator<Item = usize>| {
+        let mut c: Vec<usize> = positions.map(class_of).collect();
+        c.sort_unstable();
+        c.dedup();
+        c.len()
+    };
+
+    let mut results = Vec::new();
+    for &e in entries {
+        let t = Instant::now();
+        let shared_seconds = ctx.shared_seconds();
+        let mut r = match e {
+            Entry::ClipCov => {
+                let (picks, terms) = pipeline::clipcov_picks(cfg, &staged, &mut Vec::new())?;
+                let m = emit::emit_clipcov(
+                    &cfg.out,
+                    store,
+                    terms.as_slice(),
+                    &picks,
+                    &staged.ingested.rejects,
+                )?;
+                let k = covered(&mut picks.iter().map(|p| p.pos));
+                MethodResult {
+                    classes_covered: Some(k),
+                    clusters: Some(store.meta.classes()),
+                    clusters_covered: Some(k),
+                    outputs: m.outputs,
+                    ..MethodResult::kept("clipcov", &ctx, picks.iter().map(|p| p.pos))
+                }
+            }
+            Entry::Baseline(m) => {
+                let sel = methods::run(m, &ctx, opts, &cfg.out, learner.as_ref())?;
+                let positions = || sel.picks.iter().map(|p| p.pos);
+                MethodResult {
+                    classes_covered: prompts.then(|| covered(&mut positions())),
+                    clusters: sel.clusters,
+                    clusters_covered: sel.clusters_covered(),
+                    outputs: output::write_subset(&cfg.out, &ctx, &sel)?,
+                    report: sel.report.clone(),
+                    ..MethodResult::kept(m.name(), &ctx, positions())
+                }
+            }
+        };
+        r.seconds = t.elapsed().as_secs_f64() - (ctx.shared_seconds() - shared_seconds);
+        r.uses_shared = uses_shared(e, opts, ctx.n());
+        results.push(r);
+    }
+    let rejects = &staged.ingested.rejects;
+    if !entries.contains(&Entry::ClipCov) && !rejects.is_empty() {
+        // clipcov's emit writes them otherwise.
+        emit::write_rejects(&cfg.out.join("rejects.parquet"), rejects)?;
+    }
+    for i in 0..results.len() {
+        for j in 0..results.len() {
+            let v = jaccard(&results[i].rows, &results[j].rows);
+            let name = results[j].method.clone();
+            results[i].jaccard.insert(name, v.into());
+        }
+    }
+    let mut shared: Vec<SharedStage> = timings
+        .iter()
+        .map(|t| SharedStage {
+            stage: t.stage.clone(),
+            seconds: t.seconds,
+        })
+        .collect();
+    shared.extend(ctx.shared_stages());
+    let n = ctx.n();
+    let c = Comparison {
+        tool: "clipcov".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        data: cfg.data.clone(),
+        rows: n,
+        budget_rows: cfg.budget.rows(n as u64) as usize,
+        classes: prompts.then(|| store.meta.classes()),
+        parameters: serde_json::json!({
+            "methods": entries.iter().map(|e| e.name()).collect::<Vec<_>>(),
+            "budget": cfg.budget,
+            "prompts": a.prompts,
+            "tau": cfg.tau.to_string(),
+            "refresh": cfg.refresh,
+            "weights": cfg.weights,
+            "options": opts,
+            "learner_data": a.options.learner_data,
+            "threads": cfg.threads,
+            "tile_rows": staged.tile_rows,
+            "d": store.meta.d,
+            "store_dtype": store.meta.dtype,
+        }),
+        shared,
+        methods: results,
+        seconds_total: started.elapsed().as_secs_f64(),
+    };
+    emit::write_json(&cfg.out.join("compare.json"), &c)?;
+    let md = markdown(&c);
+    let path = cfg.out.join("compare.md");
+    atomic_write(&path, |w| {
+        use std::io::Write;
+        w.write_all(md.as_bytes()).map_err(|e| Error::io(&path, e))
+    })?;
+    Ok(c)
+}
+
+/// Which shared stages an entry draws on (for the report).
+fn uses_shared(e: Entry, opts: &MethodOptions, n: usize) -> Vec<String> {
+    let scores = "clip scores".to_string();
+    match e {
+        Entry::Baseline(Method::ClipScore | Method::NegClipLoss) => vec![scores],
+        Entry::Baseline(Method::DatacompImageBased) => vec![scores],
+        Entry::Baseline(Method::Semdedup | Method::Ssp) => {
+            vec![format!("spherical k-means (C = {})", opts.clusters_for(n))]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn of(x: Option<usize>, total: Option<usize>) -> String {
+    match (x, total) {
+        (Some(x), Some(t)) => format!("{x}/{t}"),
+        (Some(x), None) => x.to_string(),
+        _ => "-".into(),
+    }
+}
+
+fn notes(r: &MethodResult) -> String {
+    let mut s = Vec::new();
+    if let Some(e) = r.report.get("eps") {
+        match e.as_f64() {
+            Some(e) => s.push(format!("eps = {e:.6}")),
+            None => s.push("no finite eps".to_string()),
+        }
+    }
+    if let Some(k) = r.report.get("clusters_with_targets") {
+        s.push(format!("{k} clusters hold a target"));
+    }
+    if !r.uses_shared.is_empty() {
+        s.push(format!("uses {}", r.uses_shared.join(", ")));
+    }
+    s.join("; ")
+}
+
+/// `compare.md`: the table, the overlap matrix and the shared stages.
+pub fn markdown(c: &Comparison) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# clipcov compare\n");
+    let _ = writeln!(
+        s,
+        "{} rows, budget B = {}{}.\n",
+        c.rows,
+        c.budget_rows,
+        c.classes
+            .map_or(String::new(), |k| format!(", {k} latent classes (prompts)"))
+    );
+    let _ = writeln!(
+        s,
+        "| method | rows kept | classes covered | clusters covered | seconds | notes |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---|");
+    for r in &c.methods {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.2} | {} |",
+            r.method,
+            r.rows_kept,
+            of(r.classes_covered, c.classes),
+            of(r.clusters_covered, r.clusters),
+            r.seconds,
+            notes(r)
+        );
+    }
+    let _ = writeln!(s, "\nJaccard overlap of the kept rows:\n");
+    let _ = write!(s, "| |");
+    for r in &c.methods {
+        let _ = write!(s, " {} |", r.method);
+    }
+    let _ = write!(s, "\n|---|");
+    for _ in &c.methods {
+        let _ = write!(s, "---:|");
+    }
+    let _ = writeln!(s);
+    for r in &c.methods {
+        let _ = write!(s, "| {} |", r.method);
+        for o in &c.methods {
+            let v = r.jaccard.get(&o.method).and_then(|v| v.as_f64());
+            let _ = write!(s, " {:.3} |", v.unwrap_or(f64::NAN));
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(
+        s,
+        "\nSeconds are each method's own work and files; shared work, done once:\n"
+    );
+    for t in &c.shared {
+        let _ = writeln!(s, "- {}: {:.2} s", t.stage, t.seconds);
+    }
+    let _ = writeln!(s, "\nTotal: {:.2} s.", c.seconds_total);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jaccard_counts_the_overlap() {
+        assert_eq!(jaccard(&[1, 2, 3], &[2, 3, 4]), 0.5);
+        assert_eq!(jaccard(&[], &[]), 1.0);
+        assert_eq!(jaccard(&[1], &[]), 0.0);
+    }
+
+    #[test]
+    fn methods_parse() {
+        assert_eq!(parse_methods(DEFAULT_METHODS).unwrap().len(), 6);
+        assert!(parse_methods("clipcov,clipcov").is_err());
+        assert!(parse_methods("nope").is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! `clipcov baseline <method> ...`: the arguments as typed, validated into
+//! a staging config and [`MethodOptions`], and the run: stage the data once
+//! (one class holding every row), run the method, write its files and the
+//! manifest.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+
+use super::c_rho::Learner;
+use super::{output, Ctx, Method, MethodOptions, Selection};
+use crate::emit::{self, Manifest, StageTiming};
+use crate::error::{Error, IoContext, Result};
+use crate::formats::canonical::Columns;
+use crate::ingest::{BadRowPolicy, DuplicatePolicy};
+use crate::memory::{parse_size, RssMonitor};
+use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
+use crate::score::Tau;
+use crate::select::Weights;
+
+/// The data, budget and run options every method shares.
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Folder of Parquet shards (searched recursively) or one file.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Fraction of the rows to keep.
+    #[arg(long, conflicts_with = "budget")]
+    pub fraction: Option<f64>,
+    /// Number of rows to keep.
+    #[arg(long)]
+    pub budget: Option<u64>,
+    /// Bound on anonymous memory (e.g. 4GiB); steers tile and batch sizes.
+    #[arg(long, default_value = "4GiB")]
+    pub memory_limit: String,
+    /// Worker threads (default: all cores). Results do not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Rows per tile side (default: planned from --memory-limit).
+    #[arg(long)]
+    pub tile_rows: Option<usize>,
+    #[arg(long, default_value = "id")]
+    pub id_column: String,
+    #[arg(long, default_value = "image_embedding")]
+    pub image_column: String,
+    #[arg(long, default_value = "text_embedding")]
+    pub text_column: String,
+    /// What to do with a row with a non-finite or zero embedding.
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_bad_row: BadRowPolicy,
+    /// What to do with a repeated id.
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_duplicate: DuplicatePolicy,
+    /// Seed of every random choice (k-means, draws, batches, samples).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The methods' own options.
+#[derive(Args, Clone, Debug)]
+pub struct MethodArgs {
+    /// k-means clusters of semdedup, ssp and datacomp_image_based
+    /// (default max(1, round(N / 1000))).
+    #[arg(long)]
+    pub clusters: Option<usize>,
+    #[arg(long, default_value_t = 20)]
+    pub kmeans_iterations: usize,
+    /// semdedup: keep the rows with m_j <= 1 - eps (instead of the budget).
+    #[arg(long)]
+    pub eps: Option<f64>,
+    /// clip_score: keep every row with score >= t (instead of the budget).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Temperature T of c_rho and neg_clip_loss.
+    #[arg(long, default_value_t = 0.01)]
+    pub temperature: f64,
+    /// neg_clip_loss: random batches containing each row (k).
+    #[arg(long, default_value_t = 10)]
+    pub neg_batches: usize,
+    /// neg_clip_loss: batch size b (capped at the row count).
+    #[arg(long, default_value_t = 32768)]
+    pub neg_batch_size: usize,
+    /// c_rho: size M of the fixed sample of other pairs.
+    #[arg(long, default_value_t = 1024)]
+    pub rho_sample: usize,
+    /// c_rho: the weaker learner model's embeddings of the same pairs
+    /// (same ids, same order); --data is the reference model.
+    #[arg(long)]
+    pub learner_data: Option<PathBuf>,
+    /// c_rho: image column of --learner-data (default: --image-column).
+    #[arg(long)]
+    pub learner_image_column: Option<String>,
+    /// c_rho: caption column of --learner-data (default: --text-column).
+    #[arg(long)]
+    pub learner_text_column: Option<String>,
+    /// datacomp_image_based: target image embeddings (Parquet with an
+    /// image_embedding column, or .npy [K, d]).
+    #[arg(long)]
+    pub targets: Option<PathBuf>,
+    /// datacomp_image_based: first keep this top fraction by CLIP score.
+    #[arg(long)]
+    pub intersect_clip_score: Option<f64>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct BaselineArgs {
+    /// The method (shared/spec/baselines.md).
+    #[arg(value_enum)]
+    pub method: Method,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub options: MethodArgs,
+}
+
+fn positive(name: &str, v: f64) -> Result<f64> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(Error::Usage(format!(
+            "--{name} {v} must be a positive number"
+        )))
+    }
+}
+
+fn at_least_one(name: &str, v: usize) -> Result<usize> {
+    if v == 0 {
+        Err(Error::Usage(format!("--{name} must be at least 1")))
+    } else {
+        Ok(v)
+    }
+}
+
+fn fraction(name: &str, f: f64) -> Result<f64> {
+    if f > 0.0 && f <= 1.0 {
+        Ok(f)
+    } else {
+        Err(Error::Usage(format!("--{name} {f} must be in (0, 1]")))
+    }
+}
+
+impl DataArgs {
+    pub fn budget(&self) -> Result<Option<Budget>> {
+        Ok(match (self.fraction, self.budget) {
+            (Some(f), _) => Some(Budget::Fraction(fraction("fraction", f)?)),
+            (None, Some(b)) => Some(Budget::Count(b)),
+            (None, None) => None,
+        })
+    }
+
+    /// The staging config (also ClipCov's, in `compare`).
+    pub fn config(&self, classes: ClassSource) -> Result<SelectConfig> {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        at_least_one("threads", threads)?;
+        if let Some(t) = self.tile_rows {
+            at_least_one("tile-rows", t)?;
+        }
+        Ok(SelectConfig {
+            data: self.data.clone(),
+            classes,
+            budget: self.budget()?.unwrap_or(Budget::Count(0)),
+            out: self.out.clone(),
+            tau: Tau::Threshold(0.0),
+            refresh: 200,
+            weights: Weights::default(),
+            memory_limit_bytes: parse_size(&self.memory_limit)?,
+            threads,
+            tile_rows: self.tile_rows,
+            columns: Columns {
+                id: self.id_column.clone(),
+                image: self.image_column.clone(),
+                text: self.text_column.clone(),
+            },
+            on_bad_row: self.on_bad_row,
+            on_duplicate: self.on_duplicate,
+            seed: self.seed,
+            assign_text: false,
+        })
+    }
+}
+
+impl MethodArgs {
+    pub fn options(&self, data: &DataArgs) -> Result<MethodOptions> {
+        if let Some(c) = self.clusters {
+            at_least_one("clusters", c)?;
+        }
+        if let Some(l) = &self.learner_data {
+            // Fail before staging the main data, not after.
+            std::fs::metadata(l).at_path(l)?;
+        }
+        if let Some(e) = self.eps {
+            if !e.is_finite() {
+                return Err(Error::Usage(format!("--eps {e} must be a finite number")));
+            }
+        }
+        if let Some(t) = self.threshold {
+            if !t.is_finite() {
+                return Err(Error::Usage(format!(
+                    "--threshold {t} must be a finite number"
+                )));
+            }
+        }
+        Ok(MethodOptions {
+            budget: data.budget()?,
+            seed: data.seed,
+            clusters: self.clusters,
+            kmeans_iterations: self.kmeans_iterations,
+            eps: self.eps,
+            threshold: self.threshold,
+            temperature: positive("temperature", self.temperature)?,
+            neg_batches: at_least_one("neg-batches", self.neg_batches)?,
+            neg_batch_size: at_least_one("neg-batch-size", self.neg_batch_size)?,
+            rho_sample: at_least_one("rho-sample", self.rho_sample)?,
+            intersect_clip_score: self
+                .intersect_clip_score
+                .map(|f| fraction("intersect-clip-score", f))
+                .transpose()?,
+            targets: self.targets.clone(),
+        })
+    }
+}
+
+/// A rayon pool of `threads` threads.
+pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// The timing of a stage that is not an input pass.
+pub fn timing(stage: &str, seconds: f64, rows: u64) -> StageTiming {
+    StageTiming {
+        stage: stage.to_string(),
+        seconds,
+        rows,
+        rows_per_second: if seconds > 0.0 {
+            rows as f64 / seconds
+        } else {
+            0.0
+        },
+        bytes_read: 0,
+        gb_per_second: 0.0,
+    }
+}
+
+/// Stages c_rho's learner data beside the main store (`OUT/learner-store`).
+pub fn stage_learner(
+    cfg: &SelectConfig,
+    args: &MethodArgs,
+    timings: &mut Vec<StageTiming>,
+) -> Result<Option<Staged>> {
+    let Some(dir) = &args.learner_data else {
+        return Ok(None);
+    };
+    let mut lcfg = cfg.clone();
+    lcfg.data = dir.clone();
+    lcfg.classes = ClassSource::Single;
+    if let Some(c) = &args.learner_image_column {
+        lcfg.columns.image = c.clone();
+    }
+    if let Some(c) = &args.learner_text_column {
+        lcfg.columns.text = c.clone();
+    }
+    let mut t = Vec::new();
+    let staged = pipeline::stage_data(&lcfg, &learner_store(&cfg.out), &mut t)?;
+    for mut s in t {
+        s.stage = format!("learner {}", s.stage);
+        timings.push(s);
+    }
+    Ok(Some(staged))
+}
+
+pub fn learner_store(out: &Path) -> PathBuf {
+    out.join("learner-store")
+}
+
+/// Matches a staged learner to the main rows.
+pub fn learner<'a>(
+    ctx: &Ctx,
+    main: &Staged,
+    learner: Option<&'a Staged>,
+    cfg: &SelectConfig,
+) -> Result<Option<Learner<'a>>> {
+    learner
+        .map(|l| {
+            Learner::match_rows(
+                ctx,
+                &main.ingested,
+                &l.store,
+                &l.files,
+                &l.ingested,
+                &cfg.columns.id,
+            )
+        })
+        .transpose()
+}
+
+/// Runs `clipcov baseline`.
+pub fn run_baseline(a: BaselineArgs) -> Result<()> {
+    let opts = a.options.options(&a.data)?;
+    super::check(a.method, &opts, a.options.learner_data.is_some())?;
+    let cfg = a.data.config(ClassSource::Single)?;
+    let (manifest, sel_summary) = thread_pool(cfg.threads)?.install(|| {
+        let r = baseline(a.method, &cfg, &opts, &a.options);
+        if r.is_err() {
+            // A failed run leaves no store that could be mistaken for complete.
+            let _ = std::fs::remove_dir_all(cfg.out.join("store"));
+            let _ = std::fs::remove_dir_all(learner_store(&cfg.out));
+        }
+        r
+    })?;
+    let r = manifest.rows.as_ref();
+    println!(
+        "{}: kept {} of {} rows{} in {:.2} s",
+        a.method.name(),
+        r.map_or(0, |r| r.selected),
+        r.map_or(0, |r| r.used),
+        sel_summary,
+        manifest.seconds_total
+    );
+    for t in &manifest.stages {
+        println!("  {:<16} {:>8.3} s", t.stage, t.seconds);
+    }
+    for f in &manifest.outputs {
+        println!("  wrote {}", cfg.out.join(&f.path).display());
+    }
+    Ok(())
+}
+
+/// One line of what a selection did beyond its row count.
+pub fn describe(sel: &Selection) -> String {
+    let mut s = String::new();
+    if let (Some(c), Some(k)) = (sel.clusters_covered(), sel.clusters) {
+        s.push_str(&format!(" from {c} of {k} clusters"));
+    }
+    for (key, v) in &sel.report {
+        if key == "eps" {
+            match v.as_f64() {
+                Some(e) => s.push_str(&format!(", eps = {e}")),
+                None => s.push_str(", no finite eps gives this budget"),
+            }
+        }
+        if key == "clusters_with_targets" {
+            s.push_str(&format!(", {v} clusters received a target"));
+        }
+    }
+    s
+}
+
+fn baseline(
+    method: Method,
+    cfg: &SelectConfig,
+    opts: &MethodOptions,
+    args: &MethodArgs,
+) -> Result<(Manifest, String)> {
+    let started = Instant::now();
+    let monitor = RssMonitor::start();
+    let mut timings = Vec::new();
+    let staged = pipeline::stage_data(cfg, &cfg.out.join("store"), &mut timings)?;
+    let ctx = Ctx::new(&staged.store, staged.tile_rows);
+    let lstaged = if method == Method::CRho {
+        stage_learner(cfg, args, &mut timings)?
+    } else {
+        None
+    };
+    let learner = learner(&ctx, &staged, lstaged.as_ref(), cfg)?;
+    let n = ctx.n() as u64;
+    let t = Instant::now();
+    let sel = super::run(method, &ctx, opts, &cfg.out, learner.as_ref())?;
+    for s in ctx.shared_stages() {
+        timings.push(timing(&s.stage, s.seconds, n));
+    }
+    timings.push(timing(
+        method.name(),
+        t.elapsed().as_secs_f64() - ctx.shared_seconds(),
+        n,
+    ));
+    let t = Instant::now();
+    let mut outputs = output::write_subset(&cfg.out, &ctx, &sel)?;
+    if !staged.ingested.rejects.is_empty() {
+        let rp = cfg.out.join("rejects.parquet");
+        emit::write_rejects(&rp, &staged.ingested.rejects)?;
+        outputs.push(emit::record(
+            &cfg.out,
+            &rp,
+            staged.ingested.rejects.len() as u64,
+        )?);
+    }
+    timings.push(timing(
+        "emit",
+        t.elapsed().as_secs_f64(),
+        sel.picks.len() as u64,
+    ));
+    let budget = opts.budget.map_or(0, |b| b.rows(n) as usize);
+    let m = Manifest {
+        method: method.name().into(),
+        outputs,
+        classes_selected: sel.clusters_covered().unwrap_or(0),
+        ..Default::default()
+    };
+    let mut m = emit::finish_manifest(
+        m,
+        cfg,
+        &staged.files,
+        &staged.ingested,
+        &staged.store.meta,
+        budget,
+        timings,
+        monitor.report(),
+        staged.plan,
+        staged.tile_rows,
+        started.elapsed().as_secs_f64(),
+    );
+    m.parameters = serde_json::json!({
+        "method": method.name(),
+        "data": cfg.data,
+        "learner_data": args.learner_data,
+        "out": cfg.out,
+        "budget": opts.budget,
+        "budget_rows": budget,
+        "options": opts,
+        "report": sel.report,
+        "clusters": sel.clusters,
+        "threads": cfg.threads,
+        "memory_limit_bytes": cfg.memory_limit_bytes,
+        "tile_rows": staged.tile_rows,
+        "columns": cfg.columns,
+        "on_bad_row": cfg.on_bad_row,
+        "on_duplicate": cfg.on_duplicate,
+        "d": staged.store.meta.d,
+        "store_dtype": staged.store.meta.dtype,
+    });
+    emit::write_json(&cfg.out.join("manifest.json"), &m)?;
+    Ok((m, describe(&sel)))
+}
