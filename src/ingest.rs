@@ -188,13 +188,60 @@ fn store_dtype(s: &ShardSchema) -> Dtype {
 struct Prepared {
     /// Index in the batch of each kept row.
     keep: Vec<usize>,
-    /// Row-major embeddings of the kept rows at store precision.
-    image: Vec<u8>,
-    text: Vec<u8>,
+    /// Row-major embeddings of the kept rows at store precision: the f32
+    /// pair for f32 stores (already normalised), the f16 pair for f16 ones.
+    image32: Vec<f32>,
+    text32: Vec<f32>,
+    image16: Vec<f16>,
+    text16: Vec<f16>,
     /// Two normalising factors a kept row.
     scale: Vec<f32>,
+    /// Latent class of each kept row (0 without classification).
+    labels: Vec<u32>,
     /// Skipped rows: (index in batch, "column: problem").
     bad: Vec<(usize, String)>,
+}
+
+impl Prepared {
+    /// The stored bytes of kept row `r`: (image, text).
+    fn row_bytes(&self, r: usize, d: usize) -> (&[u8], &[u8]) {
+        use crate::store::as_bytes;
+        if self.image16.is_empty() {
+            (
+                as_bytes(&self.image32[r * d..(r + 1) * d]),
+                as_bytes(&self.text32[r * d..(r + 1) * d]),
+            )
+        } else {
+            (
+                as_bytes(&self.image16[r * d..(r + 1) * d]),
+                as_bytes(&self.text16[r * d..(r + 1) * d]),
+            )
+        }
+    }
+
+    /// Assigns each kept row its class: one GEMM against `c`.
+    fn classify(&mut self, c: &Classify, d: usize) {
+        let rows: std::borrow::Cow<[f32]> = match (self.image16.is_empty(), c.use_text) {
+            (true, false) => (&self.image32[..]).into(),
+            (true, true) => (&self.text32[..]).into(),
+            (false, text) => {
+                let (v, slot) = if text {
+                    (&self.text16, 1)
+                } else {
+                    (&self.image16, 0)
+                };
+                v.chunks_exact(d)
+                    .enumerate()
+                    .flat_map(|(r, row)| {
+                        let s = self.scale[2 * r + slot];
+                        row.iter().map(move |x| x.to_f32() * s)
+                    })
+                    .collect::<Vec<f32>>()
+                    .into()
+            }
+        };
+        self.labels = kmeans::assign_serial(&rows, d, &c.embeddings);
+    }
 }
 
 /// Everything about the batch a worker needs.
@@ -215,7 +262,6 @@ impl BatchCtx<'_> {
         let (d, opts) = (self.d, self.opts);
         let (img_col, txt_col) = (opts.columns.image.as_str(), opts.columns.text.as_str());
         let mut p = Prepared::default();
-        let mut f32s: Vec<f32> = Vec::new();
         for i in range {
             let row_in_file = self.first_row_in_file + i as u64;
             if self.id_nulls.is_some_and(|n| n.is_null(i)) {
@@ -285,45 +331,20 @@ impl BatchCtx<'_> {
                     let (Floats::F16(a), Floats::F16(b)) = (u, v) else {
                         unreachable!("f16 store only from f16 shards")
                     };
-                    p.image.extend_from_slice(crate::store::as_bytes(a));
-                    p.text.extend_from_slice(crate::store::as_bytes(b));
+                    p.image16.extend_from_slice(a);
+                    p.text16.extend_from_slice(b);
                     p.scale.push((1.0 / norms[0]) as f32);
                     p.scale.push((1.0 / norms[1]) as f32);
                 }
                 Dtype::F32 => {
-                    f32s.clear();
-                    u.extend_scaled_f32(1.0 / norms[0], &mut f32s);
-                    p.image.extend_from_slice(crate::store::as_bytes(&f32s));
-                    f32s.clear();
-                    v.extend_scaled_f32(1.0 / norms[1], &mut f32s);
-                    p.text.extend_from_slice(crate::store::as_bytes(&f32s));
+                    u.extend_scaled_f32(1.0 / norms[0], &mut p.image32);
+                    v.extend_scaled_f32(1.0 / norms[1], &mut p.text32);
                     p.scale.extend([1.0f32, 1.0]);
                 }
             }
             p.keep.push(i);
         }
         Ok(p)
-    }
-}
-
-/// Normalised `f32` rows of a prepared batch (for classification).
-fn normalised_f32(p: &Prepared, dtype: Dtype, d: usize, text: bool) -> Vec<f32> {
-    let bytes = if text { &p.text } else { &p.image };
-    let slot = usize::from(text);
-    match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2 * d)
-            .enumerate()
-            .flat_map(|(r, row)| {
-                let s = p.scale[2 * r + slot];
-                row.chunks_exact(2)
-                    .map(move |b| f16::from_le_bytes([b[0], b[1]]).to_f32() * s)
-            })
-            .collect(),
     }
 }
 
@@ -501,63 +522,52 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                 opts,
             };
             let n = batch.len();
+            // Validate, convert and classify in parallel, in row order.
             let parts: Vec<Result<Prepared>> = (0..n.div_ceil(PREPARE_ROWS))
                 .into_par_iter()
-                .map(|c| ctx.prepare(c * PREPARE_ROWS..((c + 1) * PREPARE_ROWS).min(n)))
-                .collect();
-            let mut prepared = Prepared::default();
-            for p in parts {
-                let p = p?; // the first error in row order
-                prepared.keep.extend(p.keep);
-                prepared.image.extend(p.image);
-                prepared.text.extend(p.text);
-                prepared.scale.extend(p.scale);
-                prepared.bad.extend(p.bad);
-            }
-            let ids = id_column(&batch.id);
-            for (i, reason) in &prepared.bad {
-                *skipped
-                    .entry(reason.split_once(": ").unwrap().1.to_string())
-                    .or_default() += 1;
-                rejects.push(Reject {
-                    row: batch.first_row + *i as u64,
-                    file: file.relative.clone(),
-                    id: ids.text(*i),
-                    reason: reason.clone(),
-                });
-            }
-            let labels: Vec<u32> = match &opts.classify {
-                Some(c) => {
-                    let rows = normalised_f32(&prepared, dt, dd, c.use_text);
-                    kmeans::assign(
-                        &kmeans::SliceRows { data: &rows, d: dd },
-                        &c.embeddings,
-                        true,
-                    )
-                }
-                None => vec![0; prepared.keep.len()],
-            };
-            let w = writers.as_mut().unwrap();
-            let rb = dd * dt.bytes();
-            for (r, (&i, &k)) in prepared.keep.iter().zip(&labels).enumerate() {
-                let b = &mut buckets[k as usize];
-                b.image
-                    .extend_from_slice(&prepared.image[r * rb..(r + 1) * rb]);
-                b.text
-                    .extend_from_slice(&prepared.text[r * rb..(r + 1) * rb]);
-                b.scale.extend_from_slice(&prepared.scale[2 * r..2 * r + 2]);
-                b.rows.push(batch.first_row + i as u64);
-                b.hashes.push(ids.hash(i));
-                match &ids {
-                    IdColumn::Str(f) => {
-                        b.id_bytes.extend_from_slice(f(i).as_bytes());
-                        b.id_ends.push(b.id_bytes.len() as u32);
+                .map(|c| {
+                    let mut p = ctx.prepare(c * PREPARE_ROWS..((c + 1) * PREPARE_ROWS).min(n))?;
+                    match &opts.classify {
+                        Some(cl) => p.classify(cl, dd),
+                        None => p.labels = vec![0; p.keep.len()],
                     }
-                    IdColumn::Int(v) => b.id_ints.push(v[i].unwrap() as u64),
-                    IdColumn::UInt(v) => b.id_ints.push(v[i].unwrap()),
+                    Ok(p)
+                })
+                .collect();
+            let ids = id_column(&batch.id);
+            let w = writers.as_mut().unwrap();
+            for part in parts {
+                let part = part?; // the first error in row order
+                for (i, reason) in &part.bad {
+                    *skipped
+                        .entry(reason.split_once(": ").unwrap().1.to_string())
+                        .or_default() += 1;
+                    rejects.push(Reject {
+                        row: batch.first_row + *i as u64,
+                        file: file.relative.clone(),
+                        id: ids.text(*i),
+                        reason: reason.clone(),
+                    });
                 }
-                if b.len() >= chunk_rows {
-                    w.flush(k, b)?;
+                for (r, (&i, &k)) in part.keep.iter().zip(&part.labels).enumerate() {
+                    let b = &mut buckets[k as usize];
+                    let (img_bytes, txt_bytes) = part.row_bytes(r, dd);
+                    b.image.extend_from_slice(img_bytes);
+                    b.text.extend_from_slice(txt_bytes);
+                    b.scale.extend_from_slice(&part.scale[2 * r..2 * r + 2]);
+                    b.rows.push(batch.first_row + i as u64);
+                    b.hashes.push(ids.hash(i));
+                    match &ids {
+                        IdColumn::Str(f) => {
+                            b.id_bytes.extend_from_slice(f(i).as_bytes());
+                            b.id_ends.push(b.id_bytes.len() as u32);
+                        }
+                        IdColumn::Int(v) => b.id_ints.push(v[i].unwrap() as u64),
+                        IdColumn::UInt(v) => b.id_ints.push(v[i].unwrap()),
+                    }
+                    if b.len() >= chunk_rows {
+                        w.flush(k, b)?;
+                    }
                 }
             }
             rows_read += n as u64;

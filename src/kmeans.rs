@@ -96,6 +96,19 @@ fn bias(centroids: &[f32], d: usize, spherical: bool) -> Vec<f32> {
         .collect()
 }
 
+/// Index of the largest `<x, c>` for each row of `rows` (`[n, d]`), on the
+/// calling thread (callers parallelise over batches).
+pub fn assign_serial(rows: &[f32], d: usize, centroids: &[f32]) -> Vec<u32> {
+    let k = centroids.len() / d.max(1);
+    let b = vec![0.0f32; k];
+    let mut out = vec![0u32; rows.len() / d.max(1)];
+    let mut tile = Vec::new();
+    for (block, o) in rows.chunks(BLOCK_ROWS * d).zip(out.chunks_mut(BLOCK_ROWS)) {
+        assign_block(block, centroids, &b, d, o, &mut tile);
+    }
+    out
+}
+
 /// Assigns every row to its best centroid (largest `<x, c>` for spherical,
 /// nearest in L2 otherwise).
 pub fn assign(src: &dyn RowSource, centroids: &[f32], spherical: bool) -> Vec<u32> {
