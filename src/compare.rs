@@ -203,6 +203,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         return Err(Error::Usage("--refresh must be at least 1".into()));
     }
     cfg.refresh = a.refresh;
+    let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     let c = thread_pool(cfg.threads)?.install(|| {
         let r = compare(&entries, &cfg, &opts, &a);
         if r.is_err() {

@@ -13,6 +13,9 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_DATA: i32 = 65;
 /// Exit status for I/O failures (sysexits EX_IOERR).
 pub const EXIT_IO: i32 = 74;
+/// Exit status when another run holds the output folder (EX_TEMPFAIL: try
+/// again later).
+pub const EXIT_BUSY: i32 = 75;
 /// Exit status for a bug in clipcov (sysexits EX_SOFTWARE).
 pub const EXIT_INTERNAL: i32 = 70;
 
@@ -46,6 +49,10 @@ pub enum Error {
         needed: u64,
         limit: u64,
     },
+
+    /// Another run holds the output folder.
+    #[error("{0}")]
+    Busy(String),
 
     /// A bug in clipcov.
     #[error("internal error: {0} (this is a bug in clipcov; please report it)")]
@@ -89,6 +96,7 @@ impl Error {
             Error::Data { .. } => EXIT_DATA,
             Error::Io { .. } => EXIT_IO,
             Error::MemoryLimit { .. } => EXIT_USAGE,
+            Error::Busy(_) => EXIT_BUSY,
             Error::Internal(_) => EXIT_INTERNAL,
         }
     }

@@ -22,6 +22,7 @@ pub mod formats;
 pub mod ingest;
 pub mod kernels;
 pub mod kmeans;
+pub mod lock;
 pub mod memory;
 pub mod methods;
 pub mod pipeline;

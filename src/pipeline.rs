@@ -83,6 +83,7 @@ pub fn run_select(cfg: &SelectConfig) -> Result<SelectSummary> {
         .num_threads(cfg.threads)
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     pool.install(|| {
         let store_dir = cfg.out.join("store");
         let result = run(cfg, &store_dir);

@@ -162,3 +162,77 @@ fn demo_runs() {
     let rows = read_subset_csv(&dir.join("result/clipcov/subset.csv"));
     assert_eq!(rows.len(), 2000);
 }
+
+#[test]
+fn second_run_on_the_same_out_is_refused_while_the_first_runs() {
+    let dir = Dir::new("lock");
+    let synth = dir.join("synth");
+    clipcov_ok(&[
+        "synth",
+        "--rows",
+        "100000",
+        "--classes",
+        "2",
+        "--dim",
+        "64",
+        "--seed",
+        "1",
+        "--out",
+        s(&synth),
+    ]);
+    let out = dir.join("out");
+    let (data, prompts) = (synth.join("data"), synth.join("prompts.parquet"));
+    let args = [
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.5",
+        "--out",
+        s(&out),
+        "--threads",
+        "1",
+    ];
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_clipcov"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first run holds the lock (it writes its pid there).
+    let lock = out.join(".clipcov.lock");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains(&format!("pid {}", first.id())))
+    {
+        assert!(t0.elapsed().as_secs() < 60, "first run never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let second = clipcov(&args);
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first run ended before the second started: make it larger"
+    );
+    assert!(first.wait().unwrap().success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("another clipcov run") && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    // A lock left by a killed run is taken over.
+    let mut killed = std::process::Command::new(env!("CARGO_BIN_EXE_clipcov"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains(&format!("pid {}", killed.id())))
+    {
+        assert!(t0.elapsed().as_secs() < 60);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    clipcov_ok(&args);
+}

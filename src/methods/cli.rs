@@ -306,6 +306,7 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     let opts = a.options.options(&a.data)?;
     super::check(a.method, &opts, a.options.learner_data.is_some())?;
     let cfg = a.data.config(ClassSource::Single)?;
+    let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     let (manifest, sel_summary) = thread_pool(cfg.threads)?.install(|| {
         let r = baseline(a.method, &cfg, &opts, &a.options);
         if r.is_err() {
