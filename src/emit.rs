@@ -33,6 +33,9 @@ pub struct StageTiming {
     pub rows_per_second: f64,
     pub bytes_read: u64,
     pub gb_per_second: f64,
+    /// The score stage's kernels: work and time of each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<crate::score::ScoreStats>,
 }
 
 /// One output file.

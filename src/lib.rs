@@ -14,6 +14,7 @@
 //! Where the spec (`shared/spec/clipcov.md`) lives in the code:
 //! section 1 in [`classes`], section 2 in [`score`], section 3 in [`select`].
 
+pub mod bench;
 pub mod classes;
 pub mod compare;
 pub mod emit;

@@ -42,6 +42,8 @@ enum Command {
     Baseline(Box<clipcov::methods::cli::BaselineArgs>),
     /// Run ClipCov and the baselines side by side on the same data and budget.
     Compare(Box<clipcov::compare::CompareArgs>),
+    /// Measure speed and memory on synthetic data (see README, Performance).
+    Bench(Box<clipcov::bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -367,6 +369,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Baseline(a) => clipcov::methods::cli::run_baseline(*a),
         Command::Compare(a) => clipcov::compare::run_compare(*a),
+        Command::Bench(a) => clipcov::bench::run_bench(&a),
     }
 }
 

@@ -112,6 +112,7 @@ fn stage<T>(
         rows_per_second: if s > 0.0 { rows as f64 / s } else { 0.0 },
         bytes_read: bytes,
         gb_per_second: if s > 0.0 { bytes as f64 / s / 1e9 } else { 0.0 },
+        kernels: None,
     });
     Ok(v)
 }
@@ -266,9 +267,12 @@ pub fn clipcov_picks(
         tau: cfg.tau,
         tile_rows: staged.tile_rows,
     };
-    stage(timings, "score", n, store_bytes, || {
+    let stats = stage(timings, "score", n, store_bytes, || {
         score::score(store, &staged.class_emb, &opts, &store.dir)
     })?;
+    if let Some(t) = timings.last_mut() {
+        t.kernels = Some(stats);
+    }
     let terms = Mapped::<f64>::open(&store.dir.join("terms.bin"))?;
     let sel_opts = SelectOptions {
         weights: cfg.weights,

@@ -246,6 +246,7 @@ pub fn timing(stage: &str, seconds: f64, rows: u64) -> StageTiming {
         },
         bytes_read: 0,
         gb_per_second: 0.0,
+        kernels: None,
     }
 }
 

@@ -1,0 +1,343 @@
+//! `clipcov bench`: speed and memory, measured on `synth` data.
+//!
+//! For each size it writes a dataset, runs `select` in a subprocess per
+//! `tau` (so peak RSS is that run's own) and reads the run's manifest: wall
+//! time, rows/s and GB/s per stage, the score kernels' work and GFLOP/s,
+//! peak RSS and peak anonymous RSS. Next to the tile rate it times a plain
+//! faer GEMM of the same shapes in this process, on all threads, so the
+//! ratio holds on a shared, noisy machine. With `--numpy` it also runs the
+//! NumPy implementation of the spec (`benches/numpy_clipcov.py`) on the same
+//! data and reports the time ratio and the Jaccard overlap of the outputs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::formats::atomic::atomic_write;
+use crate::kernels::dense::gemm_abt;
+use crate::synth::{self, SynthOptions};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Dataset sizes, comma-separated (1e5 style allowed).
+    #[arg(long, default_value = "1e5,1e6")]
+    pub rows: String,
+    #[arg(long, default_value_t = 512)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub classes: usize,
+    /// Zipf exponent of class sizes (0: equal expected sizes).
+    #[arg(long, default_value_t = 0.0)]
+    pub zipf: f64,
+    /// Thresholds to run, comma-separated.
+    #[arg(long, default_value = "0,none")]
+    pub taus: String,
+    #[arg(long)]
+    pub f16: bool,
+    #[arg(long, default_value_t = 0.1)]
+    pub fraction: f64,
+    #[arg(long, default_value = "4GiB")]
+    pub memory_limit: String,
+    /// Also run the NumPy implementation where the data has at most this many rows (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    pub numpy_max_rows: f64,
+    #[arg(long, default_value = "benches/numpy_clipcov.py")]
+    pub numpy_script: PathBuf,
+    /// Working folder for datasets and runs.
+    #[arg(long, default_value = "clipcov-bench")]
+    pub work: PathBuf,
+    /// Delete each dataset after its runs (large sizes need the disk).
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// One `select` run, as the bench reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub rows: u64,
+    pub tau: String,
+    pub seconds_total: f64,
+    pub stages: Vec<(String, f64, f64, f64)>,
+    pub cross_gflop: f64,
+    pub cross_gflops: f64,
+    pub between_gflops: f64,
+    pub gemm_gflops: f64,
+    pub tile_vs_gemm: f64,
+    pub peak_rss_mib: f64,
+    pub peak_anon_rss_mib: f64,
+    pub numpy_seconds: Option<f64>,
+    pub numpy_jaccard: Option<f64>,
+}
+
+fn parse_count(s: &str) -> Result<u64> {
+    let t = s.trim();
+    t.parse::<u64>()
+        .ok()
+        .or_else(|| {
+            t.parse::<f64>()
+                .ok()
+                .filter(|v| *v >= 1.0)
+                .map(|v| v as u64)
+        })
+        .ok_or_else(|| Error::Usage(format!("invalid row count '{s}' in --rows")))
+}
+
+/// GFLOP/s of plain GEMMs of the given square tile sides, run on every
+/// thread for about `seconds`.
+pub fn gemm_rate(sides: &[usize], d: usize, seconds: f64) -> f64 {
+    let threads = rayon::current_num_threads();
+    let t = Instant::now();
+    let flop: f64 = (0..threads)
+        .into_par_iter()
+        .map(|w| {
+            let max = sides.iter().copied().max().unwrap_or(1);
+            let a: Vec<f32> = (0..max * d)
+                .map(|i| ((i * 7 + w) % 13) as f32 * 0.01)
+                .collect();
+            let b: Vec<f32> = (0..max * d)
+                .map(|i| ((i * 5 + w) % 11) as f32 * 0.01)
+                .collect();
+            let mut out = vec![0.0f32; max * max];
+            let mut flop = 0.0;
+            let mut i = w;
+            while t.elapsed().as_secs_f64() < seconds {
+                let m = sides[i % sides.len()];
+                gemm_abt(&a[..m * d], &b[..m * d], d, &mut out[..m * m]);
+                flop += 2.0 * (m * m * d) as f64;
+                i += 1;
+            }
+            flop
+        })
+        .sum();
+    flop / t.elapsed().as_secs_f64() / 1e9
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).at_path(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))
+}
+
+fn ids_of_csv(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).at_path(path)?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next().map(str::to_string))
+        .collect())
+}
+
+fn jaccard(a: &[String], b: &[String]) -> f64 {
+    let sa: std::collections::HashSet<&String> = a.iter().collect();
+    let sb: std::collections::HashSet<&String> = b.iter().collect();
+    let inter = sa.intersection(&sb).count();
+    let union = sa.len() + sb.len() - inter;
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run_bench(a: &BenchArgs) -> Result<()> {
+    let sizes: Vec<u64> = a.rows.split(',').map(parse_count).collect::<Result<_>>()?;
+    let taus: Vec<String> = a.taus.split(',').map(|t| t.trim().to_string()).collect();
+    std::fs::create_dir_all(&a.work).at_path(&a.work)?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("clipcov", e))?;
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let data = a.work.join(format!("data-{n}"));
+        let t = Instant::now();
+        let opts = SynthOptions {
+            rows: n,
+            classes: a.classes,
+            dim: a.dim,
+            shards: (n / 250_000).clamp(1, 64) as usize,
+            f16: a.f16,
+            seed: 1,
+            zipf: a.zipf,
+            eval_rows: 0,
+            ..SynthOptions::default()
+        };
+        if data.exists() {
+            std::fs::remove_dir_all(&data).at_path(&data)?;
+        }
+        synth::synth(&opts, &data)?;
+        eprintln!(
+            "bench: wrote {n} rows in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        for tau in &taus {
+            let out = a.work.join(format!("run-{n}-tau-{tau}"));
+            let status = Command::new(&exe)
+                .args(["select", "--data"])
+                .arg(data.join("data"))
+                .arg("--prompts")
+                .arg(data.join("prompts.parquet"))
+                .args([
+                    "--fraction",
+                    &a.fraction.to_string(),
+                    "--tau",
+                    tau,
+                    "--memory-limit",
+                    &a.memory_limit,
+                ])
+                .arg("--out")
+                .arg(&out)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map_err(|e| Error::io(&exe, e))?;
+            if !status.success() {
+                return Err(Error::Internal(format!(
+                    "bench: select on {n} rows, tau {tau} failed"
+                )));
+            }
+            let m = read_json(&out.join("manifest.json"))?;
+            let mut row = bench_row(n, tau, &m, a.dim);
+            if (n as f64) <= a.numpy_max_rows {
+                let csv = out.join("numpy.csv");
+                let t = Instant::now();
+                let st = Command::new("python3")
+                    .arg(&a.numpy_script)
+                    .arg("--data")
+                    .arg(data.join("data"))
+                    .arg("--prompts")
+                    .arg(data.join("prompts.parquet"))
+                    .args(["--fraction", &a.fraction.to_string(), "--tau", tau])
+                    .arg("--out")
+                    .arg(&csv)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map_err(|e| Error::io("python3", e))?;
+                if st.success() {
+                    row.numpy_seconds = Some(t.elapsed().as_secs_f64());
+                    row.numpy_jaccard = Some(jaccard(
+                        &ids_of_csv(&csv)?,
+                        &ids_of_csv(&out.join("clipcov/subset.csv"))?,
+                    ));
+                } else {
+                    eprintln!("bench: the NumPy run failed (pip install numpy pyarrow?)");
+                }
+            }
+            eprintln!("{}", format_row(&row));
+            rows.push(row);
+        }
+        if a.cleanup {
+            std::fs::remove_dir_all(&data).at_path(&data)?;
+        }
+    }
+    let md = markdown(a, &rows);
+    print!("{md}");
+    let md_path = a.work.join("bench.md");
+    atomic_write(&md_path, |w| {
+        use std::io::Write;
+        w.write_all(md.as_bytes()).at_path(&md_path)
+    })?;
+    crate::emit::write_json(&a.work.join("bench.json"), &rows)?;
+    Ok(())
+}
+
+fn bench_row(n: u64, tau: &str, m: &serde_json::Value, d: usize) -> BenchRow {
+    let stages: Vec<(String, f64, f64, f64)> = m["stages"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|s| {
+                    (
+                        s["stage"].as_str().unwrap_or("").to_string(),
+                        s["seconds"].as_f64().unwrap_or(0.0),
+                        s["rows_per_second"].as_f64().unwrap_or(0.0),
+                        s["gb_per_second"].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let k = m["stages"]
+        .as_array()
+        .and_then(|v| v.iter().find(|s| s["stage"] == "score"))
+        .map(|s| s["kernels"].clone())
+        .unwrap_or_default();
+    let f = |key: &str| k[key].as_f64().unwrap_or(0.0);
+    let rate = |flop: f64, s: f64| if s > 0.0 { flop / s / 1e9 } else { 0.0 };
+    let cross_gflops = rate(f("cross_flop"), f("cross_seconds"));
+    // The same tile shapes as the run's cross term: classes of about n/K
+    // rows, capped at the tile side the run used.
+    let tile = m["parameters"]["tile_rows"].as_u64().unwrap_or(1024) as usize;
+    let classes = m["rows"]["classes_nonempty"].as_u64().unwrap_or(1).max(1);
+    let side = ((n / classes) as usize).clamp(1, tile);
+    let gemm = if tau == "none" {
+        0.0
+    } else {
+        gemm_rate(&[side], d, 2.0)
+    };
+    BenchRow {
+        rows: n,
+        tau: tau.to_string(),
+        seconds_total: m["seconds_total"].as_f64().unwrap_or(0.0),
+        stages,
+        cross_gflop: f("cross_flop") / 1e9,
+        cross_gflops,
+        between_gflops: rate(f("between_flop"), f("row_terms_seconds")),
+        gemm_gflops: gemm,
+        tile_vs_gemm: if gemm > 0.0 { cross_gflops / gemm } else { 0.0 },
+        peak_rss_mib: m["memory"]["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        peak_anon_rss_mib: m["memory"]["peak_anon_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        numpy_seconds: None,
+        numpy_jaccard: None,
+    }
+}
+
+fn format_row(r: &BenchRow) -> String {
+    let stages: Vec<String> = r
+        .stages
+        .iter()
+        .map(|(s, t, rps, gbs)| format!("{s} {t:.2} s ({:.0} krows/s, {gbs:.2} GB/s)", rps / 1e3))
+        .collect();
+    format!(
+        "| {} | {} | {:.2} | {} | {:.1} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} |",
+        r.rows,
+        r.tau,
+        r.seconds_total,
+        stages.join("; "),
+        r.cross_gflop,
+        r.cross_gflops,
+        r.gemm_gflops,
+        if r.gemm_gflops > 0.0 {
+            format!("{:.0}%", 100.0 * r.tile_vs_gemm)
+        } else {
+            "-".into()
+        },
+        r.peak_rss_mib,
+        r.peak_anon_rss_mib,
+        r.numpy_seconds.map_or("-".into(), |s| format!(
+            "{s:.1} s ({:.1}x)",
+            s / r.seconds_total
+        )),
+        r.numpy_jaccard.map_or("-".into(), |j| format!("{j:.4}")),
+    )
+}
+
+fn markdown(a: &BenchArgs, rows: &[BenchRow]) -> String {
+    let mut s = format!(
+        "clipcov bench: d = {}, {} classes (zipf {}), {}, fraction {}, {} threads, memory limit {}\n\n",
+        a.dim,
+        a.classes,
+        a.zipf,
+        if a.f16 { "f16" } else { "f32" },
+        a.fraction,
+        rayon::current_num_threads(),
+        a.memory_limit
+    );
+    s.push_str("| rows | tau | total s | stages | cross GFLOP | tile GFLOP/s | GEMM GFLOP/s (same run) | tile/GEMM | peak RSS MiB | peak anon MiB | NumPy (ratio) | Jaccard vs NumPy |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        s.push_str(&format_row(r));
+        s.push('\n');
+    }
+    s
+}
