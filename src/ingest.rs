@@ -23,7 +23,7 @@ use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use half::f16;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::formats::canonical::{
@@ -71,7 +71,7 @@ pub struct IngestOptions {
 }
 
 /// A row left out of the selection, and why.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Reject {
     pub row: u64,
     pub file: String,
@@ -80,7 +80,7 @@ pub struct Reject {
 }
 
 /// Rows per shard, for the manifest and the row map.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShardRows {
     pub file: String,
     pub first_row: u64,
@@ -88,7 +88,7 @@ pub struct ShardRows {
 }
 
 /// What ingest produced.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Ingested {
     pub d: usize,
     pub dtype: Dtype,

@@ -27,6 +27,7 @@ pub mod lock;
 pub mod memory;
 pub mod methods;
 pub mod pipeline;
+pub mod resume;
 pub mod rng;
 pub mod score;
 pub mod select;

@@ -137,6 +137,9 @@ struct SelectArgs {
     /// Assign latent classes from the image or the caption embedding.
     #[arg(long, default_value = "image", value_parser = ["image", "text"])]
     assign: String,
+    /// Start over: ignore the staged store and scores an earlier run left in OUT/store.
+    #[arg(long)]
+    fresh: bool,
 }
 
 impl SelectArgs {
@@ -195,6 +198,7 @@ impl SelectArgs {
             on_duplicate: self.on_duplicate,
             seed: self.seed,
             assign_text: self.assign == "text",
+            fresh: self.fresh,
         })
     }
 }

@@ -9,13 +9,15 @@ use serde::Serialize;
 use crate::classes;
 use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
+use crate::formats::canonical::IdKind;
 use crate::formats::canonical::{discover, open_parquet, Columns, SourceFile};
 use crate::formats::prompts::{read_prompts, Prompts};
 use crate::ingest::{self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested};
 use crate::memory::{self, Plan, RssMonitor};
-use crate::score::{self, ScoreOptions, Tau, TERMS};
+use crate::resume::{self, Journal};
+use crate::score::{self, ScoreOptions, ScoreStats, Tau, TERMS};
 use crate::select::{self, Pick, SelectOptions, Weights};
-use crate::store::{Mapped, Pair, Store, StoreMeta, STORE_VERSION};
+use crate::store::{Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
 
 /// Where latent classes come from.
 #[derive(Clone, Debug, Serialize)]
@@ -68,6 +70,8 @@ pub struct SelectConfig {
     pub seed: u64,
     /// Assign classes by captions instead of images (`--assign text`).
     pub assign_text: bool,
+    /// Ignore what an earlier run left in the store and start over.
+    pub fresh: bool,
 }
 
 /// What a finished run reports.
@@ -126,6 +130,8 @@ pub struct Staged {
     pub class_emb: Vec<f32>,
     pub plan: Plan,
     pub tile_rows: usize,
+    /// The store stage's resume key.
+    pub key: String,
 }
 
 /// Ingests `cfg.data`, assigns latent classes and writes the class-sorted
@@ -151,6 +157,23 @@ pub fn stage_data(
     let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d_hint, cfg.threads)?;
     let tile_rows = cfg.tile_rows.unwrap_or(plan.tile_rows);
 
+    let key = store_key(cfg, &files)?;
+    if !cfg.fresh {
+        let t = Instant::now();
+        if Journal::load(store_dir)
+            .valid(store_dir, "store", &key)
+            .is_some()
+        {
+            if let Ok(staged) = reopen(store_dir, files.clone(), plan, tile_rows, &key) {
+                let rows = staged.store.meta.rows;
+                stage(timings, "reuse-store", rows, 0, || Ok(()))?;
+                if let Some(s) = timings.last_mut() {
+                    s.seconds = t.elapsed().as_secs_f64();
+                }
+                return Ok(staged);
+            }
+        }
+    }
     if store_dir.exists() {
         std::fs::remove_dir_all(store_dir).at_path(store_dir)?;
     }
@@ -243,6 +266,31 @@ pub fn stage_data(
         class_names,
     };
     emit::write_json(&store_dir.join("store.json"), &meta)?;
+    emit::write_json(&store_dir.join("ingest.json"), &ing)?;
+    let mut w = SeqWriter::create(&store_dir.join("classemb.bin"))?;
+    w.write(&class_emb)?;
+    w.finish()?;
+    let mut files_written: Vec<&str> = vec![
+        "image.bin",
+        "text.bin",
+        "scale.bin",
+        "row.bin",
+        "order.bin",
+        "store.json",
+        "ingest.json",
+        "classemb.bin",
+    ];
+    files_written.extend(match ing.id_kind {
+        IdKind::Utf8 => ["ids.off", "ids.dat"].as_slice(),
+        _ => ["ids.int"].as_slice(),
+    });
+    Journal::default().record(
+        store_dir,
+        "store",
+        &key,
+        &files_written,
+        serde_json::Value::Null,
+    )?;
     Ok(Staged {
         store: Store::open(store_dir, meta)?,
         ingested: ing,
@@ -250,6 +298,70 @@ pub fn stage_data(
         class_emb,
         plan,
         tile_rows,
+        key,
+    })
+}
+
+/// The key of the store stage: everything the staged store depends on.
+fn store_key(cfg: &SelectConfig, files: &[SourceFile]) -> Result<String> {
+    let classes = match &cfg.classes {
+        ClassSource::Prompts(p) => {
+            let m = std::fs::metadata(p).at_path(p)?;
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            serde_json::json!({"prompts": p, "bytes": m.len(), "modified": mtime.to_string(), "assign_text": cfg.assign_text})
+        }
+        ClassSource::KMeans {
+            clusters,
+            iterations,
+        } => {
+            serde_json::json!({"kmeans": clusters, "iterations": iterations, "seed": cfg.seed})
+        }
+        ClassSource::Single => serde_json::json!("single"),
+    };
+    Ok(resume::key_of(&serde_json::json!({
+        "version": STORE_VERSION,
+        "tool": env!("CARGO_PKG_VERSION"),
+        "inputs": files,
+        "columns": cfg.columns,
+        "on_bad_row": cfg.on_bad_row,
+        "on_duplicate": cfg.on_duplicate,
+        "classes": classes,
+    })))
+}
+
+/// Opens a complete store left by an earlier run.
+fn reopen(
+    dir: &Path,
+    files: Vec<SourceFile>,
+    plan: Plan,
+    tile_rows: usize,
+    key: &str,
+) -> Result<Staged> {
+    let read = |name: &str| -> Result<String> {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).at_path(&p)
+    };
+    let bad =
+        |name: &str, e: serde_json::Error| Error::file(dir.join(name), format!("unreadable: {e}"));
+    let meta: StoreMeta =
+        serde_json::from_str(&read("store.json")?).map_err(|e| bad("store.json", e))?;
+    let ingested: Ingested =
+        serde_json::from_str(&read("ingest.json")?).map_err(|e| bad("ingest.json", e))?;
+    let class_emb = Mapped::<f32>::open(&dir.join("classemb.bin"))?
+        .as_slice()
+        .to_vec();
+    Ok(Staged {
+        store: Store::open(dir, meta)?,
+        ingested,
+        files,
+        class_emb,
+        plan,
+        tile_rows,
+        key: key.to_string(),
     })
 }
 
@@ -267,9 +379,30 @@ pub fn clipcov_picks(
         tau: cfg.tau,
         tile_rows: staged.tile_rows,
     };
-    let stats = stage(timings, "score", n, store_bytes, || {
-        score::score(store, &staged.class_emb, &opts, &store.dir)
-    })?;
+    let key = resume::key_of(&(&staged.key, cfg.tau.to_string(), staged.tile_rows));
+    let mut journal = Journal::load(&store.dir);
+    let reused = if cfg.fresh {
+        None
+    } else {
+        journal
+            .valid(&store.dir, "score", &key)
+            .and_then(|r| serde_json::from_value::<ScoreStats>(r.report.clone()).ok())
+    };
+    let stats = match reused {
+        Some(stats) => {
+            stage(timings, "reuse-score", n, 0, || Ok(()))?;
+            stats
+        }
+        None => {
+            journal.forget(&store.dir, "score")?;
+            let stats = stage(timings, "score", n, store_bytes, || {
+                score::score(store, &staged.class_emb, &opts, &store.dir)
+            })?;
+            let report = serde_json::to_value(stats).unwrap_or_default();
+            journal.record(&store.dir, "score", &key, &["terms.bin"], report)?;
+            stats
+        }
+    };
     if let Some(t) = timings.last_mut() {
         t.kernels = Some(stats);
     }

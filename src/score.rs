@@ -190,7 +190,7 @@ pub fn score(
 }
 
 /// Work and time of the score stage's two kernels.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
 pub struct ScoreStats {
     pub row_terms_seconds: f64,
     /// Floating-point operations of the `between` GEMM.

@@ -25,6 +25,9 @@ pub struct DataArgs {
     /// Folder of Parquet shards (searched recursively) or one file.
     #[arg(long)]
     pub data: PathBuf,
+    /// Start over: ignore the staged store an earlier run left in OUT/store.
+    #[arg(long)]
+    pub fresh: bool,
     #[arg(long)]
     pub out: PathBuf,
     /// Fraction of the rows to keep.
@@ -180,6 +183,7 @@ impl DataArgs {
             on_duplicate: self.on_duplicate,
             seed: self.seed,
             assign_text: false,
+            fresh: self.fresh,
         })
     }
 }
