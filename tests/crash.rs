@@ -39,7 +39,7 @@ fn killed_runs_resume_to_identical_bytes() {
     clipcov_ok(&[
         "synth",
         "--rows",
-        "40000",
+        "20000",
         "--classes",
         "4",
         "--dim",
