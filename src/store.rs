@@ -181,6 +181,7 @@ impl MapWriter {
             .at_path(&tmp)?;
         let bytes = (len * std::mem::size_of::<T>()) as u64;
         f.set_len(bytes).at_path(&tmp)?;
+        reserve(&f, bytes).at_path(&tmp)?;
         let map = if bytes == 0 {
             None
         } else {
@@ -217,6 +218,24 @@ impl Drop for MapWriter {
             self.map = None;
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// Allocates `bytes` of disk for `f` up front. A memory-mapped write to a
+/// hole on a full disk kills the process with SIGBUS; reserving first turns
+/// that into an ordinary "no space left" error.
+fn reserve(f: &File, bytes: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if bytes == 0 {
+        return Ok(());
+    }
+    // SAFETY: a plain system call on an open file descriptor we own.
+    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, bytes as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        // File systems without fallocate: fall back to the sparse file.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
     }
 }
 

@@ -389,3 +389,72 @@ fn null_id() {
     );
     let _ = DataType::Utf8;
 }
+
+/// A small, full file system: exit 74, a clear message, nothing partial.
+#[test]
+fn disk_full_is_an_io_error_and_leaves_nothing() {
+    let c = case("disk-full", |_| {});
+    let big = make_data(30000, 64, 3, 2);
+    let (data, prompts) = write_data(&c.dir.join("big"), &big, 2, false);
+    let mnt = c.dir.join("small-fs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs", s(&mnt)])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!("SKIPPED disk_full test: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&mnt);
+    let out = mnt.join("out");
+    let err = fails(
+        &out,
+        &[
+            "select",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&prompts),
+            "--fraction",
+            "0.5",
+            "--out",
+            s(&out),
+        ],
+        74,
+    );
+    assert!(
+        err.contains("disk is full") || err.contains("No space left"),
+        "{err}"
+    );
+    assert!(err.contains(s(&mnt)), "{err}");
+}
+
+/// Ids that look like paths never make clipcov write outside OUT.
+#[test]
+fn path_like_ids_stay_inside_out() {
+    let c = case("path-ids", |d| {
+        d.ids[0] = "../../escaped".into();
+        d.ids[1] = "/tmp/clipcov-absolute-id".into();
+        d.ids[2] = "nul\0byte".into();
+    });
+    clipcov_ok(&select_args(&c, &[]));
+    let rows = read_subset_csv(&c.out.join("clipcov/subset.csv"));
+    assert_eq!(rows.len(), 20);
+    assert!(!c.dir.path.parent().unwrap().join("escaped").exists());
+    assert!(!std::path::Path::new("/tmp/clipcov-absolute-id").exists());
+    // Everything written is under OUT.
+    let names: Vec<String> = std::fs::read_dir(&c.dir.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["data", "out", "prompts.parquet"]);
+}
