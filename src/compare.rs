@@ -115,8 +115,9 @@ pub struct MethodResult {
     /// Jaccard overlap of the kept rows with each method, in run order.
     pub jaccard: serde_json::Map<String, serde_json::Value>,
     pub outputs: Vec<OutputFile>,
-    /// `eval` metrics (`--eval-set`), as keys of this object.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    /// `eval` metrics (`--eval-set`), written as keys of this method's
+    /// object (see [`by_method`]).
+    #[serde(skip)]
     pub eval: Option<EvalMetrics>,
     /// Canonical rows kept, sorted.
     #[serde(skip)]
@@ -169,12 +170,29 @@ pub struct Comparison {
     pub seconds_total: f64,
 }
 
-/// Writes the methods as an object keyed by method name, in run order.
+/// Writes the methods as an object keyed by method name, in run order,
+/// each with its eval metrics (if any) merged in as further keys.
 fn by_method<S: serde::Serializer>(
     methods: &[MethodResult],
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_map(methods.iter().map(|m| (&m.method, m)))
+    use serde::ser::Error as _;
+    let mut entries = Vec::with_capacity(methods.len());
+    for m in methods {
+        let mut v = serde_json::to_value(m).map_err(S::Error::custom)?;
+        if let (Some(obj), Some(e)) = (v.as_object_mut(), &m.eval) {
+            // `classes_covered` is in both and equal (checked in compare).
+            let e = serde_json::to_value(e).map_err(S::Error::custom)?;
+            obj.extend(
+                e.as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, x)| (k.clone(), x.clone())),
+            );
+        }
+        entries.push((&m.method, v));
+    }
+    s.collect_map(entries)
 }
 
 /// `|A ∩ B| / |A ∪ B|` of two sorted, distinct lists (1 when both empty).
@@ -343,7 +361,14 @@ fn compare(
         let t = Instant::now();
         let ev = Evaluator::new(store, &staged.files, &staged.class_emb, path, eo)?;
         for r in &mut results {
-            r.eval = Some(ev.evaluate(&r.positions));
+            let e = ev.evaluate(&r.positions);
+            if r.classes_covered != Some(e.cov.classes_covered) {
+                return Err(Error::Internal(format!(
+                    "{}: eval counts {} classes covered, compare {:?}",
+                    r.method, e.cov.classes_covered, r.classes_covered
+                )));
+            }
+            r.eval = Some(e);
         }
         eval_stage = Some(SharedStage {
             stage: format!("eval ({} methods)", results.len()),

@@ -13,3 +13,5 @@ mod bad_input;
 mod runs;
 // The baselines against brute force; compare end to end.
 mod baselines;
+// eval: covariance against brute force, the proxy, eval and compare --eval-set.
+mod eval;

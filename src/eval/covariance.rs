@@ -206,7 +206,9 @@ mod tests {
         assert_eq!(c.count, n as u64);
         for a in 0..d {
             for b in 0..d {
-                let want: f64 = (0..n).map(|i| u[i * d + a] as f64 * v[i * d + b] as f64).sum();
+                let want: f64 = (0..n)
+                    .map(|i| u[i * d + a] as f64 * v[i * d + b] as f64)
+                    .sum();
                 assert!((c.sum[a * d + b] - want).abs() < 1e-3, "{a},{b}");
             }
         }

@@ -63,9 +63,8 @@ pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
             if i == 0 {
                 return Ok(None);
             }
-            return Err(Error::column(path, KIND_COLUMN, "missing column").with_hint(
-                "the first shard has a kind column; give every shard one, or none",
-            ));
+            return Err(Error::column(path, KIND_COLUMN, "missing column")
+                .with_hint("the first shard has a kind column; give every shard one, or none"));
         };
         let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
         let reader = builder
@@ -96,13 +95,11 @@ pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
                         out.names.push(name.to_string());
                         out.names.len() - 1
                     }
-                    None => {
-                        return Err(Error::column(
-                            path,
-                            KIND_COLUMN,
-                            "more than 255 distinct kinds; kind shares are for a handful of row kinds",
-                        ))
-                    }
+                    None => return Err(Error::column(
+                        path,
+                        KIND_COLUMN,
+                        "more than 255 distinct kinds; kind shares are for a handful of row kinds",
+                    )),
                 };
                 out.code.push(code as u8);
             }

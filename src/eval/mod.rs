@@ -460,8 +460,9 @@ fn subset_positions(path: &Path, store: &Store) -> Result<Vec<usize>> {
     let builder = open_parquet(path)?;
     for c in ["id", "row"] {
         if builder.schema().field_with_name(c).is_err() {
-            return Err(Error::column(path, c, "missing column")
-                .with_hint("give a subset.parquet written by clipcov select, baseline or compare"));
+            return Err(Error::column(path, c, "missing column").with_hint(
+                "give a subset.parquet written by clipcov select, baseline or compare",
+            ));
         }
     }
     let reader = builder.build().map_err(|e| corrupt(path, e))?;
@@ -583,13 +584,29 @@ pub fn text_report(m: &EvalMetrics) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "rows                     {}", m.rows);
     let _ = writeln!(s, "cov_rel_error            {:.4}", m.cov.cov_rel_error);
-    let _ = writeln!(s, "cov_rel_error_per_class  {:.4}", m.cov.cov_rel_error_per_class);
+    let _ = writeln!(
+        s,
+        "cov_rel_error_per_class  {:.4}",
+        m.cov.cov_rel_error_per_class
+    );
     let _ = writeln!(s, "classes_covered          {}", m.cov.classes_covered);
     let _ = writeln!(s, "class_entropy            {:.4}", m.cov.class_entropy);
     let pm = |v: f64, sd: f64| format!("{v:.4} ± {sd:.4}");
-    let _ = writeln!(s, "zero_shot_top1           {}", pm(m.zero_shot_top1, m.zero_shot_top1_std));
-    let _ = writeln!(s, "zero_shot_top5           {}", pm(m.zero_shot_top5, m.zero_shot_top5_std));
-    let _ = writeln!(s, "retrieval_r1             {}", pm(m.retrieval_r1, m.retrieval_r1_std));
+    let _ = writeln!(
+        s,
+        "zero_shot_top1           {}",
+        pm(m.zero_shot_top1, m.zero_shot_top1_std)
+    );
+    let _ = writeln!(
+        s,
+        "zero_shot_top5           {}",
+        pm(m.zero_shot_top5, m.zero_shot_top5_std)
+    );
+    let _ = writeln!(
+        s,
+        "retrieval_r1             {}",
+        pm(m.retrieval_r1, m.retrieval_r1_std)
+    );
     let _ = writeln!(
         s,
         "proxy loss               {:.4} -> {}",

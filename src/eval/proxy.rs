@@ -180,11 +180,15 @@ impl LinearClip {
         let mut row_lse = vec![0.0f64; b];
         let mut col_lse = vec![0.0f64; b];
         for i in 0..b {
-            let m = (0..b).map(|j| logit(i, j)).fold(f64::NEG_INFINITY, f64::max);
+            let m = (0..b)
+                .map(|j| logit(i, j))
+                .fold(f64::NEG_INFINITY, f64::max);
             row_lse[i] = m + (0..b).map(|j| (logit(i, j) - m).exp()).sum::<f64>().ln();
         }
         for j in 0..b {
-            let m = (0..b).map(|i| logit(i, j)).fold(f64::NEG_INFINITY, f64::max);
+            let m = (0..b)
+                .map(|i| logit(i, j))
+                .fold(f64::NEG_INFINITY, f64::max);
             col_lse[j] = m + (0..b).map(|i| (logit(i, j) - m).exp()).sum::<f64>().ln();
         }
         let diag: f64 = (0..b).map(|i| logit(i, i)).sum();
@@ -299,8 +303,18 @@ pub fn train(pairs: &dyn PairSource, d: usize, opts: &ProxyOptions, seed: u64) -
         pairs.gather(&batch, &mut u, &mut v);
         let (loss, g) = model.loss_and_grad(&u, &v);
         losses.push(loss);
-        adam_i.step(&mut model.w_i, g.w_i.iter().map(|&x| x as f64), opts.lr, step);
-        adam_t.step(&mut model.w_t, g.w_t.iter().map(|&x| x as f64), opts.lr, step);
+        adam_i.step(
+            &mut model.w_i,
+            g.w_i.iter().map(|&x| x as f64),
+            opts.lr,
+            step,
+        );
+        adam_t.step(
+            &mut model.w_t,
+            g.w_t.iter().map(|&x| x as f64),
+            opts.lr,
+            step,
+        );
         let mut s = [model.log_scale as f32];
         adam_s.step(&mut s, std::iter::once(g.log_scale), opts.lr, step);
         model.log_scale = (s[0] as f64).clamp(0.0, MAX_LOG_SCALE);
@@ -311,7 +325,12 @@ pub fn train(pairs: &dyn PairSource, d: usize, opts: &ProxyOptions, seed: u64) -
 /// Zero-shot top-1 and top-5 accuracy: image `i` (row of `images: [m, d]`)
 /// is predicted as `argmax_k <W_I u_i, W_T c_k>` after normalisation (ties
 /// to the smaller `k`); `labels[i]` is its class position in `classes`.
-pub fn zero_shot(model: &LinearClip, images: &[f32], labels: &[usize], classes: &[f32]) -> (f64, f64) {
+pub fn zero_shot(
+    model: &LinearClip,
+    images: &[f32],
+    labels: &[usize],
+    classes: &[f32],
+) -> (f64, f64) {
     let m = labels.len();
     if m == 0 {
         return (0.0, 0.0);
@@ -320,7 +339,13 @@ pub fn zero_shot(model: &LinearClip, images: &[f32], labels: &[usize], classes: 
     let x = model.embed(&model.w_i, images);
     let c = model.embed(&model.w_t, classes);
     let mut s = vec![0.0f32; m * k];
-    mm(&mut s, m, k, rm(&x, m, model.p), rm(&c, k, model.p).transpose());
+    mm(
+        &mut s,
+        m,
+        k,
+        rm(&x, m, model.p),
+        rm(&c, k, model.p).transpose(),
+    );
     let (mut top1, mut top5) = (0usize, 0usize);
     for (row, &y) in s.chunks_exact(k).zip(labels) {
         // Rank of the true class: classes scoring higher, or equal with a
@@ -348,7 +373,13 @@ pub fn retrieval_r1(model: &LinearClip, u: &[f32], v: &[f32]) -> f64 {
     let x = model.embed(&model.w_i, u);
     let y = model.embed(&model.w_t, v);
     let mut s = vec![0.0f32; h * h];
-    mm(&mut s, h, h, rm(&x, h, model.p), rm(&y, h, model.p).transpose());
+    mm(
+        &mut s,
+        h,
+        h,
+        rm(&x, h, model.p),
+        rm(&y, h, model.p).transpose(),
+    );
     let hits = s
         .chunks_exact(h)
         .enumerate()
@@ -371,7 +402,15 @@ mod tests {
     }
 
     /// The loss in f64 straight from its definition, for the gradient check.
-    fn loss_f64(w_i: &[f64], w_t: &[f64], log_scale: f64, u: &[f32], v: &[f32], d: usize, p: usize) -> f64 {
+    fn loss_f64(
+        w_i: &[f64],
+        w_t: &[f64],
+        log_scale: f64,
+        u: &[f32],
+        v: &[f32],
+        d: usize,
+        p: usize,
+    ) -> f64 {
         let b = u.len() / d;
         let proj = |w: &[f64], x: &[f32]| -> Vec<Vec<f64>> {
             (0..b)
