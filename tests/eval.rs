@@ -83,11 +83,7 @@ fn latent(
         eval.extend(unit(&draw(c, &mut rng)).iter().map(|&x| x as f32));
         labels.push(c);
     }
-    let prompts = dirs
-        .chunks(d)
-        .flat_map(|r| unit(r))
-        .map(|x| x as f32)
-        .collect();
+    let prompts = dirs.chunks(d).flat_map(unit).map(|x| x as f32).collect();
     (InMemoryPairs { u, v, d }, prompts, eval, labels)
 }
 
@@ -281,13 +277,13 @@ fn covariance_metrics_match_brute_force() {
     let got = m["cov_rel_error"].as_f64().unwrap();
     assert!((got - want).abs() < 1e-4, "global: {got} vs {want}");
     let (mut errs, mut counts) = (Vec::new(), vec![0u64; cls.len()]);
-    for k in 0..cls.len() {
+    for (k, count) in counts.iter_mut().enumerate() {
         let in_k: Vec<usize> = all.iter().copied().filter(|&r| class[r] == k).collect();
         if in_k.is_empty() {
             continue;
         }
         let picked: Vec<usize> = picks.iter().copied().filter(|&r| class[r] == k).collect();
-        counts[k] = picked.len() as u64;
+        *count = picked.len() as u64;
         errs.push(rel_error(
             &cross_cov(&data, &picked),
             &cross_cov(&data, &in_k),

@@ -153,7 +153,7 @@ pub fn covariance_metrics(store: &Store, subset: &[usize]) -> CovMetrics {
                 let mut sub = CrossCov::new(d);
                 let u = store.emb.image_gather(&rows, &mut ub);
                 let v = store.emb.text_gather(&rows, &mut vb);
-                sub.add_rows(&u, v, &mut scratch);
+                sub.add_rows(u, v, &mut scratch);
                 (*k, full, sub)
             })
             .collect();

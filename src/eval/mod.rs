@@ -191,6 +191,9 @@ pub struct EvalMetrics {
     pub kind_share: Option<BTreeMap<String, f64>>,
 }
 
+/// One proxy training's zero-shot top-1, top-5, R@1, start and end loss.
+type SeedRun = (f64, f64, f64, f64, f64);
+
 /// Pairs at store positions, read from the memory-mapped store.
 struct StorePairs<'a> {
     store: &'a Store,
@@ -399,7 +402,7 @@ impl<'a> Evaluator<'a> {
         let d = self.store.d();
         // Seeds train in parallel; each is single-threaded and seeded, and
         // results are collected in seed order.
-        let runs: Vec<Option<(f64, f64, f64, f64, f64)>> = (0..self.opts.seeds as u64)
+        let runs: Vec<Option<SeedRun>> = (0..self.opts.seeds as u64)
             .into_par_iter()
             .map(|j| {
                 let t = proxy::train(&pairs, d, &self.opts.proxy, self.opts.seed.wrapping_add(j))?;
@@ -417,7 +420,7 @@ impl<'a> Evaluator<'a> {
             })
             .collect();
         let runs: Vec<_> = runs.into_iter().flatten().collect();
-        let col = |f: fn(&(f64, f64, f64, f64, f64)) -> f64| {
+        let col = |f: fn(&SeedRun) -> f64| {
             if runs.is_empty() {
                 (f64::NAN, f64::NAN)
             } else {

@@ -177,20 +177,12 @@ impl LinearClip {
 
         // Row and column log-sum-exps in f64 with max subtraction.
         let logit = |i: usize, j: usize| scale * sim[i * b + j] as f64;
-        let mut row_lse = vec![0.0f64; b];
-        let mut col_lse = vec![0.0f64; b];
-        for i in 0..b {
-            let m = (0..b)
-                .map(|j| logit(i, j))
-                .fold(f64::NEG_INFINITY, f64::max);
-            row_lse[i] = m + (0..b).map(|j| (logit(i, j) - m).exp()).sum::<f64>().ln();
-        }
-        for j in 0..b {
-            let m = (0..b)
-                .map(|i| logit(i, j))
-                .fold(f64::NEG_INFINITY, f64::max);
-            col_lse[j] = m + (0..b).map(|i| (logit(i, j) - m).exp()).sum::<f64>().ln();
-        }
+        let lse = |f: &dyn Fn(usize) -> f64| {
+            let m = (0..b).map(f).fold(f64::NEG_INFINITY, f64::max);
+            m + (0..b).map(|t| (f(t) - m).exp()).sum::<f64>().ln()
+        };
+        let row_lse: Vec<f64> = (0..b).map(|i| lse(&|j| logit(i, j))).collect();
+        let col_lse: Vec<f64> = (0..b).map(|j| lse(&|i| logit(i, j))).collect();
         let diag: f64 = (0..b).map(|i| logit(i, i)).sum();
         let loss = (row_lse.iter().sum::<f64>() + col_lse.iter().sum::<f64>() - 2.0 * diag)
             / (2.0 * b as f64);
