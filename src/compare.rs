@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::emit::{self, OutputFile};
 use crate::error::{Error, Result};
+use crate::eval::{EvalMetrics, Evaluator, ProxyArgs};
 use crate::formats::atomic::atomic_write;
 use crate::methods::cli::{
     learner, learner_store, stage_learner, thread_pool, DataArgs, MethodArgs,
@@ -49,6 +50,12 @@ pub struct CompareArgs {
     pub weights: String,
     #[command(flatten)]
     pub options: MethodArgs,
+    /// Labelled eval images (Parquet: id, image_embedding, label): adds the
+    /// eval metrics of every method (needs --prompts).
+    #[arg(long)]
+    pub eval_set: Option<PathBuf>,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
 }
 
 /// One entry of `--methods`.
@@ -108,15 +115,24 @@ pub struct MethodResult {
     /// Jaccard overlap of the kept rows with each method, in run order.
     pub jaccard: serde_json::Map<String, serde_json::Value>,
     pub outputs: Vec<OutputFile>,
+    /// `eval` metrics (`--eval-set`), written as keys of this method's
+    /// object (see [`by_method`]).
     #[serde(skip)]
-    rows: Vec<u64>,
+    pub eval: Option<EvalMetrics>,
+    /// Canonical rows kept, sorted.
+    #[serde(skip)]
+    kept_rows: Vec<u64>,
+    /// Store positions kept.
+    #[serde(skip)]
+    positions: Vec<usize>,
 }
 
 impl MethodResult {
     /// A result for `method` keeping the rows at store `positions`; the
     /// other fields are filled in by the caller.
     fn kept(method: &str, ctx: &Ctx, positions: impl Iterator<Item = usize>) -> Self {
-        let mut rows: Vec<u64> = positions.map(|p| ctx.rows[p]).collect();
+        let positions: Vec<usize> = positions.collect();
+        let mut rows: Vec<u64> = positions.iter().map(|&p| ctx.rows[p]).collect();
         rows.sort_unstable();
         MethodResult {
             method: method.to_string(),
@@ -129,7 +145,9 @@ impl MethodResult {
             report: serde_json::Map::new(),
             jaccard: serde_json::Map::new(),
             outputs: Vec::new(),
-            rows,
+            eval: None,
+            kept_rows: rows,
+            positions,
         }
     }
 }
@@ -145,8 +163,36 @@ pub struct Comparison {
     pub classes: Option<usize>,
     pub parameters: serde_json::Value,
     pub shared: Vec<SharedStage>,
+    /// The methods in run order (`methods` is keyed by name).
+    pub method_order: Vec<String>,
+    #[serde(serialize_with = "by_method")]
     pub methods: Vec<MethodResult>,
     pub seconds_total: f64,
+}
+
+/// Writes the methods as an object keyed by method name, in run order,
+/// each with its eval metrics (if any) merged in as further keys.
+fn by_method<S: serde::Serializer>(
+    methods: &[MethodResult],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::Error as _;
+    let mut entries = Vec::with_capacity(methods.len());
+    for m in methods {
+        let mut v = serde_json::to_value(m).map_err(S::Error::custom)?;
+        if let (Some(obj), Some(e)) = (v.as_object_mut(), &m.eval) {
+            // `classes_covered` is in both and equal (checked in compare).
+            let e = serde_json::to_value(e).map_err(S::Error::custom)?;
+            obj.extend(
+                e.as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, x)| (k.clone(), x.clone())),
+            );
+        }
+        entries.push((&m.method, v));
+    }
+    s.collect_map(entries)
 }
 
 /// `|A ∩ B| / |A ∪ B|` of two sorted, distinct lists (1 when both empty).
@@ -181,6 +227,18 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         ));
     }
     let with_clipcov = entries.contains(&Entry::ClipCov);
+    let eval_opts = match (&a.eval_set, &a.prompts) {
+        (Some(_), None) => {
+            return Err(Error::Usage(
+                "--eval-set needs --prompts FILE (zero-shot classes and latent classes)".into(),
+            ))
+        }
+        (Some(e), Some(_)) => {
+            std::fs::metadata(e).map_err(|err| Error::io(e, err))?;
+            Some(a.proxy.options(a.data.seed)?)
+        }
+        _ => None,
+    };
     for e in &entries {
         if let Entry::Baseline(m) = e {
             methods::check(*m, &opts, a.options.learner_data.is_some())?;
@@ -205,7 +263,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
     cfg.refresh = a.refresh;
     let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     let c = thread_pool(cfg.threads)?.install(|| {
-        let r = compare(&entries, &cfg, &opts, &a);
+        let r = compare(&entries, &cfg, &opts, &a, eval_opts);
         if r.is_err() {
             let _ = std::fs::remove_dir_all(cfg.out.join("store"));
             let _ = std::fs::remove_dir_all(learner_store(&cfg.out));
@@ -223,6 +281,7 @@ fn compare(
     cfg: &SelectConfig,
     opts: &MethodOptions,
     a: &CompareArgs,
+    eval_opts: Option<crate::eval::EvalOptions>,
 ) -> Result<Comparison> {
     let started = Instant::now();
     let mut timings = Vec::new();
@@ -292,10 +351,29 @@ fn compare(
     }
     for i in 0..results.len() {
         for j in 0..results.len() {
-            let v = jaccard(&results[i].rows, &results[j].rows);
+            let v = jaccard(&results[i].kept_rows, &results[j].kept_rows);
             let name = results[j].method.clone();
             results[i].jaccard.insert(name, v.into());
         }
+    }
+    let mut eval_stage = None;
+    if let (Some(path), Some(eo)) = (&a.eval_set, eval_opts) {
+        let t = Instant::now();
+        let ev = Evaluator::new(store, &staged.files, &staged.class_emb, path, eo)?;
+        for r in &mut results {
+            let e = ev.evaluate(&r.positions);
+            if r.classes_covered != Some(e.cov.classes_covered) {
+                return Err(Error::Internal(format!(
+                    "{}: eval counts {} classes covered, compare {:?}",
+                    r.method, e.cov.classes_covered, r.classes_covered
+                )));
+            }
+            r.eval = Some(e);
+        }
+        eval_stage = Some(SharedStage {
+            stage: format!("eval ({} methods)", results.len()),
+            seconds: t.elapsed().as_secs_f64(),
+        });
     }
     let mut shared: Vec<SharedStage> = timings
         .iter()
@@ -305,6 +383,7 @@ fn compare(
         })
         .collect();
     shared.extend(ctx.shared_stages());
+    shared.extend(eval_stage);
     let n = ctx.n();
     let c = Comparison {
         tool: "clipcov".into(),
@@ -326,8 +405,11 @@ fn compare(
             "tile_rows": staged.tile_rows,
             "d": store.meta.d,
             "store_dtype": store.meta.dtype,
+            "eval_set": a.eval_set,
+            "eval": a.eval_set.as_ref().map(|_| a.proxy.options(cfg.seed).ok()),
         }),
         shared,
+        method_order: results.iter().map(|r| r.method.clone()).collect(),
         methods: results,
         seconds_total: started.elapsed().as_secs_f64(),
     };
@@ -379,6 +461,55 @@ fn notes(r: &MethodResult) -> String {
     s.join("; ")
 }
 
+/// The eval metrics of every method: covariance error (lower is better),
+/// coverage, entropy, proxy accuracy and recall (mean ± std over seeds),
+/// kind shares.
+fn eval_table(s: &mut String, c: &Comparison) {
+    let kinds: Vec<String> = c
+        .methods
+        .iter()
+        .find_map(|r| r.eval.as_ref()?.kind_share.as_ref())
+        .map(|k| k.keys().cloned().collect())
+        .unwrap_or_default();
+    let _ = writeln!(s, "\nEval (proxy metrics: mean ± std over seeds):\n");
+    let _ = write!(
+        s,
+        "| method | rows | cov err | cov err/class | classes | entropy | zero-shot top-1 | zero-shot top-5 | retrieval R@1 |"
+    );
+    for k in &kinds {
+        let _ = write!(s, " {k} |");
+    }
+    let _ = write!(s, "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for _ in &kinds {
+        let _ = write!(s, "---:|");
+    }
+    let _ = writeln!(s);
+    for r in &c.methods {
+        let Some(e) = &r.eval else { continue };
+        let _ = write!(
+            s,
+            "| {} | {} | {:.4} | {:.4} | {} | {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} |",
+            r.method,
+            e.rows,
+            e.cov.cov_rel_error,
+            e.cov.cov_rel_error_per_class,
+            e.cov.classes_covered,
+            e.cov.class_entropy,
+            e.zero_shot_top1,
+            e.zero_shot_top1_std,
+            e.zero_shot_top5,
+            e.zero_shot_top5_std,
+            e.retrieval_r1,
+            e.retrieval_r1_std
+        );
+        for k in &kinds {
+            let v = e.kind_share.as_ref().and_then(|m| m.get(k)).copied();
+            let _ = write!(s, " {:.3} |", v.unwrap_or(f64::NAN));
+        }
+        let _ = writeln!(s);
+    }
+}
+
 /// `compare.md`: the table, the overlap matrix and the shared stages.
 pub fn markdown(c: &Comparison) -> String {
     let mut s = String::new();
@@ -407,6 +538,9 @@ pub fn markdown(c: &Comparison) -> String {
             r.seconds,
             notes(r)
         );
+    }
+    if c.methods.iter().any(|r| r.eval.is_some()) {
+        eval_table(&mut s, c);
     }
     let _ = writeln!(s, "\nJaccard overlap of the kept rows:\n");
     let _ = write!(s, "| |");

@@ -19,6 +19,7 @@ pub mod classes;
 pub mod compare;
 pub mod emit;
 pub mod error;
+pub mod eval;
 pub mod formats;
 pub mod ingest;
 pub mod kernels;

@@ -44,6 +44,8 @@ enum Command {
     Compare(Box<clipcov::compare::CompareArgs>),
     /// Measure speed and memory on synthetic data (see README, Performance).
     Bench(Box<clipcov::bench::BenchArgs>),
+    /// Score a subset: covariance preservation, a linear-CLIP proxy, kinds.
+    Eval(Box<clipcov::eval::EvalArgs>),
 }
 
 #[derive(Args)]
@@ -374,6 +376,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Baseline(a) => clipcov::methods::cli::run_baseline(*a),
         Command::Compare(a) => clipcov::compare::run_compare(*a),
         Command::Bench(a) => clipcov::bench::run_bench(&a),
+        Command::Eval(a) => clipcov::eval::run_eval(*a),
     }
 }
 

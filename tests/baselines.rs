@@ -825,14 +825,20 @@ fn compare_runs_every_method_deterministically() {
     let nb = "semdedup/neighbours.parquet";
     assert_eq!(read("one", nb), read("two", nb));
     let c: serde_json::Value = serde_json::from_slice(&read("one", "compare.json")).unwrap();
-    let list = c["methods"].as_array().unwrap();
+    // `methods` is keyed by name; `method_order` gives the run order.
+    let list: Vec<&serde_json::Value> = c["method_order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &c["methods"][m.as_str().unwrap()])
+        .collect();
     assert_eq!(list.len(), methods.len());
     for (e, m) in list.iter().zip(methods) {
         assert_eq!(e["method"], m);
         assert_eq!(e["rows_kept"], 300);
         assert_eq!(e["jaccard"][m], 1.0);
         assert!(e["classes_covered"].as_u64().unwrap() <= 8);
-        for (o, other) in methods.iter().zip(list) {
+        for (o, other) in methods.iter().zip(&list) {
             let j = e["jaccard"][o].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&j));
             assert_eq!(j, other["jaccard"][m]);

@@ -15,3 +15,5 @@ mod runs;
 mod crash;
 // The baselines against brute force; compare end to end.
 mod baselines;
+// eval: covariance against brute force, the proxy, eval and compare --eval-set.
+mod eval;

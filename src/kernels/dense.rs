@@ -27,6 +27,23 @@ pub fn gemm_abt(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
 }
 
+/// `out[i * db + j] += sum_r a[r, i] b[r, j]` (that is `out += A^T B`) for
+/// row-major `a: [rows, da]`, `b: [rows, db]`: a block's contribution to a
+/// cross-covariance sum. Single-threaded, as [`gemm_abt`].
+pub fn gemm_atb_acc(a: &[f32], da: usize, b: &[f32], db: usize, out: &mut [f32]) {
+    let rows = a.len() / da.max(1);
+    assert_eq!(a.len(), rows * da, "gemm_atb_acc: a is not [rows, da]");
+    assert_eq!(b.len(), rows * db, "gemm_atb_acc: b is not [rows, db]");
+    assert_eq!(out.len(), da * db, "gemm_atb_acc: out is not [da, db]");
+    if rows == 0 || da == 0 || db == 0 {
+        return;
+    }
+    let lhs = MatRef::from_row_major_slice(a, rows, da).transpose();
+    let rhs = MatRef::from_row_major_slice(b, rows, db);
+    let dst = MatMut::from_row_major_slice_mut(out, da, db);
+    matmul(dst, Accum::Add, lhs, rhs, 1.0f32, Par::Seq);
+}
+
 /// The spec's threshold `phi(s) = s if s > tau else 0`; `None` is `tau = none`
 /// (no threshold).
 #[inline(always)]
@@ -169,6 +186,24 @@ mod tests {
                         "{want} vs {got}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_atb_acc_matches_scalar() {
+        let (rows, da, db) = (37, 5, 7);
+        let a = random(rows * da, 4);
+        let b = random(rows * db, 5);
+        let mut out = vec![1.0; da * db];
+        gemm_atb_acc(&a, da, &b, db, &mut out);
+        for i in 0..da {
+            for j in 0..db {
+                let want: f64 = 1.0
+                    + (0..rows)
+                        .map(|r| a[r * da + i] as f64 * b[r * db + j] as f64)
+                        .sum::<f64>();
+                assert!((want - out[i * db + j] as f64).abs() < 1e-4);
             }
         }
     }

@@ -1,0 +1,109 @@
+//! Data-model ground truth: when the source shards carry a `kind` column
+//! (synth writes clean / mismatch / duplicate / junk), the share of each
+//! kind in a subset. The column is read from the shards, projected alone,
+//! batch by batch, into one byte per canonical row.
+
+use std::collections::BTreeMap;
+
+use arrow_array::cast::AsArray;
+use arrow_array::Array;
+use arrow_schema::DataType;
+use parquet::arrow::ProjectionMask;
+
+use crate::error::{Error, Result};
+use crate::formats::canonical::{corrupt, open_parquet, SourceFile};
+
+/// The column read.
+pub const KIND_COLUMN: &str = "kind";
+/// The kind whose pairs make the retrieval slice.
+pub const CLEAN: &str = "clean";
+
+/// The kind of every canonical row.
+#[derive(Clone, Debug)]
+pub struct Kinds {
+    /// Distinct kinds in order of first appearance.
+    pub names: Vec<String>,
+    /// `code[row]` indexes `names`.
+    pub code: Vec<u8>,
+}
+
+impl Kinds {
+    /// The code of `name`, if any row has it.
+    pub fn code_of(&self, name: &str) -> Option<u8> {
+        self.names.iter().position(|n| n == name).map(|i| i as u8)
+    }
+
+    /// The share of each kind among canonical rows `rows`, by name (every
+    /// known kind listed, zeros included).
+    pub fn shares(&self, rows: &[u64]) -> BTreeMap<String, f64> {
+        let mut counts = vec![0u64; self.names.len()];
+        for &r in rows {
+            counts[self.code[r as usize] as usize] += 1;
+        }
+        let n = rows.len().max(1) as f64;
+        self.names
+            .iter()
+            .zip(counts)
+            .map(|(k, c)| (k.clone(), c as f64 / n))
+            .collect()
+    }
+}
+
+/// Reads the `kind` column of `files` (canonical order). `None` when the
+/// first file has no such column; an error when only some files have it.
+pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
+    let mut out = Kinds {
+        names: Vec::new(),
+        code: Vec::new(),
+    };
+    for (i, f) in files.iter().enumerate() {
+        let path = &f.path;
+        let builder = open_parquet(path)?;
+        let Ok(idx) = builder.schema().index_of(KIND_COLUMN) else {
+            if i == 0 {
+                return Ok(None);
+            }
+            return Err(Error::column(path, KIND_COLUMN, "missing column")
+                .with_hint("the first shard has a kind column; give every shard one, or none"));
+        };
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(65_536)
+            .build()
+            .map_err(|e| corrupt(path, e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| corrupt(path, e))?;
+            let col = batch.column(0);
+            let values: Vec<Option<&str>> = match col.data_type() {
+                DataType::Utf8 => col.as_string::<i32>().iter().collect(),
+                DataType::LargeUtf8 => col.as_string::<i64>().iter().collect(),
+                DataType::Utf8View => col.as_string_view().iter().collect(),
+                other => {
+                    return Err(Error::column(
+                        path,
+                        KIND_COLUMN,
+                        format!("type {other}, expected utf8"),
+                    ))
+                }
+            };
+            for v in values {
+                let name = v.unwrap_or("null");
+                let code = match out.names.iter().position(|n| n == name) {
+                    Some(c) => c,
+                    None if out.names.len() < 255 => {
+                        out.names.push(name.to_string());
+                        out.names.len() - 1
+                    }
+                    None => return Err(Error::column(
+                        path,
+                        KIND_COLUMN,
+                        "more than 255 distinct kinds; kind shares are for a handful of row kinds",
+                    )),
+                };
+                out.code.push(code as u8);
+            }
+        }
+    }
+    Ok(Some(out))
+}
