@@ -304,6 +304,18 @@ pub fn stage_data(
 
 /// The key of the store stage: everything the staged store depends on.
 fn store_key(cfg: &SelectConfig, files: &[SourceFile]) -> Result<String> {
+    // Sizes and modification times to the nanosecond: a shard rewritten
+    // within the same second still counts as changed.
+    let mut inputs = Vec::with_capacity(files.len());
+    for f in files {
+        let m = std::fs::metadata(&f.path).at_path(&f.path)?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        inputs.push((&f.path, m.len(), mtime.to_string()));
+    }
     let classes = match &cfg.classes {
         ClassSource::Prompts(p) => {
             let m = std::fs::metadata(p).at_path(p)?;
@@ -325,7 +337,7 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile]) -> Result<String> {
     Ok(resume::key_of(&serde_json::json!({
         "version": STORE_VERSION,
         "tool": env!("CARGO_PKG_VERSION"),
-        "inputs": files,
+        "inputs": inputs,
         "columns": cfg.columns,
         "on_bad_row": cfg.on_bad_row,
         "on_duplicate": cfg.on_duplicate,

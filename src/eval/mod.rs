@@ -557,6 +557,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         on_duplicate: a.on_duplicate,
         seed: a.seed,
         assign_text: false,
+        fresh: false,
     };
     let result = thread_pool(threads)?.install(|| -> Result<EvalMetrics> {
         let staged = pipeline::stage_data(&cfg, &work.join("store"), &mut Vec::new())?;
