@@ -119,6 +119,9 @@ struct SelectArgs {
     /// Rows per tile side (default: planned from --memory-limit).
     #[arg(long)]
     tile_rows: Option<usize>,
+    /// Rows per chunk of a class in the store (default: planned from --memory-limit).
+    #[arg(long, hide = true)]
+    chunk_rows: Option<usize>,
     #[arg(long, default_value = "id")]
     id_column: String,
     #[arg(long, default_value = "image_embedding")]
@@ -191,6 +194,7 @@ impl SelectArgs {
             memory_limit_bytes: parse_size(&self.memory_limit)?,
             threads,
             tile_rows: self.tile_rows,
+            chunk_rows: self.chunk_rows,
             columns: Columns {
                 id: self.id_column,
                 image: self.image_column,

@@ -64,6 +64,9 @@ pub struct SelectConfig {
     pub threads: usize,
     /// Forces the tile side (tests use it to tile inside small classes).
     pub tile_rows: Option<usize>,
+    /// Forces the rows per chunk of ingest's class buckets (tests use it to
+    /// split classes into many runs).
+    pub chunk_rows: Option<usize>,
     pub columns: Columns,
     pub on_bad_row: BadRowPolicy,
     pub on_duplicate: DuplicatePolicy,
@@ -197,7 +200,9 @@ pub fn stage_data(
             classes: p.len(),
             use_text: cfg.assign_text,
         }),
-        chunk_rows: plan.chunk_rows(classes_k, d_hint),
+        chunk_rows: cfg
+            .chunk_rows
+            .unwrap_or_else(|| plan.chunk_rows(classes_k, d_hint)),
     };
     let ing = stage(timings, "ingest", total_rows, input_bytes, || {
         ingest::ingest(&files, store_dir, &opts)

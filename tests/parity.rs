@@ -210,6 +210,7 @@ fn check(
     let out = dir.join("out");
     let refresh_s = refresh.to_string();
     let tile_s = tile.to_string();
+    let chunk_s = (7 + tile % 50).to_string();
     let fraction_s = fraction.to_string();
     clipcov_ok(&[
         "select",
@@ -227,6 +228,9 @@ fn check(
         &refresh_s,
         "--tile-rows",
         &tile_s,
+        // Classes split into many short runs of the store.
+        "--chunk-rows",
+        &chunk_s,
     ]);
     let got = read_subset_csv(&out.join("clipcov/subset.csv"));
     let tau_v = if tau == "none" {

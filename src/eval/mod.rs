@@ -548,6 +548,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         memory_limit_bytes: parse_size(&a.memory_limit)?,
         threads,
         tile_rows: None,
+        chunk_rows: None,
         columns: Columns {
             id: a.id_column.clone(),
             image: a.image_column.clone(),

@@ -174,6 +174,7 @@ impl DataArgs {
             memory_limit_bytes: parse_size(&self.memory_limit)?,
             threads,
             tile_rows: self.tile_rows,
+            chunk_rows: None,
             columns: Columns {
                 id: self.id_column.clone(),
                 image: self.image_column.clone(),
