@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::kernels::dense::{dot_f64, dot_mixed, gemm_abt, normalised, threshold_sums};
+use crate::kernels::dense::{dot_f64, dot_mixed, gemm_abt, normalised, sum_phi, threshold_sums};
 use crate::store::{MapWriter, Store};
 
 /// Number of `f64`s per row in `terms.bin`.
@@ -252,13 +252,9 @@ impl ClassCtx<'_> {
                 t[EASY] = dot_f64(ui, vi);
                 t[LABEL] = dot_f64(vi, self.c_k);
                 t[BETWEEN] = if ka > 1 {
-                    let mut acc = 0.0f64;
-                    for l in 0..ka {
-                        if l != self.own {
-                            acc += gu[i * ka + l].max(0.0) as f64 + gv[i * ka + l].max(0.0) as f64;
-                        }
-                    }
-                    acc / (ka - 1) as f64
+                    let (a, b) = (&gu[i * ka..(i + 1) * ka], &gv[i * ka..(i + 1) * ka]);
+                    let own = a[self.own].max(0.0) as f64 + b[self.own].max(0.0) as f64;
+                    (sum_phi(a, Some(0.0)) + sum_phi(b, Some(0.0)) - own) / (ka - 1) as f64
                 } else {
                     0.0
                 };

@@ -118,12 +118,25 @@ pub fn threshold_sums(
 pub fn threshold_row_sums(tile: &[f32], rb: usize, tau: Option<f32>, row_sums: &mut [f64]) {
     assert_eq!(tile.len(), row_sums.len() * rb);
     for (row, out) in tile.chunks_exact(rb).zip(row_sums.iter_mut()) {
-        let mut acc = 0.0f64;
-        for &s in row {
-            acc += phi(s, tau) as f64;
-        }
-        *out += acc;
+        *out += sum_phi(row, tau);
     }
+}
+
+/// `sum_j phi(x_j)` in `f64`, over eight independent lanes so the loop
+/// vectorises (a single running sum is a chain of dependent adds).
+#[inline]
+pub fn sum_phi(x: &[f32], tau: Option<f32>) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            lanes[l] += phi(c[l], tau) as f64;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&s| phi(s, tau) as f64).sum();
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+        + tail
 }
 
 /// `<a, b>` accumulated in `f64`.
@@ -147,7 +160,21 @@ pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
 /// `<a, b>` for an `f32` row and an `f64` vector.
 #[inline]
 pub fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum()
+    let mut lanes = [0.0f64; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            lanes[l] += x[l] as f64 * y[l];
+        }
+    }
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| *x as f64 * y)
+        .sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// Returns `v / |v|` (all zeros stay zeros).
