@@ -175,6 +175,10 @@ pub fn write_subset_files(
 ) -> Result<Vec<OutputFile>> {
     let source_rows: Vec<u64> = rows.iter().map(|r| r.row).collect();
     let extra = keep.columns(&source_rows)?;
+    // Fail before writing anything when a kept column cannot go to CSV.
+    for (f, _) in &extra {
+        crate::formats::metadata::check_csv_type(f.name(), f.data_type())?;
+    }
     let pq = dir.join("subset.parquet");
     let csv = dir.join("subset.csv");
     write_parquet(&pq, rows, names, &extra)?;
