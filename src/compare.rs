@@ -270,9 +270,13 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         }
         r
     })?;
+    if crate::progress::quiet() {
+        return Ok(());
+    }
     print!("{}", markdown(&c));
     println!("  wrote {}", cfg.out.join("compare.md").display());
     println!("  wrote {}", cfg.out.join("compare.json").display());
+    println!("  wrote {}", cfg.out.join("report.html").display());
     Ok(())
 }
 
@@ -293,7 +297,7 @@ fn compare(
     } else {
         None
     };
-    let learner = learner(&ctx, &staged, lstaged.as_ref(), cfg)?;
+    let learner = learner(&ctx, &staged, lstaged.as_ref())?;
     let prompts = matches!(cfg.classes, ClassSource::Prompts(_));
     let offsets = &store.meta.class_offsets;
     let class_of = |pos: usize| offsets.partition_point(|&o| o <= pos as u64) - 1;
@@ -305,6 +309,8 @@ fn compare(
     };
 
     let mut results = Vec::new();
+    // ClipCov's picks and terms, for the report.
+    let mut clip = None;
     for &e in entries {
         let t = Instant::now();
         let shared_seconds = ctx.shared_seconds();
@@ -317,15 +323,18 @@ fn compare(
                     terms.as_slice(),
                     &picks,
                     &staged.ingested.rejects,
+                    &staged.keep(&cfg.keep_columns),
                 )?;
                 let k = covered(&mut picks.iter().map(|p| p.pos));
-                MethodResult {
+                let r = MethodResult {
                     classes_covered: Some(k),
                     clusters: Some(store.meta.classes()),
                     clusters_covered: Some(k),
                     outputs: m.outputs,
                     ..MethodResult::kept("clipcov", &ctx, picks.iter().map(|p| p.pos))
-                }
+                };
+                clip = Some((picks, terms));
+                r
             }
             Entry::Baseline(m) => {
                 let sel = methods::run(m, &ctx, opts, &cfg.out, learner.as_ref())?;
@@ -334,7 +343,12 @@ fn compare(
                     classes_covered: prompts.then(|| covered(&mut positions())),
                     clusters: sel.clusters,
                     clusters_covered: sel.clusters_covered(),
-                    outputs: output::write_subset(&cfg.out, &ctx, &sel)?,
+                    outputs: output::write_subset(
+                        &cfg.out,
+                        &ctx,
+                        &sel,
+                        &staged.keep(&cfg.keep_columns),
+                    )?,
                     report: sel.report.clone(),
                     ..MethodResult::kept(m.name(), &ctx, positions())
                 }
@@ -374,6 +388,37 @@ fn compare(
             stage: format!("eval ({} methods)", results.len()),
             seconds: t.elapsed().as_secs_f64(),
         });
+    }
+    let names: Vec<String> = results.iter().map(|r| r.method.clone()).collect();
+    let matrix: Vec<Vec<f64>> = results
+        .iter()
+        .map(|r| {
+            names
+                .iter()
+                .map(|n| r.jaccard.get(n).and_then(|v| v.as_f64()).unwrap_or(0.0))
+                .collect()
+        })
+        .collect();
+    match &clip {
+        Some((picks, terms)) => {
+            crate::report::write_clipcov_report(
+                &cfg.out,
+                "clipcov compare",
+                store,
+                terms.as_slice(),
+                picks,
+                Some((names, matrix)),
+            )?;
+        }
+        None => crate::report::write(
+            &cfg.out.join("report.html"),
+            &crate::report::Report {
+                title: "clipcov compare".into(),
+                summary: vec![("rows".into(), ctx.n().to_string())],
+                overlap: Some((names, matrix)),
+                ..Default::default()
+            },
+        )?,
     }
     let mut shared: Vec<SharedStage> = timings
         .iter()

@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::atomic::atomic_write;
 use crate::formats::canonical::SourceFile;
-use crate::formats::subset::{write_csv, write_parquet, SubsetRow};
+use crate::formats::metadata::Keep;
+use crate::formats::subset::{write_csv, write_parquet, write_uids_npy, SubsetRow};
 use crate::ingest::{Ingested, Reject};
 use crate::memory::{MemoryReport, Plan};
 use crate::pipeline::SelectConfig;
@@ -125,6 +126,7 @@ pub fn emit_clipcov(
     terms: &[f64],
     picks: &[Pick],
     rejects: &[Reject],
+    keep: &Keep,
 ) -> Result<Manifest> {
     let dir = out.join("clipcov");
     std::fs::create_dir_all(&dir).at_path(&dir)?;
@@ -144,17 +146,10 @@ pub fn emit_clipcov(
         })
         .collect();
     let names = ["easy", "cross", "label", "between"];
-    let pq = dir.join("subset.parquet");
-    let csv = dir.join("subset.csv");
-    write_parquet(&pq, &rows, &names)?;
-    write_csv(&csv, &rows, &names)?;
+    let mut outputs = write_subset_files(out, &dir, &rows, &names, keep)?;
     let mut classes: Vec<usize> = picks.iter().map(|p| p.class).collect();
     classes.sort_unstable();
     classes.dedup();
-    let mut outputs = vec![
-        record(out, &pq, rows.len() as u64)?,
-        record(out, &csv, rows.len() as u64)?,
-    ];
     if !rejects.is_empty() {
         let rp = out.join("rejects.parquet");
         write_rejects(&rp, rejects)?;
@@ -166,6 +161,38 @@ pub fn emit_clipcov(
         classes_selected: classes.len(),
         ..Default::default()
     })
+}
+
+/// Writes a method's files in `dir`: `subset.parquet`, `subset.csv` (with
+/// the `--keep-columns` values) and, when every id is a 32-hex uid,
+/// `datacomp_uids.npy`.
+pub fn write_subset_files(
+    out: &Path,
+    dir: &Path,
+    rows: &[SubsetRow],
+    names: &[&str],
+    keep: &Keep,
+) -> Result<Vec<OutputFile>> {
+    let source_rows: Vec<u64> = rows.iter().map(|r| r.row).collect();
+    let extra = keep.columns(&source_rows)?;
+    // Fail before writing anything when a kept column cannot go to CSV.
+    for (f, _) in &extra {
+        crate::formats::metadata::check_csv_type(f.name(), f.data_type())?;
+    }
+    let pq = dir.join("subset.parquet");
+    let csv = dir.join("subset.csv");
+    write_parquet(&pq, rows, names, &extra)?;
+    write_csv(&csv, rows, names, &extra)?;
+    let n = rows.len() as u64;
+    let mut files = vec![record(out, &pq, n)?, record(out, &csv, n)?];
+    let uids = dir.join("datacomp_uids.npy");
+    if write_uids_npy(&uids, rows)? {
+        files.push(record(out, &uids, n)?);
+    } else if uids.exists() {
+        // A stale file from an earlier run on other data must not survive.
+        std::fs::remove_file(&uids).at_path(&uids)?;
+    }
+    Ok(files)
 }
 
 /// Writes `rejects.parquet`: every skipped row with its reason.
@@ -238,6 +265,9 @@ pub fn finish_manifest(
     let mut params = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(o) = params.as_object_mut() {
         o.insert("tau".into(), serde_json::Value::String(cfg.tau.to_string()));
+        if let Some(f) = files.first() {
+            o.insert("layout".into(), f.kind.layout().name().into());
+        }
         o.insert("budget_rows".into(), budget.into());
         o.insert("tile_rows".into(), tile_rows.into());
         o.insert("d".into(), meta.d.into());

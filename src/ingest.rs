@@ -484,6 +484,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
         });
         for item in rx {
             let (batch, shard) = item?;
+            crate::progress::advance(batch.len() as u64);
             let file = &files[batch.file_index];
             let path = &file.path;
             shards[batch.file_index].rows += batch.len() as u64;

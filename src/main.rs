@@ -4,14 +4,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
 use clipcov::error::Error;
 use clipcov::formats::canonical::Columns;
+use clipcov::formats::layout::{Layout, Model};
 use clipcov::ingest::{BadRowPolicy, DuplicatePolicy};
 use clipcov::memory::parse_size;
 use clipcov::pipeline::{self, Budget, ClassSource, SelectConfig};
+use clipcov::pipeline_file::PipelineFile;
+use clipcov::progress::{self, LogFormat};
 use clipcov::synth::{self, SynthOptions};
 use clipcov::Result;
 
@@ -24,6 +27,12 @@ use clipcov::Result;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Stage events: progress bars on a terminal (text) or JSON lines on stderr (json).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// No progress, no stage events, no summary: only errors.
+    #[arg(long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -46,6 +55,14 @@ enum Command {
     Bench(Box<clipcov::bench::BenchArgs>),
     /// Score a subset: covariance preservation, a linear-CLIP proxy, kinds.
     Eval(Box<clipcov::eval::EvalArgs>),
+    /// Run a pipeline file (pipelines/<name>.toml); flags after it override its values.
+    Run {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+        /// Flags of the file's command that override the file's values.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        overrides: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -122,8 +139,10 @@ struct SelectArgs {
     /// Rows per chunk of a class in the store (default: planned from --memory-limit).
     #[arg(long, hide = true)]
     chunk_rows: Option<usize>,
-    #[arg(long, default_value = "id")]
-    id_column: String,
+    /// Id column (default: id; uid for datacomp; image_path for
+    /// clip-retrieval, ':row' for the row index).
+    #[arg(long)]
+    id_column: Option<String>,
     #[arg(long, default_value = "image_embedding")]
     image_column: String,
     #[arg(long, default_value = "text_embedding")]
@@ -145,6 +164,15 @@ struct SelectArgs {
     /// Start over: ignore the staged store and scores an earlier run left in OUT/store.
     #[arg(long)]
     fresh: bool,
+    /// Input layout (default: detected).
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// DataComp embeddings to read.
+    #[arg(long, value_enum, default_value = "l14")]
+    model: Model,
+    /// Metadata columns to carry into the subset files (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    keep_columns: Vec<String>,
 }
 
 impl SelectArgs {
@@ -196,7 +224,7 @@ impl SelectArgs {
             tile_rows: self.tile_rows,
             chunk_rows: self.chunk_rows,
             columns: Columns {
-                id: self.id_column,
+                id: self.id_column.unwrap_or_default(),
                 image: self.image_column,
                 text: self.text_column,
             },
@@ -205,6 +233,9 @@ impl SelectArgs {
             seed: self.seed,
             assign_text: self.assign == "text",
             fresh: self.fresh,
+            layout: self.layout,
+            model: self.model,
+            keep_columns: self.keep_columns,
         })
     }
 }
@@ -227,6 +258,9 @@ fn synth_options(a: &SynthArgs) -> SynthOptions {
 }
 
 fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
+    if progress::quiet() {
+        return;
+    }
     let m = &s.manifest;
     if let Some(r) = &m.rows {
         println!(
@@ -293,13 +327,15 @@ fn demo(out: PathBuf) -> Result<()> {
         ..SynthOptions::default()
     };
     let data_dir = out.join("dataset");
-    println!(
-        "making a demo dataset: {} pairs, {} classes, d = {} -> {}",
-        s.rows,
-        s.classes,
-        s.dim,
-        data_dir.display()
-    );
+    if !progress::quiet() {
+        println!(
+            "making a demo dataset: {} pairs, {} classes, d = {} -> {}",
+            s.rows,
+            s.classes,
+            s.dim,
+            data_dir.display()
+        );
+    }
     let made = synth::synth(&opts, &data_dir)?;
     let w = &file.select.weights;
     let args = SelectArgs::parse_from_demo(
@@ -358,10 +394,15 @@ impl SelectArgs {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    progress::init(cli.log_format, cli.quiet);
+    let global = (cli.log_format, cli.quiet);
     match cli.command {
         Command::Demo { out } => demo(out),
         Command::Synth(a) => {
             let s = synth::synth(&synth_options(&a), &a.out)?;
+            if progress::quiet() {
+                return Ok(());
+            }
             println!(
                 "wrote {} shard(s) under {}, prompts {}, eval set {}",
                 s.shards.len(),
@@ -381,7 +422,138 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => clipcov::compare::run_compare(*a),
         Command::Bench(a) => clipcov::bench::run_bench(&a),
         Command::Eval(a) => clipcov::eval::run_eval(*a),
+        Command::Run { file, overrides } => run_pipeline_file(&file, &overrides, global),
     }
+}
+
+/// The clap command with later flags overriding earlier ones (file values
+/// first, then the user's flags).
+fn overriding_command(sub: &str) -> clap::Command {
+    Cli::command().mut_subcommand(sub, |c| c.args_override_self(true))
+}
+
+/// The first line of a clap error, without its `error: ` prefix.
+fn clap_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.trim_start_matches("error: ").to_string()
+}
+
+/// The value of the last `--flag V` or `--flag=V` in `args`.
+fn last_flag(args: &[String], flag: &str) -> Option<String> {
+    let mut found = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            found = it.next().cloned();
+        } else if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+            found = Some(v.to_string());
+        }
+    }
+    found
+}
+
+fn run_pipeline_file(
+    path: &std::path::Path,
+    overrides: &[String],
+    (log_format, quiet): (LogFormat, bool),
+) -> Result<()> {
+    let pf = PipelineFile::load(path)?;
+    let cli_cmd = Cli::command();
+    let sub = cli_cmd
+        .find_subcommand(&pf.command)
+        .ok_or_else(|| Error::Internal(format!("no subcommand {}", pf.command)))?;
+    for a in &pf.args {
+        if !sub
+            .get_arguments()
+            .any(|x| x.get_long() == Some(&a.flag[2..]))
+        {
+            return Err(Error::Usage(format!(
+                "{}: line {}: unknown key '{}' in [{}]: `clipcov {}` has no {} flag",
+                pf.path.display(),
+                a.line,
+                a.key,
+                a.table,
+                pf.command,
+                a.flag
+            )));
+        }
+    }
+    let mut argv: Vec<String> = vec!["clipcov".into()];
+    argv.extend(pf.argv());
+    // A wrong value in the file is reported with its key and line.
+    if let Err(e) = overriding_command(&pf.command).try_get_matches_from(&argv) {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        if matches!(
+            e.kind(),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation
+        ) {
+            if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+                let flag = arg.split_whitespace().next().unwrap_or_default();
+                if let Some(at) = pf.locate(flag) {
+                    let msg = clap_line(&e);
+                    return Err(Error::Usage(format!("{at}: {msg}")));
+                }
+            }
+        }
+    }
+    // Global flags given before the file still apply.
+    if log_format == LogFormat::Json {
+        argv.extend(["--log-format".into(), "json".into()]);
+    }
+    if quiet {
+        argv.push("--quiet".into());
+    }
+    let mut tail: Vec<String> = overrides.to_vec();
+    if let Some(opts) = &pf.synth {
+        // The demo form: synthesise into OUT/dataset, select into OUT/result.
+        let out = last_flag(overrides, "--out")
+            .or_else(|| pf.arg("--out").map(|a| a.value.clone()))
+            .unwrap_or_else(|| "clipcov-demo".into());
+        let out = PathBuf::from(out);
+        let data_dir = out.join("dataset");
+        if !progress::quiet() {
+            println!(
+                "making a synthetic dataset: {} pairs, {} classes, d = {} -> {}",
+                opts.rows,
+                opts.classes,
+                opts.dim,
+                data_dir.display()
+            );
+        }
+        let made = synth::synth(opts, &data_dir)?;
+        if pf.arg("--data").is_none() {
+            argv.extend(["--data".into(), data_dir.join("data").display().to_string()]);
+        }
+        if pf.arg("--prompts").is_none()
+            && pf.arg("--clusters").is_none()
+            && pf.command != "baseline"
+        {
+            argv.extend(["--prompts".into(), made.prompts.display().to_string()]);
+        }
+        tail.extend(["--out".into(), out.join("result").display().to_string()]);
+    }
+    argv.extend(tail);
+    let matches = overriding_command(&pf.command)
+        .try_get_matches_from(&argv)
+        .map_err(|e| Error::Usage(clap_line(&e)))?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| Error::Usage(e.to_string()))?;
+    run(cli).map_err(|e| match e {
+        // Name the file's key when a checked value came from it.
+        Error::Usage(msg) => {
+            let from_file = pf.args.iter().find(|a| {
+                msg.contains(&format!("{} ", a.flag)) || msg.contains(&format!("{}'", a.flag))
+            });
+            match from_file {
+                Some(a) if last_flag(overrides, &a.flag).is_none() => Error::Usage(format!(
+                    "{msg} ({})",
+                    pf.locate(&a.flag).unwrap_or_default()
+                )),
+                _ => Error::Usage(msg),
+            }
+        }
+        other => other,
+    })
 }
 
 fn main() -> ExitCode {
@@ -389,7 +561,14 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("clipcov: {e}");
+            if progress::json() {
+                progress::event(
+                    "error",
+                    serde_json::json!({ "message": e.to_string(), "exit_code": e.exit_code() }),
+                );
+            } else {
+                eprintln!("clipcov: {e}");
+            }
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -10,7 +10,9 @@ use crate::classes;
 use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::IdKind;
-use crate::formats::canonical::{discover, open_parquet, Columns, SourceFile};
+use crate::formats::canonical::{Columns, SourceFile};
+use crate::formats::layout::{self, Layout, Model};
+use crate::formats::metadata::Keep;
 use crate::formats::prompts::{read_prompts, Prompts};
 use crate::ingest::{self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested};
 use crate::memory::{self, Plan, RssMonitor};
@@ -75,6 +77,12 @@ pub struct SelectConfig {
     pub assign_text: bool,
     /// Ignore what an earlier run left in the store and start over.
     pub fresh: bool,
+    /// The input layout; `None` detects it.
+    pub layout: Option<Layout>,
+    /// The DataComp embeddings to read.
+    pub model: Model,
+    /// Metadata columns carried into the subset files.
+    pub keep_columns: Vec<String>,
 }
 
 /// What a finished run reports.
@@ -110,7 +118,15 @@ fn stage<T>(
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let t = Instant::now();
-    let v = f()?;
+    let p = crate::progress::start(name, rows);
+    let v = match f() {
+        Ok(v) => v,
+        Err(e) => {
+            p.fail(&e);
+            return Err(e);
+        }
+    };
+    p.finish();
     let s = t.elapsed().as_secs_f64();
     timings.push(StageTiming {
         stage: name.to_string(),
@@ -135,6 +151,20 @@ pub struct Staged {
     pub tile_rows: usize,
     /// The store stage's resume key.
     pub key: String,
+    /// The layout read and the column names used (layout defaults filled in).
+    pub layout: Layout,
+    pub columns: Columns,
+}
+
+impl Staged {
+    /// What `--keep-columns` needs to fetch the selected rows' metadata.
+    pub fn keep(&self, names: &[String]) -> Keep<'_> {
+        Keep {
+            names: names.to_vec(),
+            files: &self.files,
+            first_rows: self.ingested.shards.iter().map(|s| s.first_row).collect(),
+        }
+    }
 }
 
 /// Ingests `cfg.data`, assigns latent classes and writes the class-sorted
@@ -145,7 +175,11 @@ pub fn stage_data(
     store_dir: &Path,
     timings: &mut Vec<StageTiming>,
 ) -> Result<Staged> {
-    let files = discover(&cfg.data)?;
+    let layout = match cfg.layout {
+        Some(l) => l,
+        None => layout::detect(&cfg.data)?,
+    };
+    let (files, columns) = layout::discover_layout(&cfg.data, layout, &cfg.columns, cfg.model)?;
     let prompts: Option<Prompts> = match &cfg.classes {
         ClassSource::Prompts(p) => Some(read_prompts(p)?),
         _ => None,
@@ -153,21 +187,22 @@ pub fn stage_data(
     // Row count and size from the footers, to plan memory before reading.
     let mut total_rows = 0u64;
     for f in &files {
-        total_rows += open_parquet(&f.path)?.metadata().file_metadata().num_rows() as u64;
+        total_rows += layout::shard_rows(f, &columns)?;
     }
     let input_bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let d_hint = prompts.as_ref().map_or(512, |p| p.d);
     let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d_hint, cfg.threads)?;
     let tile_rows = cfg.tile_rows.unwrap_or(plan.tile_rows);
 
-    let key = store_key(cfg, &files)?;
+    let key = store_key(cfg, &files, &columns)?;
     if !cfg.fresh {
         let t = Instant::now();
         if Journal::load(store_dir)
             .valid(store_dir, "store", &key)
             .is_some()
         {
-            if let Ok(staged) = reopen(store_dir, files.clone(), plan, tile_rows, &key) {
+            let resolved = (layout, columns.clone());
+            if let Ok(staged) = reopen(store_dir, files.clone(), plan, tile_rows, &key, resolved) {
                 let rows = staged.store.meta.rows;
                 stage(timings, "reuse-store", rows, 0, || Ok(()))?;
                 if let Some(s) = timings.last_mut() {
@@ -187,7 +222,7 @@ pub fn stage_data(
         _ => 1,
     };
     let opts = IngestOptions {
-        columns: cfg.columns.clone(),
+        columns: columns.clone(),
         on_bad_row: cfg.on_bad_row,
         on_duplicate: cfg.on_duplicate,
         batch_rows: plan.batch_rows,
@@ -304,22 +339,36 @@ pub fn stage_data(
         plan,
         tile_rows,
         key,
+        layout,
+        columns,
     })
 }
 
 /// The key of the store stage: everything the staged store depends on.
-fn store_key(cfg: &SelectConfig, files: &[SourceFile]) -> Result<String> {
-    // Sizes and modification times to the nanosecond: a shard rewritten
-    // within the same second still counts as changed.
+fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Result<String> {
+    // Sizes and modification times to the nanosecond of every file a shard
+    // is read from (the sibling .npz, the npy layouts' other files): a
+    // shard rewritten within the same second still counts as changed.
     let mut inputs = Vec::with_capacity(files.len());
     for f in files {
-        let m = std::fs::metadata(&f.path).at_path(&f.path)?;
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        inputs.push((&f.path, m.len(), mtime.to_string()));
+        let mut paths = vec![f.path.clone()];
+        match &f.kind {
+            layout::ShardKind::Parquet => {}
+            layout::ShardKind::Datacomp { npz } => paths.push(npz.clone()),
+            layout::ShardKind::ClipRetrieval { text, metadata } => {
+                paths.push(text.clone());
+                paths.extend(metadata.clone());
+            }
+        }
+        for p in paths {
+            let m = std::fs::metadata(&p).at_path(&p)?;
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            inputs.push((p, m.len(), mtime.to_string()));
+        }
     }
     let classes = match &cfg.classes {
         ClassSource::Prompts(p) => {
@@ -343,7 +392,7 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile]) -> Result<String> {
         "version": STORE_VERSION,
         "tool": env!("CARGO_PKG_VERSION"),
         "inputs": inputs,
-        "columns": cfg.columns,
+        "columns": columns,
         "on_bad_row": cfg.on_bad_row,
         "on_duplicate": cfg.on_duplicate,
         "classes": classes,
@@ -357,6 +406,7 @@ fn reopen(
     plan: Plan,
     tile_rows: usize,
     key: &str,
+    (layout, columns): (Layout, Columns),
 ) -> Result<Staged> {
     let read = |name: &str| -> Result<String> {
         let p = dir.join(name);
@@ -379,6 +429,8 @@ fn reopen(
         plan,
         tile_rows,
         key: key.to_string(),
+        layout,
+        columns,
     })
 }
 
@@ -445,13 +497,23 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
     let (picks, terms) = clipcov_picks(cfg, &staged, &mut timings)?;
     let store = &staged.store;
     let manifest = stage(&mut timings, "emit", picks.len() as u64, 0, || {
-        emit::emit_clipcov(
+        let mut m = emit::emit_clipcov(
             &cfg.out,
             store,
             terms.as_slice(),
             &picks,
             &staged.ingested.rejects,
-        )
+            &staged.keep(&cfg.keep_columns),
+        )?;
+        m.outputs.push(crate::report::write_clipcov_report(
+            &cfg.out,
+            "clipcov select",
+            store,
+            terms.as_slice(),
+            &picks,
+            None,
+        )?);
+        Ok(m)
     })?;
     let manifest = emit::finish_manifest(
         manifest,

@@ -164,6 +164,7 @@ pub fn score(
                 if r.is_empty() {
                     return;
                 }
+                crate::progress::advance(r.len() as u64);
                 let ctx = ctx_of(k);
                 let cross = match opts.tau {
                     Tau::None => ctx.cross_linear(&sums.image[k], &sums.text[k]),

@@ -17,3 +17,7 @@ mod crash;
 mod baselines;
 // eval: covariance against brute force, the proxy, eval and compare --eval-set.
 mod eval;
+// The layouts of other tools in, DataComp subset files out.
+mod ecosystem;
+// report.html in headless Chromium; pipeline files.
+mod report;

@@ -559,6 +559,9 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         seed: a.seed,
         assign_text: false,
         fresh: false,
+        layout: None,
+        model: Default::default(),
+        keep_columns: Vec::new(),
     };
     let result = thread_pool(threads)?.install(|| -> Result<EvalMetrics> {
         let staged = pipeline::stage_data(&cfg, &work.join("store"), &mut Vec::new())?;

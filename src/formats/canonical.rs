@@ -18,6 +18,7 @@ use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
 use super::embedding::{embedding_kind, FloatKind};
+use super::layout::{NpyShard, ShardKind};
 use crate::error::{Error, IoContext, Result};
 
 /// One input file, as recorded in the manifest.
@@ -28,6 +29,9 @@ pub struct SourceFile {
     pub relative: String,
     pub bytes: u64,
     pub modified_unix: u64,
+    /// Where the shard's embeddings are (npy layouts); Parquet by default.
+    #[serde(default)]
+    pub kind: ShardKind,
 }
 
 /// The column names to read.
@@ -81,6 +85,7 @@ pub fn discover(root: &Path) -> Result<Vec<SourceFile>> {
             relative,
             bytes: m.len(),
             modified_unix,
+            kind: ShardKind::Parquet,
         });
     }
     files.sort_by(|a, b| a.relative.as_bytes().cmp(b.relative.as_bytes()));
@@ -151,13 +156,35 @@ pub struct ShardSchema {
     pub text_kind: FloatKind,
 }
 
-fn column_names(schema: &Schema) -> String {
+pub fn column_names(schema: &Schema) -> String {
     schema
         .fields()
         .iter()
         .map(|f| f.name().as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The id kind of column `name` of `schema`.
+///
+/// # Errors
+/// A data error when the column is missing or cannot be an id.
+pub fn check_id(path: &Path, schema: &Schema, name: &str) -> Result<IdKind> {
+    let id = schema
+        .field_with_name(name)
+        .map_err(|_| Error::column(path, name, "missing column"))?;
+    Ok(match id.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => IdKind::Utf8,
+        DataType::Int64 | DataType::Int32 => IdKind::Int64,
+        DataType::UInt64 | DataType::UInt32 => IdKind::UInt64,
+        other => {
+            return Err(Error::column(
+                path,
+                name,
+                format!("type {other} cannot be an id; expected utf8, int64 or uint64"),
+            ))
+        }
+    })
 }
 
 /// Checks that `schema` has the three columns with usable types.
@@ -177,19 +204,8 @@ pub fn check_schema(path: &Path, schema: &Schema, cols: &Columns) -> Result<Shar
             ))
         })
     };
-    let id = field(&cols.id)?;
-    let id_kind = match id.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => IdKind::Utf8,
-        DataType::Int64 | DataType::Int32 => IdKind::Int64,
-        DataType::UInt64 | DataType::UInt32 => IdKind::UInt64,
-        other => {
-            return Err(Error::column(
-                path,
-                &cols.id,
-                format!("type {other} cannot be an id; expected utf8, int64 or uint64"),
-            ))
-        }
-    };
+    field(&cols.id)?;
+    let id_kind = check_id(path, schema, &cols.id)?;
     let emb = |name: &str| -> Result<FloatKind> {
         let f = field(name)?;
         embedding_kind(f.data_type()).ok_or_else(|| {
@@ -232,6 +248,12 @@ impl ShardBatch {
     }
 }
 
+/// The shard being read.
+enum Open {
+    Parquet(ParquetRecordBatchReader, [usize; 3]),
+    Npy(Box<NpyShard>),
+}
+
 /// Streams the shards' id and embedding columns batch by batch.
 ///
 /// No work happens before the first `next()`; the first error ends the
@@ -241,7 +263,7 @@ pub struct ShardReader<'a> {
     cols: Columns,
     batch_rows: usize,
     file_index: usize,
-    reader: Option<(ParquetRecordBatchReader, [usize; 3])>,
+    reader: Option<Open>,
     next_row: u64,
     next_row_in_file: u64,
     pub schemas: Vec<ShardSchema>,
@@ -268,22 +290,18 @@ impl<'a> ShardReader<'a> {
             let Some(file) = self.files.get(self.file_index) else {
                 return Ok(false);
             };
+            if file.kind != ShardKind::Parquet {
+                let (npy, shard) = NpyShard::open(file, &self.cols, self.batch_rows)?;
+                self.check_id_kind(file, &shard)?;
+                self.schemas.push(shard);
+                self.reader = Some(Open::Npy(Box::new(npy)));
+                self.next_row_in_file = 0;
+                continue;
+            }
             let builder = open_parquet(&file.path)?;
             let schema = builder.schema().clone();
             let shard = check_schema(&file.path, &schema, &self.cols)?;
-            if let Some(first) = self.schemas.first() {
-                if first.id_kind != shard.id_kind {
-                    return Err(Error::column(
-                        &file.path,
-                        &self.cols.id,
-                        format!(
-                            "id type {:?} differs from the first shard's {:?}",
-                            shard.id_kind, first.id_kind
-                        ),
-                    )
-                    .with_hint("give every shard the same id type"));
-                }
-            }
+            self.check_id_kind(file, &shard)?;
             self.schemas.push(shard);
             let roots: Vec<usize> = [&self.cols.id, &self.cols.image, &self.cols.text]
                 .iter()
@@ -300,10 +318,27 @@ impl<'a> ShardReader<'a> {
                 .with_batch_size(self.batch_rows)
                 .build()
                 .map_err(|e| corrupt(&file.path, e))?;
-            self.reader = Some((reader, order));
+            self.reader = Some(Open::Parquet(reader, order));
             self.next_row_in_file = 0;
         }
         Ok(true)
+    }
+
+    fn check_id_kind(&self, file: &SourceFile, shard: &ShardSchema) -> Result<()> {
+        if let Some(first) = self.schemas.first() {
+            if first.id_kind != shard.id_kind {
+                return Err(Error::column(
+                    &file.path,
+                    &self.cols.id,
+                    format!(
+                        "id type {:?} differs from the first shard's {:?}",
+                        shard.id_kind, first.id_kind
+                    ),
+                )
+                .with_hint("give every shard the same id type"));
+            }
+        }
+        Ok(())
     }
 
     fn next_inner(&mut self) -> Result<Option<ShardBatch>> {
@@ -311,8 +346,34 @@ impl<'a> ShardReader<'a> {
             if !self.open_next()? {
                 return Ok(None);
             }
-            let (reader, order) = self.reader.as_mut().unwrap();
-            let order = *order;
+            let path = &self.files[self.file_index].path;
+            let (reader, order) = match self.reader.as_mut().unwrap() {
+                Open::Parquet(reader, order) => (reader, *order),
+                Open::Npy(npy) => {
+                    let first = self.next_row - self.next_row_in_file;
+                    match npy.next_batch(path, first)? {
+                        Some((id, image, text)) => {
+                            let n = id.len() as u64;
+                            let b = ShardBatch {
+                                file_index: self.file_index,
+                                first_row: self.next_row,
+                                first_row_in_file: self.next_row_in_file,
+                                id,
+                                image,
+                                text,
+                            };
+                            self.next_row += n;
+                            self.next_row_in_file += n;
+                            return Ok(Some(b));
+                        }
+                        None => {
+                            self.reader = None;
+                            self.file_index += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
             match reader.next() {
                 Some(Ok(batch)) => {
                     let b = self.wrap(batch, order);

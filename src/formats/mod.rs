@@ -4,6 +4,10 @@
 pub mod atomic;
 pub mod canonical;
 pub mod embedding;
+pub mod layout;
+pub mod metadata;
+pub mod npy;
+pub mod npz;
 pub mod prompts;
 pub mod subset;
 pub mod targets;

@@ -15,6 +15,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::atomic::atomic_write;
+use super::metadata::{check_csv_type, csv_text};
+use super::npy::header_bytes;
 use crate::error::{Error, IoContext, Result};
 use crate::store::IdRef;
 
@@ -41,7 +43,7 @@ fn id_type(rows: &[SubsetRow]) -> DataType {
     }
 }
 
-fn schema(id: DataType, terms: &[&str]) -> Arc<Schema> {
+fn schema(id: DataType, terms: &[&str], extra: &[(Field, ArrayRef)]) -> Arc<Schema> {
     let mut fields = vec![
         Field::new("id", id, false),
         Field::new("rank", DataType::UInt64, false),
@@ -54,10 +56,16 @@ fn schema(id: DataType, terms: &[&str]) -> Arc<Schema> {
             .iter()
             .map(|t| Field::new(*t, DataType::Float64, false)),
     );
+    fields.extend(extra.iter().map(|(f, _)| f.clone()));
     Arc::new(Schema::new(fields))
 }
 
-fn batch(schema: &Arc<Schema>, rows: &[SubsetRow], terms: usize) -> Result<RecordBatch> {
+fn batch(
+    schema: &Arc<Schema>,
+    rows: &[SubsetRow],
+    terms: usize,
+    extra: &[ArrayRef],
+) -> Result<RecordBatch> {
     let id: ArrayRef = match schema.field(0).data_type() {
         DataType::Int64 => {
             let mut b = Int64Builder::with_capacity(rows.len());
@@ -111,12 +119,19 @@ fn batch(schema: &Arc<Schema>, rows: &[SubsetRow], terms: usize) -> Result<Recor
             .into_iter()
             .map(|mut b| Arc::new(b.finish()) as ArrayRef),
     );
+    cols.extend(extra.iter().cloned());
     RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// Writes `rows` to `path` as Parquet (zstd), atomically.
-pub fn write_parquet(path: &Path, rows: &[SubsetRow], term_names: &[&str]) -> Result<()> {
-    let schema = schema(id_type(rows), term_names);
+/// Writes `rows` to `path` as Parquet (zstd), atomically; `extra` holds
+/// the `--keep-columns` values of the rows, in the same order.
+pub fn write_parquet(
+    path: &Path,
+    rows: &[SubsetRow],
+    term_names: &[&str],
+    extra: &[(Field, ArrayRef)],
+) -> Result<()> {
+    let schema = schema(id_type(rows), term_names, extra);
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(BATCH_ROWS))
@@ -124,8 +139,12 @@ pub fn write_parquet(path: &Path, rows: &[SubsetRow], term_names: &[&str]) -> Re
     atomic_write(path, |w| {
         let mut writer = ArrowWriter::try_new(w, schema.clone(), Some(props))
             .map_err(|e| Error::Internal(e.to_string()))?;
-        for chunk in rows.chunks(BATCH_ROWS) {
-            let b = batch(&schema, chunk, term_names.len())?;
+        for (i, chunk) in rows.chunks(BATCH_ROWS).enumerate() {
+            let ex: Vec<ArrayRef> = extra
+                .iter()
+                .map(|(_, a)| a.slice(i * BATCH_ROWS, chunk.len()))
+                .collect();
+            let b = batch(&schema, chunk, term_names.len(), &ex)?;
             writer.write(&b).map_err(|e| parquet_write_error(path, e))?;
         }
         writer.close().map_err(|e| parquet_write_error(path, e))?;
@@ -156,16 +175,29 @@ pub fn csv_field(s: &str) -> String {
 
 /// Writes `rows` to `path` as CSV, atomically. Floats use the shortest
 /// representation that reads back to the same `f64`.
-pub fn write_csv(path: &Path, rows: &[SubsetRow], term_names: &[&str]) -> Result<()> {
+/// Kept metadata columns follow the terms (nested values as JSON text).
+pub fn write_csv(
+    path: &Path,
+    rows: &[SubsetRow],
+    term_names: &[&str],
+    extra: &[(Field, ArrayRef)],
+) -> Result<()> {
+    for (f, _) in extra {
+        check_csv_type(f.name(), f.data_type())?;
+    }
     atomic_write(path, |w| {
         let mut header = String::from("id,rank,row,class,score");
         for t in term_names {
             header.push(',');
             header.push_str(t);
         }
+        for (f, _) in extra {
+            header.push(',');
+            header.push_str(&csv_field(f.name()));
+        }
         writeln!(w, "{header}").at_path(path)?;
         let mut line = String::new();
-        for r in rows {
+        for (i, r) in rows.iter().enumerate() {
             use std::fmt::Write as _;
             line.clear();
             line.push_str(&csv_field(&r.id.to_string()));
@@ -177,8 +209,66 @@ pub fn write_csv(path: &Path, rows: &[SubsetRow], term_names: &[&str]) -> Result
             for v in &r.terms {
                 let _ = write!(line, ",{v}");
             }
+            for (_, a) in extra {
+                line.push(',');
+                line.push_str(&csv_field(&csv_text(a.as_ref(), i)));
+            }
             writeln!(w, "{line}").at_path(path)?;
         }
         Ok(())
     })
+}
+
+/// A 32-character hexadecimal uid as `(upper, lower)` 64-bit halves.
+pub fn parse_uid(s: &str) -> Option<(u64, u64)> {
+    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(&s[..16], 16).ok()?,
+        u64::from_str_radix(&s[16..], 16).ok()?,
+    ))
+}
+
+/// Writes `datacomp_uids.npy` (formats.md) when every id is a 32-hex uid:
+/// dtype `[('f0','<u8'),('f1','<u8')]`, shape `(n,)`, sorted ascending,
+/// what DataComp's `resharder.py --subset-file` reads. Returns whether it
+/// wrote the file.
+pub fn write_uids_npy(path: &Path, rows: &[SubsetRow]) -> Result<bool> {
+    let mut uids = Vec::with_capacity(rows.len());
+    for r in rows {
+        match r.id {
+            IdRef::Utf8(s) => match parse_uid(s) {
+                Some(u) => uids.push(u),
+                None => return Ok(false),
+            },
+            _ => return Ok(false),
+        }
+    }
+    if uids.is_empty() {
+        return Ok(false);
+    }
+    uids.sort_unstable();
+    let descr = "[('f0', '<u8'), ('f1', '<u8')]";
+    let mut bytes = header_bytes(descr, &format!("({},)", uids.len()));
+    bytes.reserve(uids.len() * 16);
+    for (hi, lo) in uids {
+        bytes.extend(hi.to_le_bytes());
+        bytes.extend(lo.to_le_bytes());
+    }
+    atomic_write(path, |w| w.write_all(&bytes).at_path(path))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_halves() {
+        let u = "0123456789abcdef00000000000000ff";
+        assert_eq!(parse_uid(u), Some((0x0123456789abcdef, 0xff)));
+        assert_eq!(parse_uid("xyz"), None);
+        assert_eq!(parse_uid(&"g".repeat(32)), None);
+    }
 }

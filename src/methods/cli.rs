@@ -13,6 +13,7 @@ use super::{output, Ctx, Method, MethodOptions, Selection};
 use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::Columns;
+use crate::formats::layout::{Layout, Model};
 use crate::ingest::{BadRowPolicy, DuplicatePolicy};
 use crate::memory::{parse_size, RssMonitor};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
@@ -45,8 +46,10 @@ pub struct DataArgs {
     /// Rows per tile side (default: planned from --memory-limit).
     #[arg(long)]
     pub tile_rows: Option<usize>,
-    #[arg(long, default_value = "id")]
-    pub id_column: String,
+    /// Id column (default: id; uid for datacomp; image_path for
+    /// clip-retrieval, ':row' for the row index).
+    #[arg(long)]
+    pub id_column: Option<String>,
     #[arg(long, default_value = "image_embedding")]
     pub image_column: String,
     #[arg(long, default_value = "text_embedding")]
@@ -60,6 +63,15 @@ pub struct DataArgs {
     /// Seed of every random choice (k-means, draws, batches, samples).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Input layout (default: detected).
+    #[arg(long, value_enum)]
+    pub layout: Option<Layout>,
+    /// DataComp embeddings to read.
+    #[arg(long, value_enum, default_value = "l14")]
+    pub model: Model,
+    /// Metadata columns to carry into the subset files (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub keep_columns: Vec<String>,
 }
 
 /// The methods' own options.
@@ -176,7 +188,7 @@ impl DataArgs {
             tile_rows: self.tile_rows,
             chunk_rows: None,
             columns: Columns {
-                id: self.id_column.clone(),
+                id: self.id_column.clone().unwrap_or_default(),
                 image: self.image_column.clone(),
                 text: self.text_column.clone(),
             },
@@ -185,6 +197,9 @@ impl DataArgs {
             seed: self.seed,
             assign_text: false,
             fresh: self.fresh,
+            layout: self.layout,
+            model: self.model,
+            keep_columns: self.keep_columns.clone(),
         })
     }
 }
@@ -240,6 +255,7 @@ pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
 
 /// The timing of a stage that is not an input pass.
 pub fn timing(stage: &str, seconds: f64, rows: u64) -> StageTiming {
+    crate::progress::stage_end(stage, seconds, rows);
     StageTiming {
         stage: stage.to_string(),
         seconds,
@@ -291,7 +307,6 @@ pub fn learner<'a>(
     ctx: &Ctx,
     main: &Staged,
     learner: Option<&'a Staged>,
-    cfg: &SelectConfig,
 ) -> Result<Option<Learner<'a>>> {
     learner
         .map(|l| {
@@ -301,7 +316,7 @@ pub fn learner<'a>(
                 &l.store,
                 &l.files,
                 &l.ingested,
-                &cfg.columns.id,
+                &main.columns.id,
             )
         })
         .transpose()
@@ -322,6 +337,9 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
         }
         r
     })?;
+    if crate::progress::quiet() {
+        return Ok(());
+    }
     let r = manifest.rows.as_ref();
     println!(
         "{}: kept {} of {} rows{} in {:.2} s",
@@ -376,7 +394,7 @@ fn baseline(
     } else {
         None
     };
-    let learner = learner(&ctx, &staged, lstaged.as_ref(), cfg)?;
+    let learner = learner(&ctx, &staged, lstaged.as_ref())?;
     let n = ctx.n() as u64;
     let t = Instant::now();
     let sel = super::run(method, &ctx, opts, &cfg.out, learner.as_ref())?;
@@ -389,7 +407,7 @@ fn baseline(
         n,
     ));
     let t = Instant::now();
-    let mut outputs = output::write_subset(&cfg.out, &ctx, &sel)?;
+    let mut outputs = output::write_subset(&cfg.out, &ctx, &sel, &staged.keep(&cfg.keep_columns))?;
     if !staged.ingested.rejects.is_empty() {
         let rp = cfg.out.join("rejects.parquet");
         emit::write_rejects(&rp, &staged.ingested.rejects)?;
@@ -427,6 +445,8 @@ fn baseline(
     m.parameters = serde_json::json!({
         "method": method.name(),
         "data": cfg.data,
+        "layout": staged.layout.name(),
+        "keep_columns": cfg.keep_columns,
         "learner_data": args.learner_data,
         "out": cfg.out,
         "budget": opts.budget,
@@ -437,7 +457,7 @@ fn baseline(
         "threads": cfg.threads,
         "memory_limit_bytes": cfg.memory_limit_bytes,
         "tile_rows": staged.tile_rows,
-        "columns": cfg.columns,
+        "columns": staged.columns,
         "on_bad_row": cfg.on_bad_row,
         "on_duplicate": cfg.on_duplicate,
         "d": staged.store.meta.d,

@@ -13,18 +13,24 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::{Ctx, Selection};
-use crate::emit::{record, OutputFile};
+use crate::emit::{write_subset_files, OutputFile};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::atomic::atomic_write;
 use crate::formats::canonical::IdKind;
-use crate::formats::subset::{write_csv, write_parquet, SubsetRow};
+use crate::formats::metadata::Keep;
+use crate::formats::subset::SubsetRow;
 use crate::store::{IdRef, Store};
 
 /// Rows per Parquet row group of the extra files.
 pub const BATCH_ROWS: usize = 65_536;
 
 /// Writes the subset files of `sel` under `out/<method>/`.
-pub fn write_subset(out: &Path, ctx: &Ctx, sel: &Selection) -> Result<Vec<OutputFile>> {
+pub fn write_subset(
+    out: &Path,
+    ctx: &Ctx,
+    sel: &Selection,
+    keep: &Keep,
+) -> Result<Vec<OutputFile>> {
     let dir = out.join(sel.method.name());
     std::fs::create_dir_all(&dir).at_path(&dir)?;
     let rows: Vec<SubsetRow> = sel
@@ -40,12 +46,7 @@ pub fn write_subset(out: &Path, ctx: &Ctx, sel: &Selection) -> Result<Vec<Output
             terms: p.terms.clone(),
         })
         .collect();
-    let pq = dir.join("subset.parquet");
-    let csv = dir.join("subset.csv");
-    write_parquet(&pq, &rows, &sel.term_names)?;
-    write_csv(&csv, &rows, &sel.term_names)?;
-    let n = rows.len() as u64;
-    let mut files = vec![record(out, &pq, n)?, record(out, &csv, n)?];
+    let mut files = write_subset_files(out, &dir, &rows, &sel.term_names, keep)?;
     files.extend(sel.files.iter().cloned());
     Ok(files)
 }

@@ -1,0 +1,311 @@
+//! Pipeline files (`clipcov run pipelines/<name>.toml`): a declarative copy
+//! of what the flags hold, so a scheduled job is one file under version
+//! control.
+//!
+//! ```toml
+//! command = "select"            # select (default), baseline or compare
+//! method = "random"             # baseline only
+//! [input]                       # --data, --layout, --model, --prompts, ...
+//! [select]                      # --fraction, --budget, --tau, --methods, ...
+//! [output]                      # --out, --keep-columns
+//! [options]                     # any other flag of the command
+//! [synth]                       # optional: make a synthetic dataset first
+//! ```
+//!
+//! Every key of `[input]`, `[select]`, `[output]` and `[options]` is the
+//! name of a flag of the command (`keep_columns` is `--keep-columns`);
+//! arrays become comma-separated lists. The tables only group keys for the
+//! reader. Paths are relative to the current directory, as on the command
+//! line. Flags given after the file override its values. With `[synth]`
+//! (the demo), the data is synthesised into `OUT/dataset` first and the
+//! selection goes to `OUT/result`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::synth::SynthOptions;
+
+/// The tables whose keys are flags.
+pub const FLAG_TABLES: [&str; 4] = ["input", "select", "output", "options"];
+
+/// One key of the file, as a flag.
+#[derive(Clone, Debug)]
+pub struct FileArg {
+    pub table: String,
+    pub key: String,
+    /// `--key-with-dashes`.
+    pub flag: String,
+    pub value: String,
+    pub line: usize,
+}
+
+/// A parsed pipeline file.
+#[derive(Clone, Debug)]
+pub struct PipelineFile {
+    pub path: PathBuf,
+    pub command: String,
+    pub method: Option<String>,
+    pub args: Vec<FileArg>,
+    pub synth: Option<SynthOptions>,
+}
+
+/// Line (1-based) of `key` in `[table]` (`""` for the top level).
+fn line_of(text: &str, table: &str, key: &str) -> usize {
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        if let Some(t) = l.strip_prefix('[').and_then(|t| t.split(']').next()) {
+            current = t.trim().to_string();
+            continue;
+        }
+        if current == table {
+            if let Some((k, _)) = l.split_once('=') {
+                if k.trim().trim_matches('"') == key {
+                    return i + 1;
+                }
+            }
+        }
+    }
+    0
+}
+
+fn value_text(v: &toml::Value) -> Option<String> {
+    Some(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(value_text)
+            .collect::<Option<Vec<_>>>()?
+            .join(","),
+        _ => return None,
+    })
+}
+
+impl PipelineFile {
+    /// Reads and parses `path`.
+    ///
+    /// # Errors
+    /// A usage error naming the file, key and line for bad TOML, an unknown
+    /// table or top-level key, or a value that cannot be a flag value.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses the text of a pipeline file (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let bad = |line: usize, msg: String| {
+            Error::Usage(format!("{}: line {line}: {msg}", path.display()))
+        };
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(0, |s| {
+                text[..s.start.min(text.len())].lines().count().max(1)
+            });
+            bad(line, format!("not valid TOML ({})", e.message()))
+        })?;
+        let mut out = PipelineFile {
+            path: path.to_path_buf(),
+            command: "select".into(),
+            method: None,
+            args: Vec::new(),
+            synth: None,
+        };
+        for (k, v) in &table {
+            let line = line_of(text, "", k);
+            match (k.as_str(), v) {
+                ("command", toml::Value::String(s)) => {
+                    if !["select", "baseline", "compare"].contains(&s.as_str()) {
+                        return Err(bad(
+                            line,
+                            format!("command '{s}': expected select, baseline or compare"),
+                        ));
+                    }
+                    out.command = s.clone();
+                }
+                ("method", toml::Value::String(s)) => out.method = Some(s.clone()),
+                ("synth", toml::Value::Table(t)) => {
+                    out.synth = Some(synth_options(t, text, &bad)?);
+                }
+                (t, toml::Value::Table(inner)) if FLAG_TABLES.contains(&t) => {
+                    for (key, value) in inner {
+                        let line = line_of(text, t, key);
+                        let value = value_text(value).ok_or_else(|| {
+                            bad(
+                                line,
+                                format!("key '{key}' in [{t}]: expected a string, number, boolean or array"),
+                            )
+                        })?;
+                        out.args.push(FileArg {
+                            table: t.to_string(),
+                            key: key.clone(),
+                            flag: format!("--{}", key.replace('_', "-")),
+                            value,
+                            line,
+                        });
+                    }
+                }
+                (k, toml::Value::Table(_)) => {
+                    return Err(bad(
+                        line_of(text, k, "").max(table_line(text, k)),
+                        format!(
+                            "unknown table [{k}]; expected [input], [select], [output], [options] or [synth]"
+                        ),
+                    ))
+                }
+                (k, _) => {
+                    return Err(bad(
+                        line,
+                        format!("unknown key '{k}' (top-level keys are command and method)"),
+                    ))
+                }
+            }
+        }
+        if out.command == "baseline" && out.method.is_none() {
+            return Err(bad(
+                0,
+                "command = \"baseline\" needs method = \"<name>\"".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The file argument that sets `flag`, if any.
+    pub fn arg(&self, flag: &str) -> Option<&FileArg> {
+        self.args.iter().rev().find(|a| a.flag == flag)
+    }
+
+    /// `command [method] --flag value ...` for the file's keys.
+    pub fn argv(&self) -> Vec<String> {
+        let mut v = vec![self.command.clone()];
+        if let Some(m) = &self.method {
+            v.push(m.clone());
+        }
+        for a in &self.args {
+            v.push(a.flag.clone());
+            v.push(a.value.clone());
+        }
+        v
+    }
+
+    /// Where an error about `flag` comes from in the file, as text.
+    pub fn locate(&self, flag: &str) -> Option<String> {
+        self.arg(flag).map(|a| {
+            format!(
+                "{}: line {}: key '{}' in [{}]",
+                self.path.display(),
+                a.line,
+                a.key,
+                a.table
+            )
+        })
+    }
+}
+
+fn table_line(text: &str, table: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim().starts_with(&format!("[{table}]")))
+        .map_or(0, |i| i + 1)
+}
+
+fn synth_options(
+    t: &toml::Table,
+    text: &str,
+    bad: &dyn Fn(usize, String) -> Error,
+) -> Result<SynthOptions> {
+    let mut o = SynthOptions::default();
+    for (k, v) in t {
+        let line = line_of(text, "synth", k);
+        let int = || {
+            v.as_integer().filter(|&i| i >= 0).ok_or_else(|| {
+                bad(
+                    line,
+                    format!("key '{k}' in [synth]: expected a whole number"),
+                )
+            })
+        };
+        let float = || {
+            v.as_float()
+                .or_else(|| v.as_integer().map(|i| i as f64))
+                .ok_or_else(|| bad(line, format!("key '{k}' in [synth]: expected a number")))
+        };
+        match k.as_str() {
+            "rows" => o.rows = int()? as u64,
+            "classes" => o.classes = int()? as usize,
+            "dim" => o.dim = int()? as usize,
+            "shards" => o.shards = int()? as usize,
+            "seed" => o.seed = int()? as u64,
+            "f16" => {
+                o.f16 = v
+                    .as_bool()
+                    .ok_or_else(|| bad(line, "key 'f16' in [synth]: expected true or false".into()))?
+            }
+            "zipf" => o.zipf = float()?,
+            "noise" => o.noise = float()?,
+            "mismatch_rate" => o.mismatch_rate = float()?,
+            "duplicate_rate" => o.duplicate_rate = float()?,
+            "junk_rate" => o.junk_rate = float()?,
+            "eval_rows" => o.eval_rows = int()? as u64,
+            _ => {
+                return Err(bad(
+                    line,
+                    format!("unknown key '{k}' in [synth]; expected rows, classes, dim, shards, f16, seed, zipf, noise, mismatch_rate, duplicate_rate, junk_rate, eval_rows"),
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_become_flags_with_lines() {
+        let text = "command = \"compare\"\n[input]\ndata = \"d\"\n\n[select]\nfraction = 0.1\nmethods = [\"clipcov\", \"random\"]\n[output]\nkeep_columns = [\"url\", \"text\"]\n";
+        let f = PipelineFile::parse(text, Path::new("p.toml")).unwrap();
+        assert_eq!(
+            f.argv(),
+            [
+                "compare",
+                "--data",
+                "d",
+                "--keep-columns",
+                "url,text",
+                "--fraction",
+                "0.1",
+                "--methods",
+                "clipcov,random",
+            ]
+        );
+        assert_eq!(f.arg("--fraction").unwrap().line, 6);
+        assert_eq!(
+            f.locate("--keep-columns").unwrap(),
+            "p.toml: line 9: key 'keep_columns' in [output]"
+        );
+    }
+
+    #[test]
+    fn bad_files_name_key_and_line() {
+        let e = |t: &str| {
+            PipelineFile::parse(t, Path::new("p.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            e("[input]\ndata = \"x\"\n[selct]\nfraction = 1\n"),
+            "p.toml: line 3: unknown table [selct]; expected [input], [select], [output], [options] or [synth]"
+        );
+        assert!(e("[input]\ndata = \"x\n").starts_with("p.toml: line 2: not valid TOML"));
+        assert!(
+            e("[synth]\nrows = \"many\"\n").starts_with("p.toml: line 2: key 'rows' in [synth]")
+        );
+        assert!(
+            e("[input]\ndata = { a = 1 }\n").starts_with("p.toml: line 2: key 'data' in [input]")
+        );
+        assert!(e("comand = \"select\"\n").starts_with("p.toml: line 1: unknown key 'comand'"));
+    }
+}
