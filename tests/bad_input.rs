@@ -458,3 +458,47 @@ fn path_like_ids_stay_inside_out() {
     names.sort();
     assert_eq!(names, ["data", "out", "prompts.parquet"]);
 }
+
+/// Every file in tests/data/bad (fuzz findings among them) gives exit 65
+/// and one line naming it; a file added there without an entry here fails.
+#[test]
+fn bad_files_give_one_line_errors() {
+    let known = ["fuzz-f16-fixed-len-panic.parquet"];
+    let bad = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad");
+    let mut found: Vec<String> = std::fs::read_dir(&bad)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    for f in &found {
+        assert!(
+            known.contains(&f.as_str()),
+            "Found new file in tests/data/bad, please add it to this test: {f}"
+        );
+    }
+    for name in known {
+        let c = case(&format!("bad-file-{name}"), |_| {});
+        std::fs::remove_dir_all(&c.data).unwrap();
+        std::fs::create_dir_all(&c.data).unwrap();
+        std::fs::copy(bad.join(name), c.data.join(name)).unwrap();
+        let err = fails(
+            &c.out,
+            &[
+                "select",
+                "--data",
+                s(&c.data),
+                "--clusters",
+                "2",
+                "--fraction",
+                "0.5",
+                "--out",
+                s(&c.out),
+            ],
+            65,
+        );
+        assert!(
+            err.contains(name) && err.contains("not a readable Parquet file"),
+            "{err}"
+        );
+    }
+}

@@ -125,7 +125,44 @@ pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Bytes
     // is the documented contract for input shards.
     let map = unsafe { Mmap::map(&file) }.at_path(path)?;
     let bytes = Bytes::from_owner(map);
-    ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(path, e))
+    guard_decoder(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(path, e))
+    })
+}
+
+thread_local! {
+    /// Set while a decoder runs under [`guard_decoder`]: its panics are
+    /// turned into errors, so the default hook must not print them.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+static PANIC_HOOK: std::sync::Once = std::sync::Once::new();
+
+/// Runs `f`, turning a panic inside a decoding library (a corrupt file can
+/// trip an assertion deep in a reader) into a data error about `path`: a bad
+/// file must give a one-line error, never a crash.
+pub fn guard_decoder<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    PANIC_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET_PANICS.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(was));
+    match result {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown failure".into());
+            Err(corrupt(path, format!("the decoder failed: {msg}")))
+        }
+    }
 }
 
 /// The error for a file that Parquet cannot read.
@@ -411,7 +448,12 @@ impl Iterator for ShardReader<'_> {
         if self.failed {
             return None;
         }
-        match self.next_inner() {
+        // The current file, for an error when a decoder panics.
+        let path = self
+            .files
+            .get(self.file_index)
+            .map_or_else(PathBuf::new, |f| f.path.clone());
+        match guard_decoder(&path, || self.next_inner()) {
             Ok(Some(b)) => Some(Ok(b)),
             Ok(None) => None,
             Err(e) => {

@@ -38,6 +38,10 @@ impl Prompts {
 
 /// Reads a prompts Parquet file.
 pub fn read_prompts(path: &Path) -> Result<Prompts> {
+    super::canonical::guard_decoder(path, || read_prompts_unguarded(path))
+}
+
+fn read_prompts_unguarded(path: &Path) -> Result<Prompts> {
     let builder = open_parquet(path)?;
     let schema = builder.schema().clone();
     for (name, want) in [
