@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// Final outputs present in `out` must be complete: equal to the reference.
-fn no_incomplete_outputs(out: &Path, reference: &Path) {
-    for f in ["clipcov/subset.parquet", "clipcov/subset.csv"] {
+fn no_incomplete_outputs(out: &Path, reference: &Path, outputs: &[&str]) {
+    for f in outputs {
         if let Ok(bytes) = std::fs::read(out.join(f)) {
             assert_eq!(
                 bytes,
@@ -21,6 +21,7 @@ fn no_incomplete_outputs(out: &Path, reference: &Path) {
     }
     for f in [
         "manifest.json",
+        "compare.json",
         "store/stages.json",
         "store/store.json",
         "store/ingest.json",
@@ -30,6 +31,61 @@ fn no_incomplete_outputs(out: &Path, reference: &Path) {
                 .unwrap_or_else(|e| panic!("{f} is incomplete: {e}"));
         }
     }
+}
+
+/// Runs `args(reference)` once, then `rounds` times: two SIGKILLs at points
+/// spread over the run (the second interrupts a resuming run) and a run to
+/// completion, whose `outputs` must equal the reference's byte for byte.
+/// Returns the kills sent and the reruns that resumed from a complete store.
+fn kill_and_resume(
+    dir: &Dir,
+    args: impl Fn(&Path) -> Vec<String>,
+    outputs: &[&str],
+    rounds: u32,
+) -> (u32, u32) {
+    let reference = dir.join("reference");
+    let t = Instant::now();
+    let a = args(&reference);
+    clipcov_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let full = t.elapsed();
+    let (mut kills, mut resumes) = (0, 0);
+    for i in 0..rounds {
+        let out = dir.join(&format!("killed-{i}"));
+        let r = rounds as f64;
+        for fraction in [i as f64 / r, (i as f64 * 7.0 % r) / r] {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_clipcov"))
+                .args(args(&out))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(full.mul_f64(fraction) + Duration::from_millis(2));
+            let _ = child.kill(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+            no_incomplete_outputs(&out, &reference, outputs);
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_clipcov"))
+            .args(args(&out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for f in outputs {
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(reference.join(f)).unwrap(),
+                "round {i}: {f} differs"
+            );
+        }
+        if std::fs::read_to_string(out.join("manifest.json"))
+            .is_ok_and(|m| m.contains("reuse-store"))
+            || std::fs::read_to_string(out.join("compare.json"))
+                .is_ok_and(|m| m.contains("reuse-store"))
+        {
+            resumes += 1;
+        }
+    }
+    (kills, resumes)
 }
 
 #[test]
@@ -72,52 +128,61 @@ fn killed_runs_resume_to_identical_bytes() {
         .map(|x| x.to_string())
         .collect()
     };
-    let reference = dir.join("reference");
-    let t = Instant::now();
-    let a = args(&reference);
-    clipcov_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    let full = t.elapsed();
-
-    let mut kills = 0;
-    let mut resumes = 0;
-    for i in 0..16u32 {
-        let out = dir.join(&format!("killed-{i}"));
-        // Two kills in a row (the second one interrupts a resuming run),
-        // at points spread over the whole run, then a run to completion.
-        for fraction in [i as f64 / 16.0, (i as f64 * 7.0 % 16.0) / 16.0] {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_clipcov"))
-                .args(args(&out))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(full.mul_f64(fraction) + Duration::from_millis(2));
-            let _ = child.kill(); // SIGKILL
-            child.wait().unwrap();
-            kills += 1;
-            no_incomplete_outputs(&out, &reference);
-        }
-        let o = Command::new(env!("CARGO_BIN_EXE_clipcov"))
-            .args(args(&out))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        for f in ["clipcov/subset.parquet", "clipcov/subset.csv"] {
-            assert_eq!(
-                std::fs::read(out.join(f)).unwrap(),
-                std::fs::read(reference.join(f)).unwrap(),
-                "run {i}: {f} differs"
-            );
-        }
-        let m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-                .unwrap();
-        if m["stages"][0]["stage"] == "reuse-store" {
-            resumes += 1;
-        }
-    }
-    eprintln!("crash test: {kills} kills, {resumes} runs resumed from a complete store, all 16 outputs identical");
+    let outputs = ["clipcov/subset.parquet", "clipcov/subset.csv"];
+    let (kills, resumes) = kill_and_resume(&dir, args, &outputs, 16);
+    eprintln!("crash test (select): {kills} kills, {resumes} reruns resumed from a complete store, 16 outputs identical");
     assert_eq!(kills, 32);
+}
+
+#[test]
+fn killed_compare_runs_resume_to_identical_bytes() {
+    let dir = Dir::new("crash-compare");
+    let synth = dir.join("synth");
+    clipcov_ok(&[
+        "synth",
+        "--rows",
+        "8000",
+        "--classes",
+        "4",
+        "--dim",
+        "32",
+        "--shards",
+        "2",
+        "--seed",
+        "5",
+        "--out",
+        s(&synth),
+    ]);
+    let (data, prompts) = (synth.join("data"), synth.join("prompts.parquet"));
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "compare",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&prompts),
+            "--fraction",
+            "0.2",
+            "--out",
+            s(out),
+            "--methods",
+            "clipcov,random,clip_score,semdedup,ssp",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let outputs = [
+        "clipcov/subset.parquet",
+        "random/subset.parquet",
+        "clip_score/subset.parquet",
+        "semdedup/subset.parquet",
+        "semdedup/neighbours.parquet",
+        "ssp/subset.csv",
+    ];
+    let (kills, resumes) = kill_and_resume(&dir, args, &outputs, 8);
+    eprintln!("crash test (compare): {kills} kills, {resumes} reruns resumed, 8 outputs identical");
+    assert_eq!(kills, 16);
 }
 
 #[test]
