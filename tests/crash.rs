@@ -92,22 +92,10 @@ fn kill_and_resume(
 fn killed_runs_resume_to_identical_bytes() {
     let dir = Dir::new("crash");
     let synth = dir.join("synth");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "20000",
-        "--classes",
-        "4",
-        "--dim",
-        "48",
-        "--shards",
-        "4",
-        "--seed",
-        "3",
-        "--out",
-        s(&synth),
-    ]);
-    let (data, prompts) = (synth.join("data"), synth.join("prompts.parquet"));
+    let (data, prompts) = synth_at(
+        &synth,
+        "--rows 20000 --classes 4 --dim 48 --shards 4 --seed 3",
+    );
     let args = |out: &Path| -> Vec<String> {
         [
             "select",
@@ -138,22 +126,10 @@ fn killed_runs_resume_to_identical_bytes() {
 fn killed_compare_runs_resume_to_identical_bytes() {
     let dir = Dir::new("crash-compare");
     let synth = dir.join("synth");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "8000",
-        "--classes",
-        "4",
-        "--dim",
-        "32",
-        "--shards",
-        "2",
-        "--seed",
-        "5",
-        "--out",
-        s(&synth),
-    ]);
-    let (data, prompts) = (synth.join("data"), synth.join("prompts.parquet"));
+    let (data, prompts) = synth_at(
+        &synth,
+        "--rows 8000 --classes 4 --dim 32 --shards 2 --seed 5",
+    );
     let args = |out: &Path| -> Vec<String> {
         [
             "compare",
@@ -189,19 +165,7 @@ fn killed_compare_runs_resume_to_identical_bytes() {
 fn rerun_reuses_and_parameter_changes_invalidate_only_their_stages() {
     let dir = Dir::new("resume");
     let synth = dir.join("synth");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "5000",
-        "--classes",
-        "4",
-        "--dim",
-        "16",
-        "--seed",
-        "8",
-        "--out",
-        s(&synth),
-    ]);
+    synth_at(&synth, "--rows 5000 --classes 4 --dim 16 --seed 8");
     let (data, prompts, out) = (
         synth.join("data"),
         synth.join("prompts.parquet"),

@@ -14,21 +14,10 @@ fn files_equal(a: &std::path::Path, b: &std::path::Path) {
 fn same_input_same_bytes_across_runs_and_threads() {
     let dir = Dir::new("determinism");
     let synth = dir.join("synth");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "6000",
-        "--classes",
-        "6",
-        "--dim",
-        "24",
-        "--shards",
-        "2",
-        "--seed",
-        "9",
-        "--out",
-        s(&synth),
-    ]);
+    synth_at(
+        &synth,
+        "--rows 6000 --classes 6 --dim 24 --shards 2 --seed 9",
+    );
     let data = synth.join("data");
     let prompts = synth.join("prompts.parquet");
     let run = |out: &str, threads: &str| {
@@ -107,19 +96,7 @@ fn synth_is_deterministic() {
 fn kmeans_classes_when_no_prompts() {
     let dir = Dir::new("kmeans");
     let synth = dir.join("synth");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "4000",
-        "--classes",
-        "8",
-        "--dim",
-        "16",
-        "--seed",
-        "2",
-        "--out",
-        s(&synth),
-    ]);
+    synth_at(&synth, "--rows 4000 --classes 8 --dim 16 --seed 2");
     let run = |out: &str| {
         let o = dir.join(out);
         clipcov_ok(&[
@@ -167,19 +144,7 @@ fn demo_runs() {
 fn second_run_on_the_same_out_is_refused_while_the_first_runs() {
     let dir = Dir::new("lock");
     let synth = dir.join("synth");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "100000",
-        "--classes",
-        "2",
-        "--dim",
-        "64",
-        "--seed",
-        "1",
-        "--out",
-        s(&synth),
-    ]);
+    synth_at(&synth, "--rows 100000 --classes 2 --dim 64 --seed 1");
     let out = dir.join("out");
     let (data, prompts) = (synth.join("data"), synth.join("prompts.parquet"));
     let args = [
@@ -244,20 +209,7 @@ fn second_run_on_the_same_out_is_refused_while_the_first_runs() {
 fn tile_sizes_agree_within_the_documented_tolerance() {
     let dir = Dir::new("tiles");
     let synth = dir.join("synth");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "8000",
-        "--classes",
-        "3",
-        "--dim",
-        "32",
-        "--seed",
-        "4",
-        "--out",
-        s(&synth),
-    ]);
-    let (data, prompts) = (synth.join("data"), synth.join("prompts.parquet"));
+    let (data, prompts) = synth_at(&synth, "--rows 8000 --classes 3 --dim 32 --seed 4");
     let run = |tile: &str| {
         let out = dir.join(&format!("tile-{tile}"));
         clipcov_ok(&[

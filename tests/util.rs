@@ -266,3 +266,13 @@ pub fn read_subset_csv(path: &Path) -> Vec<CsvRow> {
         })
         .collect()
 }
+
+/// Runs `clipcov synth <flags> --out <out>` (flags as one space-separated
+/// string) and returns the data folder and the prompts file.
+pub fn synth_at(out: &Path, flags: &str) -> (PathBuf, PathBuf) {
+    let mut args = vec!["synth"];
+    args.extend(flags.split_whitespace());
+    args.extend(["--out", s(out)]);
+    clipcov_ok(&args);
+    (out.join("data"), out.join("prompts.parquet"))
+}
