@@ -8,11 +8,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
 use clipcov::error::Error;
-use clipcov::formats::canonical::Columns;
-use clipcov::formats::layout::{Layout, Model};
-use clipcov::ingest::{BadRowPolicy, DuplicatePolicy};
-use clipcov::memory::parse_size;
-use clipcov::pipeline::{self, Budget, ClassSource, SelectConfig};
+use clipcov::methods::cli::DataArgs;
+use clipcov::pipeline::{self, ClassSource, SelectConfig};
 use clipcov::pipeline_file::PipelineFile;
 use clipcov::progress::{self, LogFormat};
 use clipcov::synth::{self, SynthOptions};
@@ -99,25 +96,17 @@ struct SynthArgs {
     out: PathBuf,
 }
 
+/// `select`: the shared input flags plus ClipCov's own.
 #[derive(Args, Clone)]
 struct SelectArgs {
-    /// Folder of Parquet shards (searched recursively) or one file.
-    #[arg(long)]
-    data: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
     /// Class prompts (Parquet: class_id, name, text_embedding).
     #[arg(long, conflicts_with = "clusters")]
     prompts: Option<PathBuf>,
     /// Latent classes from spherical k-means with this many clusters instead of prompts.
     #[arg(long)]
     clusters: Option<usize>,
-    /// Fraction of the rows to keep.
-    #[arg(long, conflicts_with = "budget")]
-    fraction: Option<f64>,
-    /// Number of rows to keep.
-    #[arg(long)]
-    budget: Option<u64>,
-    #[arg(long)]
-    out: PathBuf,
     /// Similarity threshold: a number (default 0), or 'none' for the linear-time form.
     #[arg(long, default_value = "0")]
     tau: String,
@@ -127,58 +116,20 @@ struct SelectArgs {
     /// w_cross,w_easy,w_label,w_between.
     #[arg(long, default_value = "1,2,0.5,1")]
     weights: String,
-    /// Bound on anonymous memory (e.g. 4GiB); steers tile and batch sizes.
-    #[arg(long, default_value = "4GiB")]
-    memory_limit: String,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Rows per tile side (default: planned from --memory-limit).
-    #[arg(long)]
-    tile_rows: Option<usize>,
     /// Rows per chunk of a class in the store (default: planned from --memory-limit).
     #[arg(long, hide = true)]
     chunk_rows: Option<usize>,
-    /// Id column (default: id; uid for datacomp; image_path for
-    /// clip-retrieval, ':row' for the row index).
-    #[arg(long)]
-    id_column: Option<String>,
-    #[arg(long, default_value = "image_embedding")]
-    image_column: String,
-    #[arg(long, default_value = "text_embedding")]
-    text_column: String,
-    /// What to do with a row with a non-finite or zero embedding.
-    #[arg(long, value_enum, default_value = "error")]
-    on_bad_row: BadRowPolicy,
-    /// What to do with a repeated id.
-    #[arg(long, value_enum, default_value = "error")]
-    on_duplicate: DuplicatePolicy,
-    /// Seed for k-means.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     #[arg(long, default_value_t = 20)]
     kmeans_iterations: usize,
     /// Assign latent classes from the image or the caption embedding.
     #[arg(long, default_value = "image", value_parser = ["image", "text"])]
     assign: String,
-    /// Start over: ignore the staged store and scores an earlier run left in OUT/store.
-    #[arg(long)]
-    fresh: bool,
-    /// Input layout (default: detected).
-    #[arg(long, value_enum)]
-    layout: Option<Layout>,
-    /// DataComp embeddings to read.
-    #[arg(long, value_enum, default_value = "l14")]
-    model: Model,
-    /// Metadata columns to carry into the subset files (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    keep_columns: Vec<String>,
 }
 
 impl SelectArgs {
     fn into_config(self) -> Result<SelectConfig> {
-        let classes = match (self.prompts, self.clusters) {
-            (Some(p), None) => ClassSource::Prompts(p),
+        let classes = match (&self.prompts, self.clusters) {
+            (Some(p), None) => ClassSource::Prompts(p.clone()),
             (None, Some(k)) if k > 0 => ClassSource::KMeans {
                 clusters: k,
                 iterations: self.kmeans_iterations,
@@ -191,52 +142,19 @@ impl SelectArgs {
                 ))
             }
         };
-        let budget = match (self.fraction, self.budget) {
-            (Some(f), None) if f > 0.0 && f <= 1.0 => Budget::Fraction(f),
-            (Some(f), None) => {
-                return Err(Error::Usage(format!("--fraction {f} must be in (0, 1]")))
-            }
-            (None, Some(b)) => Budget::Count(b),
-            _ => return Err(Error::Usage("give --fraction F or --budget COUNT".into())),
-        };
+        if self.data.budget()?.is_none() {
+            return Err(Error::Usage("give --fraction F or --budget COUNT".into()));
+        }
         if self.refresh == 0 {
             return Err(Error::Usage("--refresh must be at least 1".into()));
         }
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        if threads == 0 {
-            return Err(Error::Usage("--threads must be at least 1".into()));
-        }
-        if self.tile_rows == Some(0) {
-            return Err(Error::Usage("--tile-rows must be at least 1".into()));
-        }
-        Ok(SelectConfig {
-            data: self.data,
-            classes,
-            budget,
-            out: self.out,
-            tau: pipeline::parse_tau(&self.tau)?,
-            refresh: self.refresh,
-            weights: pipeline::parse_weights(&self.weights)?,
-            memory_limit_bytes: parse_size(&self.memory_limit)?,
-            threads,
-            tile_rows: self.tile_rows,
-            chunk_rows: self.chunk_rows,
-            columns: Columns {
-                id: self.id_column.unwrap_or_default(),
-                image: self.image_column,
-                text: self.text_column,
-            },
-            on_bad_row: self.on_bad_row,
-            on_duplicate: self.on_duplicate,
-            seed: self.seed,
-            assign_text: self.assign == "text",
-            fresh: self.fresh,
-            layout: self.layout,
-            model: self.model,
-            keep_columns: self.keep_columns,
-        })
+        let mut cfg = self.data.config(classes)?;
+        cfg.tau = pipeline::parse_tau(&self.tau)?;
+        cfg.refresh = self.refresh;
+        cfg.weights = pipeline::parse_weights(&self.weights)?;
+        cfg.chunk_rows = self.chunk_rows;
+        cfg.assign_text = self.assign == "text";
+        Ok(cfg)
     }
 }
 
@@ -374,7 +292,7 @@ impl SelectArgs {
             "--out".as_ref(),
             out.as_os_str(),
         ]);
-        a.fraction = Some(fraction);
+        a.data.fraction = Some(fraction);
         a.tau = tau.to_string();
         a.refresh = refresh;
         a.weights = weights.to_string();
