@@ -11,6 +11,7 @@ mod parity;
 mod bad_input;
 // Same input, same bytes; the demo and synth commands.
 mod runs;
+mod schemas;
 // Kill -9 and resume; reuse and invalidation of stages.
 mod crash;
 // The baselines against brute force; compare end to end.
