@@ -71,6 +71,12 @@ pub struct BenchRow {
     pub peak_anon_rss_mib: f64,
     pub numpy_seconds: Option<f64>,
     pub numpy_jaccard: Option<f64>,
+    /// GEMM work the spec requires of any implementation: the class
+    /// assignment `2 N K d`, `between` `4 N K d` and the cross tiles.
+    pub required_gflop: f64,
+    /// `required_gflop` at the same-run rate of a large GEMM: no
+    /// implementation on this machine can be faster.
+    pub floor_seconds: f64,
 }
 
 fn parse_count(s: &str) -> Result<u64> {
@@ -275,6 +281,10 @@ fn bench_row(n: u64, tau: &str, m: &serde_json::Value, d: usize) -> BenchRow {
     } else {
         gemm_rate(&[side], d, 2.0)
     };
+    let used = m["rows"]["used"].as_f64().unwrap_or(n as f64);
+    let classes_all = m["rows"]["classes"].as_f64().unwrap_or(1.0);
+    let required = 2.0 * used * classes_all * d as f64 + f("between_flop") + f("cross_flop");
+    let large_gemm = gemm_rate(&[1024], d, 2.0);
     BenchRow {
         rows: n,
         tau: tau.to_string(),
@@ -289,6 +299,8 @@ fn bench_row(n: u64, tau: &str, m: &serde_json::Value, d: usize) -> BenchRow {
         peak_anon_rss_mib: m["memory"]["peak_anon_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         numpy_seconds: None,
         numpy_jaccard: None,
+        required_gflop: required / 1e9,
+        floor_seconds: required / (large_gemm * 1e9),
     }
 }
 
@@ -299,7 +311,7 @@ fn format_row(r: &BenchRow) -> String {
         .map(|(s, t, rps, gbs)| format!("{s} {t:.2} s ({:.0} krows/s, {gbs:.2} GB/s)", rps / 1e3))
         .collect();
     format!(
-        "| {} | {} | {:.2} | {} | {:.1} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} |",
+        "| {} | {} | {:.2} | {} | {:.1} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {:.0} | {:.2} s ({:.0}%) | {} |",
         r.rows,
         r.tau,
         r.seconds_total,
@@ -319,6 +331,11 @@ fn format_row(r: &BenchRow) -> String {
             s / r.seconds_total
         )),
         r.numpy_jaccard.map_or("-".into(), |j| format!("{j:.4}")),
+        r.required_gflop,
+        r.floor_seconds,
+        100.0 * r.floor_seconds / r.seconds_total,
+        r.numpy_seconds
+            .map_or("-".into(), |s| format!("{:.1}x", s / r.floor_seconds)),
     )
 }
 
@@ -333,8 +350,8 @@ fn markdown(a: &BenchArgs, rows: &[BenchRow]) -> String {
         rayon::current_num_threads(),
         a.memory_limit
     );
-    s.push_str("| rows | tau | total s | stages | cross GFLOP | tile GFLOP/s | GEMM GFLOP/s (same run) | tile/GEMM | peak RSS MiB | peak anon MiB | NumPy (ratio) | Jaccard vs NumPy |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| rows | tau | total s | stages | cross GFLOP | tile GFLOP/s | GEMM GFLOP/s (same run) | tile/GEMM | peak RSS MiB | peak anon MiB | NumPy (ratio) | Jaccard vs NumPy | required GFLOP | GEMM floor (share of total) | NumPy / floor |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format_row(r));
         s.push('\n');
