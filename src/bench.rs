@@ -64,6 +64,10 @@ pub struct BenchRow {
     pub stages: Vec<(String, f64, f64, f64)>,
     pub cross_gflop: f64,
     pub cross_gflops: f64,
+    pub cross_seconds: f64,
+    /// The row terms, `between`'s GEMM among them.
+    pub row_terms_seconds: f64,
+    pub classes: u64,
     pub between_gflops: f64,
     pub gemm_gflops: f64,
     pub tile_vs_gemm: f64,
@@ -292,6 +296,9 @@ fn bench_row(n: u64, tau: &str, m: &serde_json::Value, d: usize) -> BenchRow {
         stages,
         cross_gflop: f("cross_flop") / 1e9,
         cross_gflops,
+        cross_seconds: f("cross_seconds"),
+        row_terms_seconds: f("row_terms_seconds"),
+        classes,
         between_gflops: rate(f("between_flop"), f("row_terms_seconds")),
         gemm_gflops: gemm,
         tile_vs_gemm: if gemm > 0.0 { cross_gflops / gemm } else { 0.0 },
@@ -355,6 +362,42 @@ fn markdown(a: &BenchArgs, rows: &[BenchRow]) -> String {
     for r in rows {
         s.push_str(&format_row(r));
         s.push('\n');
+    }
+    s.push_str(&scaling(a.dim, rows));
+    s
+}
+
+/// The scaling table: each kernel's time per unit of the work the spec
+/// says it must do: the cross tiles `sum n_k^2 d` (tau 0) or `N d` (tau
+/// none), and the row terms `N K d` (`between`). Constant per-unit costs
+/// across sizes mean the stage scales as it should.
+fn scaling(d: usize, rows: &[BenchRow]) -> String {
+    let mut s = String::from(
+        "\n| rows | tau | sum n_k^2 | cross work | cross s | ns per unit | row terms work (N K d) | row terms s | ns per unit |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let d = d as f64;
+        let (sum_nk2, cross_units) = if r.tau == "none" {
+            ("-".to_string(), r.rows as f64 * d)
+        } else {
+            let q = r.cross_gflop * 1e9 / (2.0 * d);
+            (format!("{q:.3e}"), q * d)
+        };
+        let unit = if r.tau == "none" {
+            "N d"
+        } else {
+            "sum n_k^2 d"
+        };
+        let row_units = r.rows as f64 * r.classes as f64 * d;
+        s.push_str(&format!(
+            "| {} | {} | {sum_nk2} | {cross_units:.3e} ({unit}) | {:.2} | {:.4} | {row_units:.3e} | {:.2} | {:.4} |\n",
+            r.rows,
+            r.tau,
+            r.cross_seconds,
+            r.cross_seconds * 1e9 / cross_units,
+            r.row_terms_seconds,
+            r.row_terms_seconds * 1e9 / row_units,
+        ));
     }
     s
 }
