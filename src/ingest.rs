@@ -441,6 +441,48 @@ impl Writers {
     }
 }
 
+/// Buckets in flight to the writer thread: enough to keep it busy while the
+/// next batch is validated, few enough to stay a small part of the memory plan.
+const WRITE_QUEUE: usize = 16;
+
+/// The store writers on their own thread, so that copying chunks into the
+/// page cache (and waiting for the disk when dirty pages pile up) overlaps
+/// with decoding, validation and the class GEMM.
+struct WriterThread<'scope> {
+    tx: std::sync::mpsc::SyncSender<(u32, Bucket)>,
+    handle: std::thread::ScopedJoinHandle<'scope, Result<Writers>>,
+}
+
+impl<'scope> WriterThread<'scope> {
+    fn spawn<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, mut w: Writers) -> Self {
+        let (tx, rx) = sync_channel::<(u32, Bucket)>(WRITE_QUEUE);
+        let handle = scope.spawn(move || {
+            for (class, mut bucket) in rx {
+                w.flush(class, &mut bucket)?;
+            }
+            Ok(w)
+        });
+        WriterThread { tx, handle }
+    }
+
+    /// Queues a full bucket; fails with the writer's error if it stopped.
+    fn send(self, class: u32, bucket: Bucket) -> std::result::Result<Self, Error> {
+        match self.tx.send((class, bucket)) {
+            Ok(()) => Ok(self),
+            Err(_) => Err(self.finish().err().unwrap_or_else(|| {
+                Error::Internal("the store writer stopped without an error".into())
+            })),
+        }
+    }
+
+    fn finish(self) -> Result<Writers> {
+        drop(self.tx);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(Error::Internal("the store writer panicked".into())))
+    }
+}
+
 /// Rows per unit of parallel validation work.
 const PREPARE_ROWS: usize = 512;
 
@@ -457,7 +499,6 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
     let classes = opts.classify.as_ref().map_or(1, |c| c.classes);
     let chunk_rows = opts.chunk_rows.max(1);
     let mut buckets: Vec<Bucket> = (0..classes.max(1)).map(|_| Bucket::default()).collect();
-    let mut writers: Option<Writers> = None;
     let mut d: Option<usize> = opts.expected_d.as_ref().map(|(d, _)| *d);
     let mut dtype: Option<Dtype> = None;
     let mut id_kind = IdKind::Utf8;
@@ -467,7 +508,8 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
 
     // The decoder runs one batch ahead on its own thread.
     let (tx, rx) = sync_channel::<Result<(ShardBatch, ShardSchema)>>(1);
-    std::thread::scope(|scope| -> Result<()> {
+    let writers = std::thread::scope(|scope| -> Result<Option<Writers>> {
+        let mut writer: Option<WriterThread> = None;
         // `tx` moves into the decoder so the channel closes when it is done.
         scope.spawn(move || {
             let mut reader = ShardReader::new(files, opts.columns.clone(), opts.batch_rows);
@@ -505,9 +547,9 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                 )
                 .with_hint("convert all shards to one precision"));
             }
-            if writers.is_none() {
+            if writer.is_none() {
                 id_kind = shard.id_kind;
-                writers = Some(Writers::create(dir, id_kind)?);
+                writer = Some(WriterThread::spawn(scope, Writers::create(dir, id_kind)?));
             }
             let img = EmbeddingView::try_new(&batch.image).expect("type checked");
             let txt = EmbeddingView::try_new(&batch.text).expect("type checked");
@@ -536,7 +578,6 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                 })
                 .collect();
             let ids = id_column(&batch.id);
-            let w = writers.as_mut().unwrap();
             for part in parts {
                 let part = part?; // the first error in row order
                 for (i, reason) in &part.bad {
@@ -567,20 +608,26 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                         IdColumn::UInt(v) => b.id_ints.push(v[i].unwrap()),
                     }
                     if b.len() >= chunk_rows {
-                        w.flush(k, b)?;
+                        let full = std::mem::take(b);
+                        writer = Some(writer.take().unwrap().send(k, full)?);
                     }
                 }
             }
             rows_read += n as u64;
         }
-        Ok(())
+        let Some(mut w) = writer else {
+            return Ok(None);
+        };
+        for (k, b) in buckets.iter_mut().enumerate() {
+            if b.len() > 0 {
+                w = w.send(k as u32, std::mem::take(b))?;
+            }
+        }
+        w.finish().map(Some)
     })?;
     let Some(mut w) = writers else {
         return Err(Error::file(&files[0].path, "the dataset has no rows"));
     };
-    for (k, b) in buckets.iter_mut().enumerate() {
-        w.flush(k as u32, b)?;
-    }
     if w.file_rows == 0 {
         return Err(
             Error::file(&files[0].path, "no usable rows: every row was rejected")

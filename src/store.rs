@@ -128,7 +128,9 @@ impl SeqWriter {
         Ok(SeqWriter {
             path: path.to_path_buf(),
             tmp,
-            w: Some(BufWriter::with_capacity(1 << 20, f)),
+            // Writes at least this long bypass the buffer: chunks of
+            // embeddings go straight to the file, without another copy.
+            w: Some(BufWriter::with_capacity(128 << 10, f)),
         })
     }
 
