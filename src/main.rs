@@ -335,16 +335,18 @@ fn run(cli: Cli) -> Result<()> {
             if progress::quiet() {
                 return Ok(());
             }
-            if let Some(url) = url {
-                println!("uploaded {uploaded} files to {}", url.display());
-            }
+            // Where the files are now, local or uploaded.
+            let at = |p: &std::path::Path| a.out.join(p.strip_prefix(&local).unwrap_or(p));
             println!(
                 "wrote {} shard(s) under {}, prompts {}, eval set {}",
                 s.shards.len(),
                 a.out.join("data").display(),
-                s.prompts.display(),
-                s.eval.display()
+                at(&s.prompts).display(),
+                at(&s.eval).display()
             );
+            if let Some(url) = url {
+                println!("uploaded {uploaded} files to {}", url.display());
+            }
             Ok(())
         }
         Command::Select(a) => {

@@ -183,6 +183,22 @@ pub fn locate(url: &Path) -> Result<Object> {
     })
 }
 
+/// What the server said: `HTTP 404 Not Found, NoSuchBucket` when the error
+/// carries a status (and an S3-style error code), else the error in one line.
+fn short_cause(e: &object_store::Error) -> String {
+    let text = one_line(&e.to_string());
+    let after = |key: &str| text.split_once(key).map(|(_, rest)| rest);
+    let status = after("status code: ").map(|r| r.split(':').next().unwrap_or(r).trim());
+    let code = after("<Code>")
+        .and_then(|r| r.split_once("</Code>"))
+        .map(|(c, _)| c);
+    match (status, code) {
+        (Some(s), Some(c)) => format!("HTTP {s}, {c}"),
+        (Some(s), None) => format!("HTTP {s}"),
+        _ => text,
+    }
+}
+
 /// An object store error as one line, without the crate's nesting noise.
 fn one_line(e: &dyn std::fmt::Display) -> String {
     let s = e
@@ -200,22 +216,38 @@ impl Object {
     /// The I/O error (exit 74) for a failed `what`, with what to do.
     fn failed(&self, what: &str, e: object_store::Error) -> Error {
         use object_store::Error as E;
-        let hint = match &e {
-            E::NotFound { .. } => "check the URL: no such bucket, container or object".to_string(),
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-                format!(
-                    "the store refused the credentials: {}",
-                    env_hint(&self.scheme)
-                )
-            }
-            _ => format!(
+        let cause = short_cause(&e);
+        // List requests report every status as a generic error: read it.
+        let refused = matches!(e, E::PermissionDenied { .. } | E::Unauthenticated { .. })
+            || [
+                "401 ",
+                "403 ",
+                "AccessDenied",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+            ]
+            .iter()
+            .any(|m| cause.contains(m));
+        let missing = matches!(e, E::NotFound { .. })
+            || ["404 ", "NoSuchBucket", "NoSuchKey"]
+                .iter()
+                .any(|m| cause.contains(m));
+        let hint = if refused {
+            format!(
+                "the store refused the credentials: {}",
+                env_hint(&self.scheme)
+            )
+        } else if missing {
+            "check the URL: no such bucket, container or object".to_string()
+        } else {
+            format!(
                 "check the network and the endpoint; {}",
                 env_hint(&self.scheme)
-            ),
+            )
         };
         Error::io(
             &self.url,
-            std::io::Error::other(format!("{what} failed ({}); {hint}", one_line(&e))),
+            std::io::Error::other(format!("{what} failed ({cause}); {hint}")),
         )
     }
 

@@ -101,7 +101,14 @@ pub fn metadata_path(f: &SourceFile) -> Option<&Path> {
 /// # Errors
 /// A usage error when the folder mixes shards with and without `.npz`.
 pub fn detect(root: &Path) -> Result<Layout> {
-    if remote::is_prefix(&root.join("img_emb"))? {
+    let clip_retrieval = if remote::is_url(root) {
+        remote::list(root)?
+            .iter()
+            .any(|o| o.relative.starts_with("img_emb/"))
+    } else {
+        root.join("img_emb").is_dir()
+    };
+    if clip_retrieval {
         return Ok(Layout::ClipRetrieval);
     }
     let files = discover(root)?;
