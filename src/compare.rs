@@ -234,7 +234,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
             ))
         }
         (Some(e), Some(_)) => {
-            std::fs::metadata(e).map_err(|err| Error::io(e, err))?;
+            crate::remote::stat(e)?;
             Some(a.proxy.options(a.data.seed)?)
         }
         _ => None,
@@ -270,6 +270,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         }
         r
     })?;
+    let published = pipeline::publish(&cfg)?;
     if crate::progress::quiet() {
         return Ok(());
     }
@@ -277,6 +278,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
     println!("  wrote {}", cfg.out.join("compare.md").display());
     println!("  wrote {}", cfg.out.join("compare.json").display());
     println!("  wrote {}", cfg.out.join("report.html").display());
+    pipeline::print_published(&cfg, &published);
     Ok(())
 }
 

@@ -30,6 +30,7 @@ pub mod methods;
 pub mod pipeline;
 pub mod pipeline_file;
 pub mod progress;
+pub mod remote;
 pub mod report;
 pub mod resume;
 pub mod rng;

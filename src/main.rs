@@ -12,6 +12,7 @@ use clipcov::methods::cli::DataArgs;
 use clipcov::pipeline::{self, ClassSource, SelectConfig};
 use clipcov::pipeline_file::PipelineFile;
 use clipcov::progress::{self, LogFormat};
+use clipcov::remote;
 use clipcov::synth::{self, SynthOptions};
 use clipcov::Result;
 
@@ -317,23 +318,44 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { out } => demo(out),
         Command::Synth(a) => {
-            let s = synth::synth(&synth_options(&a), &a.out)?;
+            // A URL --out: write a fresh local folder, then upload it.
+            let (local, url) = if remote::is_url(&a.out) {
+                remote::locate(&a.out)?;
+                let work = remote::work_dir(&a.out, None);
+                let _ = std::fs::remove_dir_all(&work);
+                (work, Some(&a.out))
+            } else {
+                (a.out.clone(), None)
+            };
+            let s = synth::synth(&synth_options(&a), &local)?;
+            let uploaded = match url {
+                Some(url) => remote::publish(&local, url)?.len(),
+                None => 0,
+            };
             if progress::quiet() {
                 return Ok(());
             }
+            // Where the files are now, local or uploaded.
+            let at = |p: &std::path::Path| a.out.join(p.strip_prefix(&local).unwrap_or(p));
             println!(
                 "wrote {} shard(s) under {}, prompts {}, eval set {}",
                 s.shards.len(),
                 a.out.join("data").display(),
-                s.prompts.display(),
-                s.eval.display()
+                at(&s.prompts).display(),
+                at(&s.eval).display()
             );
+            if let Some(url) = url {
+                println!("uploaded {uploaded} files to {}", url.display());
+            }
             Ok(())
         }
         Command::Select(a) => {
             let cfg = (*a).into_config()?;
             let summary = pipeline::run_select(&cfg)?;
             print_summary(&summary, &cfg.out);
+            if !progress::quiet() {
+                pipeline::print_published(&cfg, &summary.published);
+            }
             Ok(())
         }
         Command::Baseline(a) => clipcov::methods::cli::run_baseline(*a),

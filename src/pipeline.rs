@@ -83,6 +83,10 @@ pub struct SelectConfig {
     pub model: Model,
     /// Metadata columns carried into the subset files.
     pub keep_columns: Vec<String>,
+    /// The URL prefix the results in `out` (then a local work folder) are
+    /// uploaded to when the run succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_to: Option<PathBuf>,
 }
 
 /// What a finished run reports.
@@ -90,6 +94,8 @@ pub struct SelectConfig {
 pub struct SelectSummary {
     pub manifest: Manifest,
     pub manifest_path: PathBuf,
+    /// The URLs uploaded to (`--out` a URL), manifest last.
+    pub published: Vec<String>,
 }
 
 /// Runs the whole `select` job on a rayon pool of `cfg.threads` threads.
@@ -99,7 +105,7 @@ pub fn run_select(cfg: &SelectConfig) -> Result<SelectSummary> {
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
-    pool.install(|| {
+    let summary = pool.install(|| {
         let store_dir = cfg.out.join("store");
         let result = run(cfg, &store_dir);
         if result.is_err() {
@@ -107,7 +113,27 @@ pub fn run_select(cfg: &SelectConfig) -> Result<SelectSummary> {
             let _ = std::fs::remove_dir_all(&store_dir);
         }
         result
+    })?;
+    let published = publish(cfg)?;
+    Ok(SelectSummary {
+        published,
+        ..summary
     })
+}
+
+/// Uploads the finished results when `--out` is a URL; the URLs written.
+pub fn publish(cfg: &SelectConfig) -> Result<Vec<String>> {
+    match &cfg.publish_to {
+        Some(url) => crate::remote::publish(&cfg.out, url),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Prints where [`publish`] put the results.
+pub fn print_published(cfg: &SelectConfig, urls: &[String]) {
+    if let Some(url) = &cfg.publish_to {
+        println!("  uploaded {} files to {}", urls.len(), url.display());
+    }
 }
 
 fn stage<T>(
@@ -175,6 +201,9 @@ pub fn stage_data(
     store_dir: &Path,
     timings: &mut Vec<StageTiming>,
 ) -> Result<Staged> {
+    // Remote .npy/.npz inputs are copied here (kept for reruns, outside
+    // the store, which a restaging run removes).
+    crate::remote::set_cache_dir(&cfg.out.join("remote-cache"));
     let layout = match cfg.layout {
         Some(l) => l,
         None => layout::detect(&cfg.data)?,
@@ -361,24 +390,15 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Res
             }
         }
         for p in paths {
-            let m = std::fs::metadata(&p).at_path(&p)?;
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            inputs.push((p, m.len(), mtime.to_string()));
+            // A file's modification time in nanoseconds, an object's ETag.
+            let st = crate::remote::stat(&p)?;
+            inputs.push((p, st.bytes, st.version));
         }
     }
     let classes = match &cfg.classes {
         ClassSource::Prompts(p) => {
-            let m = std::fs::metadata(p).at_path(p)?;
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            serde_json::json!({"prompts": p, "bytes": m.len(), "modified": mtime.to_string(), "assign_text": cfg.assign_text})
+            let st = crate::remote::stat(p)?;
+            serde_json::json!({"prompts": p, "bytes": st.bytes, "modified": st.version, "assign_text": cfg.assign_text})
         }
         ClassSource::KMeans {
             clusters,
@@ -533,6 +553,7 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
     Ok(SelectSummary {
         manifest,
         manifest_path,
+        published: Vec::new(),
     })
 }
 

@@ -22,3 +22,5 @@ mod eval;
 mod ecosystem;
 // report.html in headless Chromium; pipeline files.
 mod report;
+// s3:// inputs and outputs against a real S3 server on loopback (s3s-fs).
+mod remote;

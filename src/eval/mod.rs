@@ -26,7 +26,7 @@ use clap::Args;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::formats::canonical::{corrupt, open_parquet, Columns, SourceFile};
 use crate::formats::embedding::EmbeddingView;
 use crate::ingest::{BadRowPolicy, DuplicatePolicy};
@@ -523,7 +523,7 @@ fn subset_positions(path: &Path, store: &Store) -> Result<Vec<usize>> {
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     let opts = a.proxy.options(a.seed)?;
     for p in [&a.subset, &a.eval_set, &a.prompts] {
-        std::fs::metadata(p).at_path(p)?;
+        crate::remote::stat(p)?;
     }
     let threads = a
         .threads
@@ -531,12 +531,16 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     if threads == 0 {
         return Err(Error::Usage("--threads must be at least 1".into()));
     }
-    let work = a.work.clone().unwrap_or_else(|| {
-        a.subset
+    let work = match &a.work {
+        Some(w) => w.clone(),
+        // A subset read from a URL: a local folder named after it.
+        None if crate::remote::is_url(&a.subset) => crate::remote::work_dir(&a.subset, None),
+        None => a
+            .subset
             .parent()
             .unwrap_or(Path::new("."))
-            .join(".clipcov-eval")
-    });
+            .join(".clipcov-eval"),
+    };
     let cfg = SelectConfig {
         data: a.data.clone(),
         classes: ClassSource::Prompts(a.prompts.clone()),
@@ -562,6 +566,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         layout: None,
         model: Default::default(),
         keep_columns: Vec::new(),
+        publish_to: None,
     };
     let result = thread_pool(threads)?.install(|| -> Result<EvalMetrics> {
         let staged = pipeline::stage_data(&cfg, &work.join("store"), &mut Vec::new())?;

@@ -1,9 +1,10 @@
 //! The canonical input layout: a folder of Parquet shards (formats.md).
 //!
 //! Files are found recursively, sorted by their path relative to the root
-//! (byte-wise), and read memory-mapped, one record batch at a time, so the
-//! dataset never has to fit in memory. The canonical row index is the
-//! position in the concatenation of the files' rows in that order.
+//! (byte-wise), and read memory-mapped (or, for a URL, with ranged reads
+//! through [`crate::remote`]), one record batch at a time, so the dataset
+//! never has to fit in memory. The canonical row index is the position in
+//! the concatenation of the files' rows in that order.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -15,11 +16,13 @@ use bytes::Bytes;
 use memmap2::Mmap;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
+use parquet::file::reader::{ChunkReader, Length};
 use serde::{Deserialize, Serialize};
 
 use super::embedding::{embedding_kind, FloatKind};
 use super::layout::{NpyShard, ShardKind};
 use crate::error::{Error, IoContext, Result};
+use crate::remote::{self, RemoteFile, RemoteRead};
 
 /// One input file, as recorded in the manifest.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,8 +56,11 @@ impl Default for Columns {
 }
 
 /// Finds the `*.parquet` files under `root` (or `root` itself when it is a
-/// file), in canonical order.
+/// file), in canonical order. `root` may be a URL (a prefix or an object).
 pub fn discover(root: &Path) -> Result<Vec<SourceFile>> {
+    if remote::is_url(root) {
+        return discover_remote(root);
+    }
     let meta = std::fs::metadata(root).at_path(root)?;
     let mut paths = Vec::new();
     if meta.is_file() {
@@ -97,6 +103,34 @@ pub fn discover(root: &Path) -> Result<Vec<SourceFile>> {
     Ok(files)
 }
 
+fn discover_remote(root: &Path) -> Result<Vec<SourceFile>> {
+    let mut files: Vec<SourceFile> = remote::list(root)?
+        .into_iter()
+        // The rules of `walk`: no hidden or temporary names at any level.
+        .filter(|o| {
+            o.relative.ends_with(".parquet")
+                && !o
+                    .relative
+                    .split('/')
+                    .any(|seg| seg.starts_with('.') || seg.starts_with('_'))
+        })
+        .map(|o| SourceFile {
+            path: o.path,
+            relative: o.relative,
+            bytes: o.stat.bytes,
+            modified_unix: o.stat.modified_unix,
+            kind: ShardKind::Parquet,
+        })
+        .collect();
+    files.sort_by(|a, b| a.relative.as_bytes().cmp(b.relative.as_bytes()));
+    if files.is_empty() {
+        return Err(Error::file(root, "no *.parquet objects found").with_hint(
+            "point --data at a prefix holding Parquet shards (listed recursively) or at one .parquet object",
+        ));
+    }
+    Ok(files)
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).at_path(dir)? {
         let entry = entry.at_path(dir)?;
@@ -117,16 +151,71 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Memory-maps a Parquet file and opens a reader builder on it.
-pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Bytes>> {
-    let file = File::open(path).at_path(path)?;
-    // SAFETY: clipcov only reads the file; the mapping is valid as long as no
-    // other process truncates or rewrites the file while clipcov runs, which
-    // is the documented contract for input shards.
-    let map = unsafe { Mmap::map(&file) }.at_path(path)?;
-    let bytes = Bytes::from_owner(map);
+/// Where a Parquet file's bytes come from: a memory map, or ranged reads
+/// of an object.
+#[derive(Clone)]
+pub enum Source {
+    Mapped(Bytes),
+    Remote(RemoteFile),
+}
+
+/// The reader [`Source`] gives the page decoder.
+pub enum SourceRead {
+    Mapped(bytes::buf::Reader<Bytes>),
+    Remote(RemoteRead),
+}
+
+impl std::io::Read for SourceRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            SourceRead::Mapped(r) => r.read(buf),
+            SourceRead::Remote(r) => r.read(buf),
+        }
+    }
+}
+
+impl Length for Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Mapped(b) => b.len() as u64,
+            Source::Remote(r) => r.len(),
+        }
+    }
+}
+
+impl ChunkReader for Source {
+    type T = SourceRead;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<SourceRead> {
+        Ok(match self {
+            Source::Mapped(b) => SourceRead::Mapped(b.get_read(start)?),
+            Source::Remote(r) => SourceRead::Remote(r.get_read(start)?),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self {
+            Source::Mapped(b) => b.get_bytes(start, length),
+            Source::Remote(r) => r.get_bytes(start, length),
+        }
+    }
+}
+
+/// Memory-maps a Parquet file (or opens an object for ranged reads) and
+/// opens a reader builder on it.
+pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Source>> {
+    let source = if remote::is_url(path) {
+        Source::Remote(RemoteFile::open(path)?)
+    } else {
+        let file = File::open(path).at_path(path)?;
+        // SAFETY: clipcov only reads the file; the mapping is valid as long as no
+        // other process truncates or rewrites the file while clipcov runs, which
+        // is the documented contract for input shards.
+        let map = unsafe { Mmap::map(&file) }.at_path(path)?;
+        Source::Mapped(Bytes::from_owner(map))
+    };
     guard_decoder(path, || {
-        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(path, e))
+        ParquetRecordBatchReaderBuilder::try_new(source).map_err(|e| corrupt(path, e))
     })
 }
 
@@ -165,8 +254,12 @@ pub fn guard_decoder<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T>
     }
 }
 
-/// The error for a file that Parquet cannot read.
+/// The error for a file that Parquet cannot read (or, for an object, the
+/// network failure that stopped the read).
 pub fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
+    if let Some(io) = remote::read_failure(path) {
+        return io;
+    }
     let msg = e.to_string();
     let msg = msg
         .trim_start_matches("External: ")

@@ -18,6 +18,7 @@ use super::canonical::{
 use super::npy::NpyMatrix;
 use super::npz::Npz;
 use crate::error::{Error, IoContext, Result};
+use crate::remote;
 
 /// `--id-column` value that makes the canonical row index the id.
 pub const ROW_INDEX_ID: &str = ":row";
@@ -100,14 +101,21 @@ pub fn metadata_path(f: &SourceFile) -> Option<&Path> {
 /// # Errors
 /// A usage error when the folder mixes shards with and without `.npz`.
 pub fn detect(root: &Path) -> Result<Layout> {
-    if root.join("img_emb").is_dir() {
+    let clip_retrieval = if remote::is_url(root) {
+        remote::list(root)?
+            .iter()
+            .any(|o| o.relative.starts_with("img_emb/"))
+    } else {
+        root.join("img_emb").is_dir()
+    };
+    if clip_retrieval {
         return Ok(Layout::ClipRetrieval);
     }
     let files = discover(root)?;
-    let with_npz = files
-        .iter()
-        .filter(|f| f.path.with_extension("npz").is_file())
-        .count();
+    let mut with_npz = 0;
+    for f in &files {
+        with_npz += remote::exists(&f.path.with_extension("npz"))? as usize;
+    }
     match with_npz {
         0 => Ok(Layout::Canonical),
         n if n == files.len() => Ok(Layout::Datacomp),
@@ -142,12 +150,12 @@ pub fn discover_layout(
             let mut files = discover(root)?;
             for f in &mut files {
                 let npz = f.path.with_extension("npz");
-                let m = std::fs::metadata(&npz).map_err(|_| {
+                let m = remote::stat(&npz).map_err(|_| {
                     Error::file(&f.path, format!("no sibling {}", npz.display())).with_hint(
                         "a DataComp pool shard is X.parquet with its embeddings in X.npz",
                     )
                 })?;
-                f.bytes += m.len();
+                f.bytes += m.bytes;
                 f.kind = ShardKind::Datacomp { npz };
             }
             let c = Columns {
@@ -168,9 +176,20 @@ pub fn discover_layout(
 fn discover_clip_retrieval(root: &Path, cols: &Columns) -> Result<(Vec<SourceFile>, Columns)> {
     let img_dir = root.join("img_emb");
     let mut parts: Vec<String> = Vec::new();
-    for entry in std::fs::read_dir(&img_dir).at_path(&img_dir)? {
-        let name = entry.at_path(&img_dir)?.file_name();
-        let name = name.to_string_lossy();
+    let names: Vec<String> = if remote::is_url(&img_dir) {
+        remote::list(&img_dir)?
+            .into_iter()
+            .map(|o| o.relative)
+            .collect()
+    } else {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&img_dir).at_path(&img_dir)? {
+            let name = entry.at_path(&img_dir)?.file_name();
+            names.push(name.to_string_lossy().into_owned());
+        }
+        names
+    };
+    for name in &names {
         if let Some(p) = name
             .strip_prefix("img_emb_")
             .and_then(|r| r.strip_suffix(".npy"))
@@ -184,7 +203,7 @@ fn discover_clip_retrieval(root: &Path, cols: &Columns) -> Result<(Vec<SourceFil
         return Err(Error::file(&img_dir, "no img_emb_{p}.npy files found")
             .with_hint("point --data at the folder clip-retrieval wrote (it holds img_emb/, text_emb/, metadata/)"));
     }
-    let has_meta = root.join("metadata").is_dir();
+    let has_meta = remote::is_prefix(&root.join("metadata"))?;
     let id = if !cols.id.is_empty() {
         cols.id.clone()
     } else if has_meta {
@@ -197,12 +216,12 @@ fn discover_clip_retrieval(root: &Path, cols: &Columns) -> Result<(Vec<SourceFil
         let image = img_dir.join(format!("img_emb_{p}.npy"));
         let text = root.join("text_emb").join(format!("text_emb_{p}.npy"));
         let meta = root.join("metadata").join(format!("metadata_{p}.parquet"));
-        let im = std::fs::metadata(&image).at_path(&image)?;
-        let tm = std::fs::metadata(&text).map_err(|_| {
+        let im = remote::stat(&image)?;
+        let tm = remote::stat(&text).map_err(|_| {
             Error::file(&image, format!("no matching {}", text.display()))
                 .with_hint("every partition needs img_emb_{p}.npy and text_emb_{p}.npy")
         })?;
-        let mm = std::fs::metadata(&meta).ok();
+        let mm = remote::stat(&meta).ok();
         if mm.is_none() && id != ROW_INDEX_ID {
             return Err(
                 Error::file(&image, format!("no matching {}", meta.display())).with_hint(
@@ -212,12 +231,8 @@ fn discover_clip_retrieval(root: &Path, cols: &Columns) -> Result<(Vec<SourceFil
         }
         files.push(SourceFile {
             relative: format!("img_emb/img_emb_{p}.npy"),
-            bytes: im.len() + tm.len() + mm.as_ref().map_or(0, |m| m.len()),
-            modified_unix: im
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs()),
+            bytes: im.bytes + tm.bytes + mm.as_ref().map_or(0, |m| m.bytes),
+            modified_unix: im.modified_unix,
             path: image,
             kind: ShardKind::ClipRetrieval {
                 text,

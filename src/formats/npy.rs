@@ -172,16 +172,19 @@ pub struct NpyMatrix {
 }
 
 impl NpyMatrix {
-    /// Memory-maps the `.npy` file `path` and validates it.
+    /// Memory-maps the `.npy` file `path` (a local copy of it for a URL) and
+    /// validates it.
     ///
     /// # Errors
     /// An I/O error when the file cannot be opened; a data error for a bad
     /// header or a file shorter than its shape says.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).at_path(path)?;
+        // An object is read from a local copy (memory maps need a file).
+        let local = crate::remote::local_copy(path)?;
+        let file = File::open(&local).at_path(&local)?;
         // SAFETY: clipcov only reads the file; input files must not be
         // rewritten while clipcov runs (the documented contract for inputs).
-        let map = unsafe { Mmap::map(&file) }.at_path(path)?;
+        let map = unsafe { Mmap::map(&file) }.at_path(&local)?;
         let len = map.len();
         Self::from_map(Arc::new(map), 0, len, path, "")
     }

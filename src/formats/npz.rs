@@ -25,15 +25,17 @@ fn not_zip(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 impl Npz {
-    /// Opens the archive at `path`.
+    /// Opens the archive at `path` (a local copy of it for a URL).
     ///
     /// # Errors
     /// An I/O error when it cannot be opened, a data error when it is not a
     /// zip archive.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).at_path(path)?;
+        // An object is read from a local copy (memory maps need a file).
+        let local = crate::remote::local_copy(path)?;
+        let file = File::open(&local).at_path(&local)?;
         // SAFETY: read-only mapping of an input file (see NpyMatrix::open).
-        let map = unsafe { Mmap::map(&file) }.at_path(path)?;
+        let map = unsafe { Mmap::map(&file) }.at_path(&local)?;
         let archive = ZipArchive::new(file).map_err(|e| not_zip(path, e))?;
         Ok(Npz {
             archive,

@@ -99,7 +99,8 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn read_npy(path: &Path, d: usize) -> Result<Vec<f64>> {
-    let bytes = std::fs::read(path).at_path(path)?;
+    let local = crate::remote::local_copy(path)?;
+    let bytes = std::fs::read(&local).at_path(&local)?;
     let bad = |what: &str| Error::file(path, format!("not a readable .npy file ({what})"));
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("no NumPy magic"));

@@ -17,20 +17,27 @@ use crate::formats::layout::{Layout, Model};
 use crate::ingest::{BadRowPolicy, DuplicatePolicy};
 use crate::memory::{parse_size, RssMonitor};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
+use crate::remote;
 use crate::score::Tau;
 use crate::select::Weights;
 
 /// The data, budget and run options every method shares.
 #[derive(Args, Clone, Debug)]
 pub struct DataArgs {
-    /// Folder of Parquet shards (searched recursively) or one file.
+    /// Folder of Parquet shards (searched recursively) or one file; or an
+    /// s3://, gs://, az:// or http(s):// URL of a prefix or an object.
     #[arg(long)]
     pub data: PathBuf,
     /// Start over: ignore the staged store an earlier run left in OUT/store.
     #[arg(long)]
     pub fresh: bool,
+    /// Output folder, or a URL prefix the results are uploaded to.
     #[arg(long)]
     pub out: PathBuf,
+    /// Local folder a run with a URL --out works in (default: a folder
+    /// named after the URL under the system temp folder, kept for reruns).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
     /// Fraction of the rows to keep.
     #[arg(long, conflicts_with = "budget")]
     pub fraction: Option<f64>,
@@ -175,11 +182,27 @@ impl DataArgs {
         if let Some(t) = self.tile_rows {
             at_least_one("tile-rows", t)?;
         }
+        // A URL --out: work in a local folder, upload the results at the end.
+        let (out, publish_to) = if remote::is_url(&self.out) {
+            remote::locate(&self.out)?;
+            let work = remote::work_dir(&self.out, self.work.as_deref());
+            if !crate::progress::quiet() {
+                eprintln!(
+                    "clipcov: working in {}, results go to {}",
+                    work.display(),
+                    self.out.display()
+                );
+            }
+            (work, Some(self.out.clone()))
+        } else {
+            (self.out.clone(), None)
+        };
         Ok(SelectConfig {
             data: self.data.clone(),
             classes,
             budget: self.budget()?.unwrap_or(Budget::Count(0)),
-            out: self.out.clone(),
+            out,
+            publish_to,
             tau: Tau::Threshold(0.0),
             refresh: 200,
             weights: Weights::default(),
@@ -209,7 +232,7 @@ impl MethodArgs {
         if let Some(c) = self.clusters {
             at_least_one("clusters", c)?;
         }
-        if let Some(l) = &self.learner_data {
+        if let Some(l) = self.learner_data.as_ref().filter(|l| !remote::is_url(l)) {
             // Fail before staging the main data, not after.
             std::fs::metadata(l).at_path(l)?;
         }
@@ -337,6 +360,7 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
         }
         r
     })?;
+    let published = pipeline::publish(&cfg)?;
     if crate::progress::quiet() {
         return Ok(());
     }
@@ -355,6 +379,7 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     for f in &manifest.outputs {
         println!("  wrote {}", cfg.out.join(&f.path).display());
     }
+    pipeline::print_published(&cfg, &published);
     Ok(())
 }
 

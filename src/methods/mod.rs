@@ -26,7 +26,7 @@ use serde::Serialize;
 pub use context::{default_clusters, Clusters, Ctx};
 
 use crate::emit::OutputFile;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::pipeline::Budget;
 
 /// A baseline method.
@@ -252,7 +252,7 @@ pub fn check(method: Method, opts: &MethodOptions, has_learner: bool) -> Result<
         match &opts.targets {
             // Fail before staging the data, not after.
             Some(t) => {
-                std::fs::metadata(t).at_path(t)?;
+                crate::remote::stat(t)?;
             }
             None => return Err(Error::Usage(
                 "datacomp_image_based needs --targets FILE (Parquet with an image_embedding column, or .npy [K, d])".into(),
