@@ -497,6 +497,12 @@ fn run_pipeline_file(
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when a reader of stdout goes away
+    // (`clipcov ... | head`); outputs are published before anything is printed.
+    // SAFETY: called before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -246,3 +246,30 @@ fn tile_sizes_agree_within_the_documented_tolerance() {
         }
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_the_run_quietly_after_its_outputs() {
+    let dir = Dir::new("closed-stdout");
+    let (data, prompts) = synth_at(&dir.join("synth"), "--rows 2000 --classes 4 --dim 16");
+    let out = dir.join("out");
+    // As `clipcov select ... | head -0`: the reader is gone before the summary.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clipcov"))
+        .args(["select", "--data", s(&data), "--prompts", s(&prompts)])
+        .args(["--fraction", "0.1", "--out", s(&out)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        o.status.success() || o.status.signal() == Some(13),
+        "{:?}: {stderr}",
+        o.status
+    );
+    assert!(out.join("manifest.json").exists());
+    assert!(out.join("clipcov/subset.parquet").exists());
+}
