@@ -274,8 +274,13 @@ pub fn stage_data(
     let (d, dtype) = (ing.d, ing.dtype);
     let store_bytes = ing.file_rows * (2 * d * dtype.bytes()) as u64;
 
+    // With prompts, classes were assigned during ingest: nothing is read.
+    let classes_bytes = match cfg.classes {
+        ClassSource::KMeans { .. } => store_bytes,
+        _ => 0,
+    };
     let (order, offsets, class_emb, class_ids, class_names) =
-        stage(timings, "classes", ing.file_rows, store_bytes, || {
+        stage(timings, "classes", ing.file_rows, classes_bytes, || {
             let dropped = &ing.duplicate_file_rows;
             let (order, offsets, emb, ids, names) = match (&cfg.classes, &prompts) {
                 (ClassSource::Prompts(_), Some(p)) => {
