@@ -22,3 +22,5 @@ mod eval;
 mod ecosystem;
 // report.html in headless Chromium; pipeline files.
 mod report;
+// --where: the metadata prefilter against runs on pre-filtered data.
+mod prefilter;

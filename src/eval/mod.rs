@@ -562,6 +562,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         layout: None,
         model: Default::default(),
         keep_columns: Vec::new(),
+        filter: None,
     };
     let result = thread_pool(threads)?.install(|| -> Result<EvalMetrics> {
         let staged = pipeline::stage_data(&cfg, &work.join("store"), &mut Vec::new())?;
