@@ -1,16 +1,17 @@
 //! `--where "<SQL predicate>"`: which rows enter the selection, decided on
 //! the metadata plane before ingest.
 //!
-//! The predicate is a SQL expression over metadata columns (`original_width
-//! >= 200 AND length(text) > 5`), parsed by polars' SQL expression parser
-//! and evaluated by its streaming engine on each shard's metadata Parquet
-//! file (the shard itself, the DataComp `X.parquet`, the clip-retrieval
-//! `metadata_{p}.parquet`), one file at a time and reading only the columns
-//! the predicate names. What comes back is the set of passing rows as a
-//! bitmap over the canonical row index; ingest stages only those rows, so
-//! rows that fail are never validated, classed, scored or counted in `N`,
-//! while every staged row keeps its canonical row index (the `row` column
-//! of the outputs still points into the unfiltered input).
+//! The predicate is a SQL expression over metadata columns, such as
+//! `original_width >= 200 AND length(text) > 5`. polars' SQL expression
+//! parser turns it into an expression, which polars evaluates on each
+//! shard's metadata Parquet file (the shard itself, the DataComp
+//! `X.parquet`, the clip-retrieval `metadata_{p}.parquet`), one file and
+//! one chunk of rows at a time, reading only the columns the predicate
+//! names. What comes back is the set of passing rows as a bitmap over the
+//! canonical row index; ingest stages only those rows, so rows that fail
+//! are never validated, classed, scored or counted in `N`, while every
+//! staged row keeps its canonical row index (the `row` column of the
+//! outputs still points into the unfiltered input).
 //!
 //! polars serves only this metadata plane, never the embedding path, and
 //! only with the `prefilter` cargo feature (on by default); without it a
@@ -76,7 +77,54 @@ const ROW_INDEX: &str = "__clipcov_row_index";
 
 /// Rows of a file evaluated at once.
 #[cfg(feature = "prefilter")]
-const CHUNK_ROWS: usize = 1 << 18;
+const BATCH_ROWS: usize = 1 << 16;
+
+/// An Arrow column as a polars series: booleans, integers (narrow ones
+/// widened to 32 bits), floats (float16 as float32) and strings; `None`
+/// for other types.
+#[cfg(feature = "prefilter")]
+fn to_series(name: &str, a: &arrow_array::ArrayRef) -> Option<polars::prelude::Series> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    use arrow_schema::DataType as A;
+    use polars::prelude::{NamedFrom, Series};
+    let n = || name.into();
+    macro_rules! prim {
+        ($t:ty, $out:ty) => {
+            Series::new(
+                n(),
+                a.as_primitive::<$t>()
+                    .iter()
+                    .map(|v| v.map(<$out>::from))
+                    .collect::<Vec<Option<$out>>>(),
+            )
+        };
+    }
+    Some(match a.data_type() {
+        A::Boolean => Series::new(n(), a.as_boolean().iter().collect::<Vec<_>>()),
+        A::Int8 => prim!(Int8Type, i32),
+        A::Int16 => prim!(Int16Type, i32),
+        A::Int32 => prim!(Int32Type, i32),
+        A::Int64 => prim!(Int64Type, i64),
+        A::UInt8 => prim!(UInt8Type, u32),
+        A::UInt16 => prim!(UInt16Type, u32),
+        A::UInt32 => prim!(UInt32Type, u32),
+        A::UInt64 => prim!(UInt64Type, u64),
+        A::Float16 => Series::new(
+            n(),
+            a.as_primitive::<Float16Type>()
+                .iter()
+                .map(|v| v.map(|x| x.to_f32()))
+                .collect::<Vec<Option<f32>>>(),
+        ),
+        A::Float32 => prim!(Float32Type, f32),
+        A::Float64 => prim!(Float64Type, f64),
+        A::Utf8 => Series::new(n(), a.as_string::<i32>().iter().collect::<Vec<_>>()),
+        A::LargeUtf8 => Series::new(n(), a.as_string::<i64>().iter().collect::<Vec<_>>()),
+        A::Utf8View => Series::new(n(), a.as_string_view().iter().collect::<Vec<_>>()),
+        _ => return None,
+    })
+}
 
 /// The first line of a polars message (some carry a plan or a hint below).
 #[cfg(feature = "prefilter")]
@@ -201,16 +249,33 @@ impl Predicate {
     /// The rows of `path` (indices inside the file, ascending) where the
     /// predicate is true (null counts as false, as in SQL); `columns` are
     /// the columns to read (the predicate's, or one column when it names
-    /// none).
+    /// none, for the row count).
     ///
-    /// polars reads only `columns`, [`CHUNK_ROWS`] rows at a time, so
-    /// memory holds one chunk of the predicate's columns and the passing
-    /// indices. (A lazy `scan_parquet` would convert the type of every
-    /// column of the file to a polars type first, and polars has no
-    /// float16: it would panic on the embedding columns of f16 shards.)
+    /// Our own Parquet reader reads only `columns`, [`BATCH_ROWS`] rows at
+    /// a time; each batch becomes a polars frame that the expression
+    /// filters. So memory holds one batch of the predicate's columns and
+    /// the passing indices, and polars needs neither its Parquet reader
+    /// nor its streaming engine (which bring an object-store and HTTP
+    /// stack with them; its Parquet scan would also convert every column
+    /// of the file, and polars has no float16 embeddings).
     #[cfg(feature = "prefilter")]
     fn passing_rows(&self, path: &std::path::Path, columns: &[String]) -> Result<Vec<u64>> {
+        use crate::formats::canonical::corrupt;
+        use parquet::arrow::ProjectionMask;
         use polars::prelude::*;
+
+        let builder = open_parquet(path)?;
+        let schema = builder.schema().clone();
+        let roots: Vec<usize> = columns
+            .iter()
+            .map(|c| schema.index_of(c).expect("checked by evaluate"))
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map_err(|e| corrupt(path, e))?;
         let failed = |e: &dyn std::fmt::Display| {
             Error::Usage(format!(
                 "--where '{}' cannot be evaluated on {}: {}",
@@ -219,34 +284,38 @@ impl Predicate {
                 first_line(e)
             ))
         };
-        let open = || std::fs::File::open(path).map_err(|e| Error::io(path, e));
-        let mut reader = ParquetReader::new(open()?);
-        let metadata = reader.get_metadata().map_err(|e| failed(&e))?.clone();
-        let rows = metadata.num_rows;
         let mut out = Vec::new();
-        for start in (0..rows).step_by(CHUNK_ROWS) {
-            let len = CHUNK_ROWS.min(rows - start);
-            let mut reader = ParquetReader::new(open()?)
-                .with_columns(Some(columns.to_vec()))
-                .with_slice(Some((start, len)));
-            reader.set_metadata(metadata.clone());
-            // polars panics on a column type it has no counterpart for.
-            let df = crate::formats::canonical::catch_quietly(|| {
-                reader
-                    .finish()?
-                    .lazy()
-                    .with_row_index(ROW_INDEX, Some(start as IdxSize))
-                    .filter(self.expr.clone())
-                    .select([col(ROW_INDEX)])
-                    .collect()
-            })
-            .map_err(|msg| failed(&msg))?
-            .map_err(|e| failed(&e))?;
+        let mut offset = 0u64;
+        for batch in reader {
+            let batch = batch.map_err(|e| corrupt(path, e))?;
+            let mut frame = Vec::with_capacity(self.columns.len());
+            for name in &self.columns {
+                let a = batch.column_by_name(name).expect("projected");
+                let series = to_series(name, a).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--where '{}': column '{name}' of {} has type {}, which the prefilter cannot read; it reads booleans, integers, floats and strings",
+                        self.text,
+                        path.display(),
+                        a.data_type()
+                    ))
+                })?;
+                frame.push(Column::from(series));
+            }
+            let df = DataFrame::new(batch.num_rows(), frame)
+                .and_then(|df| {
+                    df.lazy()
+                        .with_row_index(ROW_INDEX, Some(offset as IdxSize))
+                        .filter(self.expr.clone())
+                        .select([col(ROW_INDEX)])
+                        .collect()
+                })
+                .map_err(|e| failed(&e))?;
             let idx = df
                 .column(ROW_INDEX)
                 .and_then(|c| c.idx())
                 .map_err(|e| Error::Internal(e.to_string()))?;
             out.extend(idx.into_no_null_iter().map(|i| i as u64));
+            offset += batch.num_rows() as u64;
         }
         Ok(out)
     }

@@ -131,7 +131,7 @@ pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<Bytes
 }
 
 thread_local! {
-    /// Set while a decoder runs under [`catch_quietly`]: its panics are
+    /// Set while a decoder runs under [`guard_decoder`]: its panics are
     /// turned into errors, so the default hook must not print them.
     static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -141,15 +141,6 @@ static PANIC_HOOK: std::sync::Once = std::sync::Once::new();
 /// trip an assertion deep in a reader) into a data error about `path`: a bad
 /// file must give a one-line error, never a crash.
 pub fn guard_decoder<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match catch_quietly(f) {
-        Ok(r) => r,
-        Err(msg) => Err(corrupt(path, format!("the decoder failed: {msg}"))),
-    }
-}
-
-/// Runs `f` and returns the message of any panic inside it instead of
-/// printing it: the caller turns it into a one-line error.
-pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     PANIC_HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -161,13 +152,17 @@ pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String>
     let was = QUIET_PANICS.with(|q| q.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     QUIET_PANICS.with(|q| q.set(was));
-    result.map_err(|payload| {
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown failure".into())
-    })
+    match result {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown failure".into());
+            Err(corrupt(path, format!("the decoder failed: {msg}")))
+        }
+    }
 }
 
 /// The error for a file that Parquet cannot read.
