@@ -443,6 +443,8 @@ fn compare(
             "methods": entries.iter().map(|e| e.name()).collect::<Vec<_>>(),
             "budget": cfg.budget,
             "prompts": a.prompts,
+            "where": cfg.filter,
+            "prefilter": staged.ingested.prefilter,
             "tau": cfg.tau.to_string(),
             "refresh": cfg.refresh,
             "weights": cfg.weights,

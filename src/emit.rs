@@ -83,6 +83,9 @@ pub struct Manifest {
     pub plan: Option<serde_json::Value>,
     pub seconds_total: f64,
     pub outputs: Vec<OutputFile>,
+    /// `--where`: the predicate, the columns it read, rows before and after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefilter: Option<crate::prefilter::PrefilterReport>,
     #[serde(skip)]
     pub classes_selected: usize,
 }
@@ -291,6 +294,7 @@ pub fn finish_manifest(
         classes_nonempty: nonempty,
         classes_selected: m.classes_selected,
     });
+    m.prefilter = ing.prefilter.clone();
     m.stages = stages;
     m.memory = Some(memory);
     m.plan = serde_json::to_value(plan).ok();

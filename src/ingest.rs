@@ -31,6 +31,7 @@ use crate::formats::canonical::{
 };
 use crate::formats::embedding::{EmbeddingView, FloatKind, Floats, RowProblem};
 use crate::kmeans;
+use crate::prefilter::{PrefilterReport, RowFilter};
 use crate::store::{Dtype, IdStore, Mapped, SeqWriter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -68,6 +69,9 @@ pub struct IngestOptions {
     pub classify: Option<Classify>,
     /// Rows per chunk written from a class bucket.
     pub chunk_rows: usize,
+    /// `--where`: only the rows it holds are staged; the others are read
+    /// past without a check, as if they were not in the input.
+    pub filter: Option<std::sync::Arc<RowFilter>>,
 }
 
 /// A row left out of the selection, and why.
@@ -104,6 +108,9 @@ pub struct Ingested {
     pub rejects: Vec<Reject>,
     pub skipped: BTreeMap<String, u64>,
     pub shards: Vec<ShardRows>,
+    /// What `--where` kept, when it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefilter: Option<PrefilterReport>,
 }
 
 /// Ids of one batch, typed.
@@ -247,6 +254,8 @@ impl Prepared {
 /// Everything about the batch a worker needs.
 struct BatchCtx<'a> {
     path: &'a Path,
+    /// Canonical row index of the batch's first row.
+    first_row: u64,
     first_row_in_file: u64,
     d: usize,
     dtype: Dtype,
@@ -263,6 +272,11 @@ impl BatchCtx<'_> {
         let (img_col, txt_col) = (opts.columns.image.as_str(), opts.columns.text.as_str());
         let mut p = Prepared::default();
         for i in range {
+            if let Some(f) = &opts.filter {
+                if !f.contains(self.first_row + i as u64) {
+                    continue;
+                }
+            }
             let row_in_file = self.first_row_in_file + i as u64;
             if self.id_nulls.is_some_and(|n| n.is_null(i)) {
                 return Err(
@@ -556,6 +570,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
             let dd = *d.get_or_insert_with(|| if batch.is_empty() { 0 } else { img.row_len(0) });
             let ctx = BatchCtx {
                 path,
+                first_row: batch.first_row,
                 first_row_in_file: batch.first_row_in_file,
                 d: dd,
                 dtype: dt,
@@ -648,6 +663,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
         rejects,
         skipped,
         shards,
+        prefilter: opts.filter.as_ref().map(|f| f.report.clone()),
     };
     find_duplicates(dir, files, &mut ingested, hashes, opts)?;
     Ok(ingested)

@@ -29,6 +29,7 @@ pub mod memory;
 pub mod methods;
 pub mod pipeline;
 pub mod pipeline_file;
+pub mod prefilter;
 pub mod progress;
 pub mod remote;
 pub mod report;

@@ -2,6 +2,7 @@
 //! timing and a row count for every stage, and the run manifest.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -16,6 +17,7 @@ use crate::formats::metadata::Keep;
 use crate::formats::prompts::{read_prompts, Prompts};
 use crate::ingest::{self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested};
 use crate::memory::{self, Plan, RssMonitor};
+use crate::prefilter::Predicate;
 use crate::resume::{self, Journal};
 use crate::score::{self, ScoreOptions, ScoreStats, Tau, TERMS};
 use crate::select::{self, Pick, SelectOptions, Weights};
@@ -87,6 +89,10 @@ pub struct SelectConfig {
     /// uploaded to when the run succeeds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_to: Option<PathBuf>,
+    /// `--where`: a SQL predicate over metadata columns; only the rows it
+    /// keeps are staged (src/prefilter.rs).
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
 }
 
 /// What a finished run reports.
@@ -204,6 +210,8 @@ pub fn stage_data(
     // Remote .npy/.npz inputs are copied here (kept for reruns, outside
     // the store, which a restaging run removes).
     crate::remote::set_cache_dir(&cfg.out.join("remote-cache"));
+    // A predicate that does not parse fails before anything is read.
+    let predicate = cfg.filter.as_deref().map(Predicate::parse).transpose()?;
     let layout = match cfg.layout {
         Some(l) => l,
         None => layout::detect(&cfg.data)?,
@@ -214,10 +222,11 @@ pub fn stage_data(
         _ => None,
     };
     // Row count and size from the footers, to plan memory before reading.
-    let mut total_rows = 0u64;
-    for f in &files {
-        total_rows += layout::shard_rows(f, &columns)?;
-    }
+    let file_rows = files
+        .iter()
+        .map(|f| layout::shard_rows(f, &columns))
+        .collect::<Result<Vec<u64>>>()?;
+    let total_rows: u64 = file_rows.iter().sum();
     let input_bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let d_hint = prompts.as_ref().map_or(512, |p| p.d);
     let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d_hint, cfg.threads)?;
@@ -241,6 +250,16 @@ pub fn stage_data(
             }
         }
     }
+    let filter = match &predicate {
+        Some(p) => Some(Arc::new(stage(
+            timings,
+            "prefilter",
+            total_rows,
+            0,
+            || p.evaluate(&files, &file_rows),
+        )?)),
+        None => None,
+    };
     if store_dir.exists() {
         std::fs::remove_dir_all(store_dir).at_path(store_dir)?;
     }
@@ -267,6 +286,7 @@ pub fn stage_data(
         chunk_rows: cfg
             .chunk_rows
             .unwrap_or_else(|| plan.chunk_rows(classes_k, d_hint)),
+        filter,
     };
     let ing = stage(timings, "ingest", total_rows, input_bytes, || {
         ingest::ingest(&files, store_dir, &opts)
@@ -421,6 +441,7 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Res
         "on_bad_row": cfg.on_bad_row,
         "on_duplicate": cfg.on_duplicate,
         "classes": classes,
+        "where": cfg.filter,
     })))
 }
 

@@ -275,7 +275,7 @@ print('ok', len(a))
     assert!(b.join("random/datacomp_uids.npy").exists());
 }
 
-fn write_clip_retrieval(root: &Path, data: &Data, parts: usize, meta: bool) {
+pub(crate) fn write_clip_retrieval(root: &Path, data: &Data, parts: usize, meta: bool) {
     let n = data.ids.len();
     let per = n.div_ceil(parts);
     for p in 0..parts {

@@ -24,3 +24,5 @@ mod ecosystem;
 mod report;
 // s3:// inputs and outputs against a real S3 server on loopback (s3s-fs).
 mod remote;
+// --where: the metadata prefilter against runs on pre-filtered data.
+mod prefilter;

@@ -567,6 +567,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         model: Default::default(),
         keep_columns: Vec::new(),
         publish_to: None,
+        filter: None,
     };
     let result = thread_pool(threads)?.install(|| -> Result<EvalMetrics> {
         let staged = pipeline::stage_data(&cfg, &work.join("store"), &mut Vec::new())?;

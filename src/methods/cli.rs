@@ -79,6 +79,10 @@ pub struct DataArgs {
     /// Metadata columns to carry into the subset files (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub keep_columns: Vec<String>,
+    /// Stage only the rows where this SQL predicate over metadata columns
+    /// holds, e.g. "original_width >= 200 AND length(text) > 5".
+    #[arg(long = "where", value_name = "PREDICATE")]
+    pub filter: Option<String>,
 }
 
 /// The methods' own options.
@@ -223,6 +227,7 @@ impl DataArgs {
             layout: self.layout,
             model: self.model,
             keep_columns: self.keep_columns.clone(),
+            filter: self.filter.clone(),
         })
     }
 }
@@ -306,6 +311,9 @@ pub fn stage_learner(
     let mut lcfg = cfg.clone();
     lcfg.data = dir.clone();
     lcfg.classes = ClassSource::Single;
+    // The learner's rows are matched to the main store's by row index, so
+    // it stages every row; its data need not carry the metadata.
+    lcfg.filter = None;
     if let Some(c) = &args.learner_image_column {
         lcfg.columns.image = c.clone();
     }
@@ -472,6 +480,7 @@ fn baseline(
         "data": cfg.data,
         "layout": staged.layout.name(),
         "keep_columns": cfg.keep_columns,
+        "where": cfg.filter,
         "learner_data": args.learner_data,
         "out": cfg.out,
         "budget": opts.budget,
