@@ -45,7 +45,8 @@ pub struct BenchArgs {
     /// Also run the NumPy implementation where the data has at most this many rows (0: never).
     #[arg(long, default_value_t = 0.0)]
     pub numpy_max_rows: f64,
-    #[arg(long, default_value = "benches/numpy_clipcov.py")]
+    /// The NumPy implementation (default: the one in this source tree).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/numpy_clipcov.py"))]
     pub numpy_script: PathBuf,
     /// Working folder for datasets and runs.
     #[arg(long, default_value = "clipcov-bench")]
@@ -156,6 +157,12 @@ fn jaccard(a: &[String], b: &[String]) -> f64 {
 pub fn run_bench(a: &BenchArgs) -> Result<()> {
     let sizes: Vec<u64> = a.rows.split(',').map(parse_count).collect::<Result<_>>()?;
     let taus: Vec<String> = a.taus.split(',').map(|t| t.trim().to_string()).collect();
+    if a.numpy_max_rows > 0.0 && !a.numpy_script.is_file() {
+        return Err(Error::Usage(format!(
+            "{}: no such file; pass --numpy-script PATH (benches/numpy_clipcov.py of the source tree)",
+            a.numpy_script.display()
+        )));
+    }
     std::fs::create_dir_all(&a.work).at_path(&a.work)?;
     let exe = std::env::current_exe().map_err(|e| Error::io("clipcov", e))?;
     let mut rows = Vec::new();
@@ -220,17 +227,21 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
                     .args(["--fraction", &a.fraction.to_string(), "--tau", tau])
                     .arg("--out")
                     .arg(&csv)
-                    .stderr(std::process::Stdio::null())
-                    .status()
+                    .stdout(std::process::Stdio::null())
+                    .output()
                     .map_err(|e| Error::io("python3", e))?;
-                if st.success() {
+                if st.status.success() {
                     row.numpy_seconds = Some(t.elapsed().as_secs_f64());
                     row.numpy_jaccard = Some(jaccard(
                         &ids_of_csv(&csv)?,
                         &ids_of_csv(&out.join("clipcov/subset.csv"))?,
                     ));
                 } else {
-                    eprintln!("bench: the NumPy run failed (pip install numpy pyarrow?)");
+                    let err = String::from_utf8_lossy(&st.stderr);
+                    eprintln!(
+                        "bench: the NumPy run failed ({}); it needs `pip install numpy pyarrow`",
+                        err.lines().last().unwrap_or("no message")
+                    );
                 }
             }
             eprintln!("{}", format_row(&row));
