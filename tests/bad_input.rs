@@ -467,7 +467,7 @@ fn bad_files_give_one_line_errors() {
         "fuzz-f16-fixed-len-panic.parquet",
         "fuzz-prompts-decoder-panic.parquet",
     ];
-    let bad = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bad");
+    let bad = repo_root().join("tests/data/bad");
     let mut found: Vec<String> = std::fs::read_dir(&bad)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -233,7 +233,7 @@ print('ok', len(a))
         std::fs::read(reference.join("clipcov/datacomp_uids.npy")).unwrap()
     );
     // The shipped pipeline file, pointed at this pool: the same selection.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo_root();
     let piped = dir.join("piped");
     clipcov_ok(&[
         "run",
@@ -369,7 +369,7 @@ fn clip_retrieval_output_gives_the_canonical_selection() {
         assert!(line.ends_with(&format!(",caption {row}")), "{line}");
     }
     // The shipped pipeline file (k-means classes), pointed at this folder.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo_root();
     let piped = dir.join("piped");
     clipcov_ok(&[
         "run",

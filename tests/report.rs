@@ -231,7 +231,7 @@ fn report_loads_in_headless_chromium_without_console_messages() {
 #[test]
 fn run_pipeline_files() {
     let dir = Dir::new("run-pipelines");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo_root();
     // demo.toml: synthesise, select, report.
     let out = dir.join("demo");
     let said = clipcov_ok(&[

@@ -19,9 +19,7 @@ use serde_json::Value;
 use crate::util::*;
 
 fn schema_file(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("schemas")
-        .join(name);
+    let path = repo_root().join("schemas").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -365,7 +363,7 @@ fn manifests_match_the_manifest_schema() {
     let mut b = vec!["baseline", "semdedup", "--out", s(&base)];
     b.extend(args);
     clipcov_ok(&b);
-    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/manifest.schema.json");
+    let schema = repo_root().join("schemas/manifest.schema.json");
     let script = "import json, sys, jsonschema\n\
         schema = json.load(open(sys.argv[1]))\n\
         jsonschema.Draft202012Validator.check_schema(schema)\n\

@@ -276,3 +276,12 @@ pub fn synth_at(out: &Path, flags: &str) -> (PathBuf, PathBuf) {
     clipcov_ok(&args);
     (out.join("data"), out.join("prompts.parquet"))
 }
+
+/// The source tree the tests run in. Cargo sets `CARGO_MANIFEST_DIR` when
+/// it runs a test, which stays right when one build directory serves
+/// several clones; the compile-time value is the fallback.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
