@@ -27,11 +27,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::formats::canonical::{corrupt, open_parquet, Columns, SourceFile};
+use crate::formats::canonical::{corrupt, open_parquet, SourceFile};
 use crate::formats::embedding::EmbeddingView;
-use crate::ingest::{BadRowPolicy, DuplicatePolicy};
 use crate::memory::parse_size;
-use crate::methods::cli::thread_pool;
+use crate::methods::cli::{thread_pool, RowArgs};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig};
 use crate::rng::Rng;
 use crate::score::Tau;
@@ -137,18 +136,9 @@ pub struct EvalArgs {
     /// Worker threads (default: all cores). Results do not depend on it.
     #[arg(long)]
     pub threads: Option<usize>,
-    #[arg(long, default_value = "id")]
-    pub id_column: String,
-    #[arg(long, default_value = "image_embedding")]
-    pub image_column: String,
-    #[arg(long, default_value = "text_embedding")]
-    pub text_column: String,
     /// As given to the run that made the subset.
-    #[arg(long, value_enum, default_value = "error")]
-    pub on_bad_row: BadRowPolicy,
-    /// As given to the run that made the subset.
-    #[arg(long, value_enum, default_value = "error")]
-    pub on_duplicate: DuplicatePolicy,
+    #[command(flatten)]
+    pub rows: RowArgs,
     #[command(flatten)]
     pub proxy: ProxyArgs,
 }
@@ -553,13 +543,9 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         threads,
         tile_rows: None,
         chunk_rows: None,
-        columns: Columns {
-            id: a.id_column.clone(),
-            image: a.image_column.clone(),
-            text: a.text_column.clone(),
-        },
-        on_bad_row: a.on_bad_row,
-        on_duplicate: a.on_duplicate,
+        columns: a.rows.columns(),
+        on_bad_row: a.rows.on_bad_row,
+        on_duplicate: a.rows.on_duplicate,
         seed: a.seed,
         assign_text: false,
         fresh: false,

@@ -21,6 +21,36 @@ use crate::remote;
 use crate::score::Tau;
 use crate::select::Weights;
 
+/// How rows are read: the columns and what to do with bad rows. Shared by
+/// every command that stages data (`eval` too).
+#[derive(Args, Clone, Debug)]
+pub struct RowArgs {
+    /// Id column (default: id; uid for datacomp; image_path for
+    /// clip-retrieval, ':row' for the row index).
+    #[arg(long)]
+    pub id_column: Option<String>,
+    #[arg(long, default_value = "image_embedding")]
+    pub image_column: String,
+    #[arg(long, default_value = "text_embedding")]
+    pub text_column: String,
+    /// What to do with a row with a non-finite or zero embedding.
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_bad_row: BadRowPolicy,
+    /// What to do with a repeated id.
+    #[arg(long, value_enum, default_value = "error")]
+    pub on_duplicate: DuplicatePolicy,
+}
+
+impl RowArgs {
+    pub fn columns(&self) -> Columns {
+        Columns {
+            id: self.id_column.clone().unwrap_or_default(),
+            image: self.image_column.clone(),
+            text: self.text_column.clone(),
+        }
+    }
+}
+
 /// The data, budget and run options every method shares.
 #[derive(Args, Clone, Debug)]
 pub struct DataArgs {
@@ -53,20 +83,8 @@ pub struct DataArgs {
     /// Rows per tile side (default: planned from --memory-limit).
     #[arg(long)]
     pub tile_rows: Option<usize>,
-    /// Id column (default: id; uid for datacomp; image_path for
-    /// clip-retrieval, ':row' for the row index).
-    #[arg(long)]
-    pub id_column: Option<String>,
-    #[arg(long, default_value = "image_embedding")]
-    pub image_column: String,
-    #[arg(long, default_value = "text_embedding")]
-    pub text_column: String,
-    /// What to do with a row with a non-finite or zero embedding.
-    #[arg(long, value_enum, default_value = "error")]
-    pub on_bad_row: BadRowPolicy,
-    /// What to do with a repeated id.
-    #[arg(long, value_enum, default_value = "error")]
-    pub on_duplicate: DuplicatePolicy,
+    #[command(flatten)]
+    pub rows: RowArgs,
     /// Seed of every random choice (k-means, draws, batches, samples).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -214,13 +232,9 @@ impl DataArgs {
             threads,
             tile_rows: self.tile_rows,
             chunk_rows: None,
-            columns: Columns {
-                id: self.id_column.clone().unwrap_or_default(),
-                image: self.image_column.clone(),
-                text: self.text_column.clone(),
-            },
-            on_bad_row: self.on_bad_row,
-            on_duplicate: self.on_duplicate,
+            columns: self.rows.columns(),
+            on_bad_row: self.rows.on_bad_row,
+            on_duplicate: self.rows.on_duplicate,
             seed: self.seed,
             assign_text: false,
             fresh: self.fresh,
