@@ -321,18 +321,11 @@ fn bad_predicates_fail_in_one_line_and_write_nothing() {
 #[test]
 fn baseline_and_compare_honour_where() {
     let c = case("where-methods");
-    let baseline = |method: &str, data: &Path, out: &str, filter: Option<&str>| {
+    // `clipcov <command...> --data DATA --fraction 0.25 --out OUT [--where P]`.
+    let run = |command: &[&str], data: &Path, out: &str, filter: Option<&str>| {
         let out = c.dir.join(out);
-        let mut args = vec![
-            "baseline",
-            method,
-            "--data",
-            s(data),
-            "--fraction",
-            "0.25",
-            "--out",
-            s(&out),
-        ];
+        let mut args = command.to_vec();
+        args.extend(["--data", s(data), "--fraction", "0.25", "--out", s(&out)]);
         if let Some(f) = filter {
             args.extend(["--where", f]);
         }
@@ -361,8 +354,9 @@ fn baseline_and_compare_honour_where() {
         assert_eq!(a, b);
     };
     for method in ["random", "clip_score"] {
-        let a = baseline(method, &c.all, &format!("{method}-where"), Some(PREDICATE));
-        let b = baseline(method, &c.passing, &format!("{method}-ref"), None);
+        let cmd = ["baseline", method];
+        let a = run(&cmd, &c.all, &format!("{method}-where"), Some(PREDICATE));
+        let b = run(&cmd, &c.passing, &format!("{method}-ref"), None);
         same(
             &a.join(format!("{method}/subset.csv")),
             &b.join(format!("{method}/subset.csv")),
@@ -371,29 +365,16 @@ fn baseline_and_compare_honour_where() {
         assert_eq!(m["prefilter"]["rows_after"], c.kept.len());
         assert_eq!(m["parameters"]["where"], PREDICATE);
     }
-    let compare = |data: &Path, out: &str, filter: Option<&str>| {
-        let out = c.dir.join(out);
-        let mut args = vec![
-            "compare",
-            "--data",
-            s(data),
-            "--prompts",
-            s(&c.prompts),
-            "--fraction",
-            "0.25",
-            "--methods",
-            "clipcov,random,clip_score",
-            "--out",
-            s(&out),
-        ];
-        if let Some(f) = filter {
-            args.extend(["--where", f]);
-        }
-        clipcov_ok(&args);
-        out
-    };
-    let a = compare(&c.all, "compare-where", Some(PREDICATE));
-    let b = compare(&c.passing, "compare-ref", None);
+    let prompts = s(&c.prompts);
+    let cmd = [
+        "compare",
+        "--prompts",
+        prompts,
+        "--methods",
+        "clipcov,random,clip_score",
+    ];
+    let a = run(&cmd, &c.all, "compare-where", Some(PREDICATE));
+    let b = run(&cmd, &c.passing, "compare-ref", None);
     assert_same_picks(
         &a.join("clipcov/subset.csv"),
         &b.join("clipcov/subset.csv"),
