@@ -42,9 +42,9 @@ pub struct CompareArgs {
     /// ClipCov: similarity threshold, a number or 'none'.
     #[arg(long, default_value = "0")]
     pub tau: String,
-    /// ClipCov: refresh period R of the greedy.
-    #[arg(long, default_value_t = 200)]
-    pub refresh: usize,
+    /// ClipCov: refresh period R of the greedy, 'auto' or a number.
+    #[arg(long, default_value = "auto")]
+    pub refresh: String,
     /// ClipCov: w_cross,w_easy,w_label,w_between.
     #[arg(long, default_value = "1,2,0.5,1")]
     pub weights: String,
@@ -257,10 +257,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
     let mut cfg = a.data.config(classes)?;
     cfg.tau = pipeline::parse_tau(&a.tau)?;
     cfg.weights = pipeline::parse_weights(&a.weights)?;
-    if a.refresh == 0 {
-        return Err(Error::Usage("--refresh must be at least 1".into()));
-    }
-    cfg.refresh = a.refresh;
+    cfg.refresh = a.refresh.parse().map_err(Error::Usage)?;
     let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     let c = thread_pool(cfg.threads)?.install(|| {
         let r = compare(&entries, &cfg, &opts, &a, eval_opts);
@@ -447,6 +444,10 @@ fn compare(
             "prefilter": staged.ingested.prefilter,
             "tau": cfg.tau.to_string(),
             "refresh": cfg.refresh,
+            "refresh_period": cfg.refresh.period(
+                cfg.budget.rows(n as u64) as usize,
+                store.meta.nonempty_classes(),
+            ),
             "weights": cfg.weights,
             "options": opts,
             "learner_data": a.options.learner_data,

@@ -272,6 +272,14 @@ pub fn finish_manifest(
             o.insert("layout".into(), f.kind.layout().name().into());
         }
         o.insert("budget_rows".into(), budget.into());
+        // The period the greedy used, and the per-class budget that `auto` scales with.
+        o.insert(
+            "refresh_period".into(),
+            serde_json::json!({
+                "per_class_budget": budget as f64 / meta.nonempty_classes().max(1) as f64,
+                "R": cfg.refresh.period(budget, meta.nonempty_classes()),
+            }),
+        );
         o.insert("tile_rows".into(), tile_rows.into());
         o.insert("d".into(), meta.d.into());
         o.insert(
@@ -280,9 +288,7 @@ pub fn finish_manifest(
         );
     }
     m.parameters = params;
-    let nonempty = (0..meta.classes())
-        .filter(|&k| !meta.class_range(k).is_empty())
-        .count();
+    let nonempty = meta.nonempty_classes();
     m.rows = Some(RowCounts {
         read: ing.rows_read,
         skipped: ing.skipped.values().sum(),

@@ -13,6 +13,7 @@ use clipcov::pipeline::{self, ClassSource, SelectConfig};
 use clipcov::pipeline_file::PipelineFile;
 use clipcov::progress::{self, LogFormat};
 use clipcov::remote;
+use clipcov::select::Refresh;
 use clipcov::synth::{self, SynthOptions};
 use clipcov::Result;
 
@@ -111,9 +112,9 @@ struct SelectArgs {
     /// Similarity threshold: a number (default 0), or 'none' for the linear-time form.
     #[arg(long, default_value = "0")]
     tau: String,
-    /// Refresh period R of the greedy.
-    #[arg(long, default_value_t = 200)]
-    refresh: usize,
+    /// Refresh period R of the greedy: 'auto' (0.705 x the picks per class) or a number (200 = the notebook).
+    #[arg(long, default_value = "auto")]
+    refresh: String,
     /// w_cross,w_easy,w_label,w_between.
     #[arg(long, default_value = "1,2,0.5,1")]
     weights: String,
@@ -146,12 +147,10 @@ impl SelectArgs {
         if self.data.budget()?.is_none() {
             return Err(Error::Usage("give --fraction F or --budget COUNT".into()));
         }
-        if self.refresh == 0 {
-            return Err(Error::Usage("--refresh must be at least 1".into()));
-        }
+        let refresh = self.refresh.parse().map_err(Error::Usage)?;
         let mut cfg = self.data.config(classes)?;
         cfg.tau = pipeline::parse_tau(&self.tau)?;
-        cfg.refresh = self.refresh;
+        cfg.refresh = refresh;
         cfg.weights = pipeline::parse_weights(&self.weights)?;
         cfg.chunk_rows = self.chunk_rows;
         cfg.assign_text = self.assign == "text";
@@ -226,7 +225,7 @@ struct DemoSynth {
 struct DemoSelect {
     fraction: f64,
     tau: String,
-    refresh: usize,
+    refresh: Refresh,
     weights: Vec<f64>,
 }
 
@@ -282,7 +281,7 @@ impl SelectArgs {
         fraction: f64,
         out: PathBuf,
         tau: &str,
-        refresh: usize,
+        refresh: Refresh,
         weights: &str,
     ) -> Self {
         let mut a = SelectArgs::try_parse_from_args(&[
@@ -295,7 +294,7 @@ impl SelectArgs {
         ]);
         a.data.fraction = Some(fraction);
         a.tau = tau.to_string();
-        a.refresh = refresh;
+        a.refresh = refresh.to_string();
         a.weights = weights.to_string();
         a
     }

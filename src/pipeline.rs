@@ -20,7 +20,7 @@ use crate::memory::{self, Plan, RssMonitor};
 use crate::prefilter::Predicate;
 use crate::resume::{self, Journal};
 use crate::score::{self, ScoreOptions, ScoreStats, Tau, TERMS};
-use crate::select::{self, Pick, SelectOptions, Weights};
+use crate::select::{self, Pick, Refresh, SelectOptions, Weights};
 use crate::store::{Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
 
 /// Where latent classes come from.
@@ -62,7 +62,7 @@ pub struct SelectConfig {
     pub budget: Budget,
     pub out: PathBuf,
     pub tau: Tau,
-    pub refresh: usize,
+    pub refresh: Refresh,
     pub weights: Weights,
     pub memory_limit_bytes: u64,
     pub threads: usize,
@@ -522,10 +522,11 @@ pub fn clipcov_picks(
         t.kernels = Some(stats);
     }
     let terms = Mapped::<f64>::open(&store.dir.join("terms.bin"))?;
+    let budget = cfg.budget.rows(n) as usize;
     let sel_opts = SelectOptions {
         weights: cfg.weights,
-        refresh: cfg.refresh,
-        budget: cfg.budget.rows(n) as usize,
+        refresh: cfg.refresh.period(budget, store.meta.nonempty_classes()),
+        budget,
         tau: cfg.tau,
         tile_rows: staged.tile_rows,
     };

@@ -396,6 +396,13 @@ impl StoreMeta {
     pub fn class_range(&self, k: usize) -> Range<usize> {
         self.class_offsets[k] as usize..self.class_offsets[k + 1] as usize
     }
+
+    /// `K'`: the classes with at least one row.
+    pub fn nonempty_classes(&self) -> usize {
+        (0..self.classes())
+            .filter(|&k| !self.class_range(k).is_empty())
+            .count()
+    }
 }
 
 /// Image and caption embeddings with their normalising factors, by file

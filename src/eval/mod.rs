@@ -34,7 +34,7 @@ use crate::methods::cli::{thread_pool, RowArgs};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig};
 use crate::rng::Rng;
 use crate::score::Tau;
-use crate::select::Weights;
+use crate::select::{Refresh, Weights};
 use crate::store::Store;
 use covariance::CovMetrics;
 use kinds::Kinds;
@@ -537,7 +537,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         budget: Budget::Count(0),
         out: work.clone(),
         tau: Tau::Threshold(0.0),
-        refresh: 200,
+        refresh: Refresh::Auto,
         weights: Weights::default(),
         memory_limit_bytes: parse_size(&a.memory_limit)?,
         threads,

@@ -19,7 +19,7 @@ use crate::memory::{parse_size, RssMonitor};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
 use crate::remote;
 use crate::score::Tau;
-use crate::select::Weights;
+use crate::select::{Refresh, Weights};
 
 /// How rows are read: the columns and what to do with bad rows. Shared by
 /// every command that stages data (`eval` too).
@@ -226,7 +226,7 @@ impl DataArgs {
             out,
             publish_to,
             tau: Tau::Threshold(0.0),
-            refresh: 200,
+            refresh: Refresh::Auto,
             weights: Weights::default(),
             memory_limit_bytes: parse_size(&self.memory_limit)?,
             threads,
