@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""NumPy reference implementation of ClipCov selection (shared/spec/clipcov.md).
+"""NumPy reference implementation of ClipCov selection (docs/algorithm.md).
 
 Two roles:
   * the independent float64 reference that the Rust tool is checked against;

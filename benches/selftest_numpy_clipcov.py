@@ -79,7 +79,7 @@ def same_file(a, b):
 # ------------------------------------------------ literal re-implementation
 
 def literal(data_dir, prompts, frac, tau, R, w):
-    """Straight transcription of clipcov.md with Python loops over pairs."""
+    """Straight transcription of docs/algorithm.md with Python loops over pairs."""
     files = sorted((os.path.relpath(os.path.join(dp, f), data_dir)
                     for dp, _, fs in os.walk(data_dir) for f in fs if f.endswith(".parquet")),
                    key=os.fsencode)

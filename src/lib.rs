@@ -11,7 +11,7 @@
 //!          heap merge)
 //! ```
 //!
-//! Where the spec (`shared/spec/clipcov.md`) lives in the code:
+//! Where the algorithm (`docs/algorithm.md`) lives in the code:
 //! section 1 in [`classes`], section 2 in [`score`], section 3 in [`select`].
 
 pub mod bench;

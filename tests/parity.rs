@@ -1,5 +1,5 @@
 //! The streaming, tiled pipeline against a plain, obviously correct float64
-//! implementation of `shared/spec/clipcov.md`: O(n^2) terms, and the global
+//! implementation of `docs/algorithm.md`: O(n^2) terms, and the global
 //! greedy exactly as section 3 states it (argmax over every unselected row,
 //! refresh of the picked row's class) rather than the per-class merge.
 

@@ -26,3 +26,5 @@ mod report;
 mod remote;
 // --where: the metadata prefilter against runs on pre-filtered data.
 mod prefilter;
+// The repository stands alone: no ../shared links, docs links resolve.
+mod docs;

@@ -1,4 +1,4 @@
-//! The class prompts file: `class_id`, `name`, `text_embedding` (formats.md).
+//! The class prompts file: `class_id`, `name`, `text_embedding` (docs/formats.md).
 //!
 //! Several rows may share a `class_id` (one per prompt template): each is
 //! normalised, they are averaged, and the mean is normalised again, as in

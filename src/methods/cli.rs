@@ -151,7 +151,7 @@ pub struct MethodArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct BaselineArgs {
-    /// The method (shared/spec/baselines.md).
+    /// The method (docs/baselines.md).
     #[arg(value_enum)]
     pub method: Method,
     #[command(flatten)]

@@ -1,4 +1,4 @@
-//! The baselines of `shared/spec/baselines.md`, one module each, all run on
+//! The baselines of `docs/baselines.md`, one module each, all run on
 //! the same staged store as ClipCov.
 //!
 //! A method reads the store through a [`Ctx`] (the canonical row of every
