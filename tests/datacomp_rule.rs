@@ -380,7 +380,7 @@ fn image_based_keeps_the_rule_on_given_centroids_and_writes_its_own() {
             });
             assert!(close, "--rule {rule}: no centroid is the mean of blob {g}");
         }
-        let copy = dir.join(format!("{rule}.npy"));
+        let copy = dir.join(&format!("{rule}.npy"));
         std::fs::copy(&written, &copy).unwrap();
         run(&format!("{base} --centroids {} --rule {rule}", s(&copy)));
         assert_eq!(kept_rows(&subset), kept, "--rule {rule}: round trip");
@@ -398,7 +398,7 @@ fn bad_centroids_files_are_one_line_errors() {
     write_npy(&dir.join("targets.npy"), &format!("({}, {d})", targets.len()), &t);
     let (data, tg) = (s(&dir.join("data")).to_string(), s(&dir.join("targets.npy")).to_string());
     let check = |name: &str, code: i32, needle: &str| {
-        let out = dir.join(format!("out-{name}"));
+        let out = dir.join(&format!("out-{name}"));
         let file = dir.join(name);
         let err = fails(
             &format!(
