@@ -59,7 +59,13 @@ fn read_npy(path: &Path) -> (usize, usize, Vec<f32>) {
     assert!(header.contains("'descr': '<f4'"), "{header}");
     assert!(header.contains("'fortran_order': False"), "{header}");
     let shape = header.split("'shape': (").nth(1).unwrap();
-    let dims: Vec<usize> = shape.split(')').next().unwrap().split(',').map(|x| x.trim().parse().unwrap()).collect();
+    let dims: Vec<usize> = shape
+        .split(')')
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|x| x.trim().parse().unwrap())
+        .collect();
     let values: Vec<f32> = b[10 + len..]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -71,11 +77,17 @@ fn read_npy(path: &Path) -> (usize, usize, Vec<f32>) {
 /// The kept rows of a subset file, sorted.
 fn kept_rows(path: &Path) -> Vec<usize> {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let r = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let r = ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
     let mut rows: Vec<usize> = r
         .flat_map(|b| {
             let b = b.unwrap();
-            let c = b.column_by_name("row").unwrap().as_primitive::<UInt64Type>();
+            let c = b
+                .column_by_name("row")
+                .unwrap()
+                .as_primitive::<UInt64Type>();
             c.iter().map(|x| x.unwrap() as usize).collect::<Vec<_>>()
         })
         .collect();
@@ -110,7 +122,11 @@ fn datacomp_keep(score: &[f64], n: usize, candidates: &[usize]) -> Vec<usize> {
         return candidates.to_vec(); // DataComp's code fails here (index N)
     }
     let t = sorted[n];
-    candidates.iter().copied().filter(|&i| score[i] >= t - 1e-9).collect()
+    candidates
+        .iter()
+        .copied()
+        .filter(|&i| score[i] >= t - 1e-9)
+        .collect()
 }
 
 /// Pairs whose CLIP score is exactly `cos(theta_i)`: `u_i` a random unit
@@ -171,18 +187,18 @@ fn clip_score_datacomp_rule_is_datacomps_threshold_cut_with_ties() {
     let (data, out) = (s(&dir.join("data")).to_string(), dir.join("out"));
     let all: Vec<usize> = (0..n).collect();
     // (flag, n = int(N * f) or the count, rows DataComp keeps)
-    let mut cases = vec![
-        ("--fraction 0.25", 100, 101),      // no tie at the cut: n + 1
-        ("--budget 7", 7, 8),               // a count is n
-        ("--fraction 0.3", 120, 120 + 5),   // the (n+1)-th is the first of a tie group of 5
-        ("--budget 121", 121, 121 + 4),     // ... inside it: the whole group
-        ("--fraction 1", 400, 400),         // every row (DataComp's code has no n+1-th)
+    let cases = [
+        ("--fraction 0.25", 100, 101),    // no tie at the cut: n + 1
+        ("--budget 7", 7, 8),             // a count is n
+        ("--fraction 0.3", 120, 120 + 5), // the (n+1)-th is the first of a tie group of 5
+        ("--budget 121", 121, 121 + 4),   // ... inside it: the whole group
+        ("--fraction 1", 400, 400),       // every row (DataComp's code has no n+1-th)
     ];
     // Check the expected counts against the independent rule, so the
     // table above cannot drift from it.
-    for (flag, k, want) in cases.iter_mut() {
-        let kept = datacomp_keep(&score, *k, &all);
-        assert_eq!(kept.len(), *want, "{flag}: {kept:?}");
+    for (flag, k, want) in cases {
+        let kept = datacomp_keep(&score, k, &all);
+        assert_eq!(kept.len(), want, "{flag}: {kept:?}");
         run(&format!(
             "baseline clip_score --rule datacomp {flag} --data {data} --out {} --quiet",
             s(&out)
@@ -192,7 +208,7 @@ fn clip_score_datacomp_rule_is_datacomps_threshold_cut_with_ties() {
         let m = manifest(&out);
         assert_eq!(m["parameters"]["options"]["rule"], "datacomp");
         assert_eq!(m["parameters"]["report"]["rule"], "datacomp");
-        assert_eq!(m["rows"]["selected"], *want as u64, "{flag}");
+        assert_eq!(m["rows"]["selected"], want as u64, "{flag}");
     }
     // The default rule keeps exactly B.
     run(&format!(
@@ -219,10 +235,16 @@ fn clip_score_datacomp_rule_is_datacomps_threshold_cut_with_ties() {
     );
     // The rule is for the two DataComp methods only.
     let err = fails(
-        &format!("baseline ssp --rule datacomp --fraction 0.3 --data {data} --out {}", s(&out)),
+        &format!(
+            "baseline ssp --rule datacomp --fraction 0.3 --data {data} --out {}",
+            s(&out)
+        ),
         2,
     );
-    assert!(err.contains("--rule datacomp applies to clip_score"), "{err}");
+    assert!(
+        err.contains("--rule datacomp applies to clip_score"),
+        "{err}"
+    );
 }
 
 /// Index of the largest `<x, c>` over the rows of `centroids`, in `f64`,
@@ -231,7 +253,12 @@ fn argmax(x: &[f32], centroids: &[f32], d: usize) -> (usize, f64) {
     let mut s: Vec<(f64, usize)> = centroids
         .chunks_exact(d)
         .enumerate()
-        .map(|(c, row)| (row.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum(), c))
+        .map(|(c, row)| {
+            (
+                row.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum(),
+                c,
+            )
+        })
         .collect();
     s.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
     let scale = x.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
@@ -240,7 +267,13 @@ fn argmax(x: &[f32], centroids: &[f32], d: usize) -> (usize, f64) {
 
 /// DataComp's image-based rule on given centroids: the rows among
 /// `candidates` whose largest-inner-product centroid is one a target got.
-fn image_rule(u: &Rows, targets: &Rows, centroids: &[f32], d: usize, candidates: &[usize]) -> Vec<usize> {
+fn image_rule(
+    u: &Rows,
+    targets: &Rows,
+    centroids: &[f32],
+    d: usize,
+    candidates: &[usize],
+) -> Vec<usize> {
     let hit: std::collections::HashSet<usize> =
         targets.iter().map(|t| argmax(t, centroids, d).0).collect();
     candidates
@@ -255,15 +288,17 @@ fn image_rule(u: &Rows, targets: &Rows, centroids: &[f32], d: usize, candidates:
         .collect()
 }
 
-/// Four blobs of image embeddings whose norms differ by blob (1, 3, 9, 27)
-/// and jitter within it, captions near them, targets near blobs 0 and 2.
+/// Four blobs of image embeddings whose norms differ by blob (1 to 4) and
+/// jitter within it, captions near them, targets near blobs 0 and 2.
 fn blobs(n: usize, d: usize) -> (Rows, Rows, Rows, Vec<usize>) {
     let mut r = Rng::new(21);
-    let dirs: Vec<Vec<f64>> = (0..4).map(|_| (0..d).map(|_| r.normal()).collect()).collect();
+    let dirs: Vec<Vec<f64>> = (0..4)
+        .map(|_| (0..d).map(|_| r.normal()).collect())
+        .collect();
     let (mut u, mut v, mut group) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let g = i % 4;
-        let norm = 3f64.powi(g as i32) * (1.0 + 0.3 * r.uniform());
+        let norm = (1 + g) as f64 * (1.0 + 0.3 * r.uniform());
         let x: Vec<f64> = dirs[g].iter().map(|c| c + 0.2 * r.normal()).collect();
         let nx = x.iter().map(|a| a * a).sum::<f64>().sqrt();
         u.push(x.iter().map(|a| (a / nx * norm) as f32).collect());
@@ -273,7 +308,10 @@ fn blobs(n: usize, d: usize) -> (Rows, Rows, Rows, Vec<usize>) {
     let targets = (0..24)
         .map(|i| {
             let g = if i < 16 { 0 } else { 2 };
-            dirs[g].iter().map(|c| (c + 0.1 * r.normal()) as f32).collect()
+            dirs[g]
+                .iter()
+                .map(|c| (c + 0.1 * r.normal()) as f32)
+                .collect()
         })
         .collect();
     (u, v, targets, group)
@@ -286,7 +324,11 @@ fn image_based_keeps_the_rule_on_given_centroids_and_writes_its_own() {
     let (u, v, targets, group) = blobs(n, d);
     write_data(&dir.join("data/a.parquet"), &u, &v);
     let t: Vec<f32> = targets.iter().flatten().copied().collect();
-    write_npy(&dir.join("targets.npy"), &format!("({}, {d})", targets.len()), &t);
+    write_npy(
+        &dir.join("targets.npy"),
+        &format!("({}, {d})", targets.len()),
+        &t,
+    );
     let (data, tg, out) = (
         s(&dir.join("data")).to_string(),
         s(&dir.join("targets.npy")).to_string(),
@@ -316,7 +358,11 @@ fn image_based_keeps_the_rule_on_given_centroids_and_writes_its_own() {
     let cfile = dir.join("given.npy");
     write_npy(&cfile, &format!("(7, {d})"), &given);
     let want = image_rule(&u, &targets, &given, d, &all);
-    assert!(!want.is_empty() && want.len() < n, "the rule keeps {}", want.len());
+    assert!(
+        !want.is_empty() && want.len() < n,
+        "the rule keeps {}",
+        want.len()
+    );
     for rule in ["clipcov", "datacomp"] {
         run(&format!("{base} --centroids {} --rule {rule}", s(&cfile)));
         assert_eq!(kept_rows(&subset), want, "--rule {rule}");
@@ -328,14 +374,20 @@ fn image_based_keeps_the_rule_on_given_centroids_and_writes_its_own() {
     let mut sorted = easy.clone();
     sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
     let t = sorted[(0.3 * n as f64) as usize];
-    assert!(sorted[(0.3 * n as f64) as usize - 1] - t > 1e-6, "a near-tie at the cut");
+    assert!(
+        sorted[(0.3 * n as f64) as usize - 1] - t > 1e-6,
+        "a near-tie at the cut"
+    );
     let top: Vec<usize> = all.iter().copied().filter(|&i| easy[i] >= t).collect();
     assert_eq!(top.len(), 241);
     run(&format!(
         "{base} --centroids {} --rule datacomp --intersect-clip-score 0.3",
         s(&cfile)
     ));
-    assert_eq!(kept_rows(&subset), image_rule(&u, &targets, &given, d, &top));
+    assert_eq!(
+        kept_rows(&subset),
+        image_rule(&u, &targets, &given, d, &top)
+    );
     let m = manifest(&out);
     assert_eq!(m["parameters"]["options"]["rule"], "datacomp");
     assert_eq!(m["parameters"]["options"]["centroids"], s(&cfile));
@@ -362,7 +414,8 @@ fn image_based_keeps_the_rule_on_given_centroids_and_writes_its_own() {
             assert_eq!(kept, want, "--rule {rule}: blobs 0 and 2");
         }
         for g in 0..4 {
-            let members: Vec<&Vec<f32>> = (0..n).filter(|&i| group[i] == g).map(|i| &u[i]).collect();
+            let members: Vec<&Vec<f32>> =
+                (0..n).filter(|&i| group[i] == g).map(|i| &u[i]).collect();
             let mean: Vec<f64> = (0..d)
                 .map(|j| {
                     members
@@ -376,7 +429,9 @@ fn image_based_keeps_the_rule_on_given_centroids_and_writes_its_own() {
                 })
                 .collect();
             let close = c.chunks_exact(d).any(|row| {
-                row.iter().zip(&mean).all(|(a, b)| (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()))
+                row.iter()
+                    .zip(&mean)
+                    .all(|(a, b)| (*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()))
             });
             assert!(close, "--rule {rule}: no centroid is the mean of blob {g}");
         }
@@ -395,8 +450,15 @@ fn bad_centroids_files_are_one_line_errors() {
     let (u, v, targets, _) = blobs(n, d);
     write_data(&dir.join("data/a.parquet"), &u, &v);
     let t: Vec<f32> = targets.iter().flatten().copied().collect();
-    write_npy(&dir.join("targets.npy"), &format!("({}, {d})", targets.len()), &t);
-    let (data, tg) = (s(&dir.join("data")).to_string(), s(&dir.join("targets.npy")).to_string());
+    write_npy(
+        &dir.join("targets.npy"),
+        &format!("({}, {d})", targets.len()),
+        &t,
+    );
+    let (data, tg) = (
+        s(&dir.join("data")).to_string(),
+        s(&dir.join("targets.npy")).to_string(),
+    );
     let check = |name: &str, code: i32, needle: &str| {
         let out = dir.join(&format!("out-{name}"));
         let file = dir.join(name);
@@ -409,8 +471,14 @@ fn bad_centroids_files_are_one_line_errors() {
             code,
         );
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(err.contains(s(&file)) && err.contains(needle), "{name}: {err}");
-        assert!(!out.join("datacomp_image_based").exists(), "{name}: files left behind");
+        assert!(
+            err.contains(s(&file)) && err.contains(needle),
+            "{name}: {err}"
+        );
+        assert!(
+            !out.join("datacomp_image_based").exists(),
+            "{name}: files left behind"
+        );
     };
     write_npy(&dir.join("wrong-d.npy"), "(3, 8)", &[0.5; 24]);
     check("wrong-d.npy", 65, "the pool's embeddings have d = 16");

@@ -385,7 +385,10 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     super::check(a.method, &opts, a.options.learner_data.is_some())?;
     // `compare` runs several methods with one set of options; here a flag
     // the method would ignore is a mistake.
-    let (dc, image) = (Method::DatacompImageBased, a.method == Method::DatacompImageBased);
+    let (dc, image) = (
+        Method::DatacompImageBased,
+        a.method == Method::DatacompImageBased,
+    );
     if opts.rule == Rule::Datacomp && !(image || a.method == Method::ClipScore) {
         return Err(Error::Usage(format!(
             "--rule datacomp applies to clip_score and {}, not {}",

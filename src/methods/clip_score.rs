@@ -32,8 +32,8 @@ pub fn run(ctx: &Ctx, opts: &MethodOptions) -> Result<Selection> {
             terms: Vec::new(),
         })
         .collect();
-    let mut sel = Selection::new(Method::ClipScore, picks, Vec::new())
-        .with_report("rule", opts.rule.name());
+    let mut sel =
+        Selection::new(Method::ClipScore, picks, Vec::new()).with_report("rule", opts.rule.name());
     if let Some(t) = threshold {
         sel = sel.with_report("threshold", t);
     }
