@@ -16,6 +16,8 @@ mod schemas;
 mod crash;
 // The baselines against brute force; compare end to end.
 mod baselines;
+// --rule datacomp and --centroids against DataComp's rules, computed here.
+mod datacomp_rule;
 // eval: covariance against brute force, the proxy, eval and compare --eval-set.
 mod eval;
 // The layouts of other tools in, DataComp subset files out.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::Args;
 
 use super::c_rho::Learner;
-use super::{output, Ctx, Method, MethodOptions, Selection};
+use super::{output, Ctx, Method, MethodOptions, Rule, Selection};
 use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::Columns;
@@ -147,6 +147,16 @@ pub struct MethodArgs {
     /// datacomp_image_based: first keep this top fraction by CLIP score.
     #[arg(long)]
     pub intersect_clip_score: Option<f64>,
+    /// clip_score and datacomp_image_based: clipcov (exactly B rows,
+    /// k-means on normalised embeddings) or datacomp (DataComp's code:
+    /// every row scoring >= the (B+1)-th largest score, k-means on the
+    /// embeddings as given).
+    #[arg(long, value_enum, default_value = "clipcov")]
+    pub rule: Rule,
+    /// datacomp_image_based: pool centroids, .npy [C, d], used instead of
+    /// k-means (e.g. an earlier run's centroids.npy, or DataComp's).
+    #[arg(long)]
+    pub centroids: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -283,6 +293,8 @@ impl MethodArgs {
                 .map(|f| fraction("intersect-clip-score", f))
                 .transpose()?,
             targets: self.targets.clone(),
+            rule: self.rule,
+            centroids: self.centroids.clone(),
         })
     }
 }
@@ -371,6 +383,31 @@ pub fn learner<'a>(
 pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     let opts = a.options.options(&a.data)?;
     super::check(a.method, &opts, a.options.learner_data.is_some())?;
+    // `compare` runs several methods with one set of options; here a flag
+    // the method would ignore is a mistake.
+    let (dc, image) = (
+        Method::DatacompImageBased,
+        a.method == Method::DatacompImageBased,
+    );
+    if opts.rule == Rule::Datacomp && !(image || a.method == Method::ClipScore) {
+        return Err(Error::Usage(format!(
+            "--rule datacomp applies to clip_score and {}, not {}",
+            dc.name(),
+            a.method.name()
+        )));
+    }
+    if opts.centroids.is_some() && !image {
+        return Err(Error::Usage(format!(
+            "--centroids applies to {} only, not {}",
+            dc.name(),
+            a.method.name()
+        )));
+    }
+    if opts.centroids.is_some() && opts.clusters.is_some() {
+        return Err(Error::Usage(
+            "--centroids sets the clusters: give --clusters C or --centroids FILE, not both".into(),
+        ));
+    }
     let cfg = a.data.config(ClassSource::Single)?;
     let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     let (manifest, sel_summary) = thread_pool(cfg.threads)?.install(|| {
@@ -420,6 +457,12 @@ pub fn describe(sel: &Selection) -> String {
         }
         if key == "clusters_with_targets" {
             s.push_str(&format!(", {v} clusters received a target"));
+        }
+        if key == "rule" && v == "datacomp" {
+            s.push_str(", DataComp's rule");
+        }
+        if key == "threshold" || key == "clip_score_threshold" {
+            s.push_str(&format!(", CLIP score >= {v}"));
         }
     }
     s
