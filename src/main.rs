@@ -419,6 +419,23 @@ fn run_pipeline_file(
             )));
         }
     }
+    // A missing input the file names is reported with its key and line.
+    for a in &pf.args {
+        let input = ["data", "prompts", "learner_data", "targets", "eval_set"];
+        let p = std::path::Path::new(&a.value);
+        if input.contains(&a.key.as_str())
+            && last_flag(overrides, &a.flag).is_none()
+            && !remote::is_url(p)
+        {
+            if let Err(e) = std::fs::metadata(p) {
+                let at = pf.locate(&a.flag).unwrap_or_default();
+                return Err(Error::io(
+                    format!("{at} (relative to the file's folder): {}", p.display()),
+                    e,
+                ));
+            }
+        }
+    }
     let mut argv: Vec<String> = vec!["clipcov".into()];
     argv.extend(pf.argv());
     // A wrong value in the file is reported with its key and line.

@@ -26,3 +26,7 @@ mod report;
 mod remote;
 // --where: the metadata prefilter against runs on pre-filtered data.
 mod prefilter;
+// Outputs outside inputs, outputs published as a set, empty selections.
+mod safety;
+// http:// inputs against a local Python web server.
+mod http;
