@@ -276,6 +276,15 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         return Ok(());
     }
     print!("{}", markdown(&c));
+    for r in &c.methods {
+        for f in &r.outputs {
+            println!("  wrote {}", cfg.out.join(&f.path).display());
+        }
+    }
+    if !c.methods.iter().any(|r| r.method == "clipcov") && cfg.out.join("rejects.parquet").exists()
+    {
+        println!("  wrote {}", cfg.out.join("rejects.parquet").display());
+    }
     println!("  wrote {}", cfg.out.join("compare.md").display());
     println!("  wrote {}", cfg.out.join("compare.json").display());
     println!("  wrote {}", cfg.out.join("report.html").display());
@@ -425,13 +434,21 @@ fn compare(
                 terms.as_slice(),
                 picks,
                 Some((names, matrix)),
+                &pipeline::report_parameters(cfg),
             )?;
         }
         None => crate::report::write(
             &staging.join("report.html"),
             &crate::report::Report {
                 title: "clipcov compare".into(),
-                summary: vec![("rows".into(), ctx.n().to_string())],
+                summary: vec![("rows".into(), ctx.n().to_string())]
+                    .into_iter()
+                    .chain(
+                        pipeline::report_parameters(cfg)
+                            .into_iter()
+                            .filter(|(k, _)| ["data", "budget", "where"].contains(&k.as_str())),
+                    )
+                    .collect(),
                 overlap: Some((names, matrix)),
                 ..Default::default()
             },

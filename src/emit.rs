@@ -3,7 +3,7 @@
 //! Every file is written under a temporary name and renamed when complete;
 //! the manifest, which lists the others with their checksums, comes last.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{StringBuilder, UInt64Builder};
@@ -370,13 +370,4 @@ pub fn finish_manifest(
     m.plan = serde_json::to_value(plan).ok();
     m.seconds_total = seconds;
     m
-}
-
-/// Path helper for callers that print where things went.
-pub fn subset_paths(out: &Path) -> [PathBuf; 3] {
-    [
-        out.join("clipcov").join("subset.parquet"),
-        out.join("clipcov").join("subset.csv"),
-        out.join("manifest.json"),
-    ]
 }

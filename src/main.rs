@@ -188,10 +188,15 @@ fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
         );
     }
     for t in &m.stages {
-        println!(
-            "  {:<8} {:>8.3} s  {:>12.0} rows/s  {:>6.2} GB/s",
-            t.stage, t.seconds, t.rows_per_second, t.gb_per_second
-        );
+        // A stage that reused earlier work or read nothing has no rate.
+        let mut line = format!("  {:<12} {:>8.3} s", t.stage, t.seconds);
+        if t.rows > 0 && !t.stage.starts_with("reuse") && t.rows_per_second > 0.0 {
+            line.push_str(&format!("  {:>12.0} rows/s", t.rows_per_second));
+            if t.bytes_read > 0 {
+                line.push_str(&format!("  {:>6.2} GB/s", t.gb_per_second));
+            }
+        }
+        println!("{line}");
     }
     if let Some(mem) = &m.memory {
         println!(
@@ -200,9 +205,14 @@ fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
             mem.peak_anon_rss_bytes as f64 / 1048576.0
         );
     }
-    for p in clipcov::emit::subset_paths(out) {
-        println!("  wrote {}", p.display());
+    for f in &m.outputs {
+        println!("  wrote {}", out.join(&f.path).display());
     }
+    println!(
+        "  wrote {}",
+        out.join(&m.method).join("manifest.json").display()
+    );
+    println!("  wrote {}", out.join("manifest.json").display());
 }
 
 /// The `[synth]` and `[select]` tables of `pipelines/demo.toml`.

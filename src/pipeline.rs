@@ -600,6 +600,7 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
             terms.as_slice(),
             &picks,
             None,
+            &report_parameters(cfg),
         )?);
         Ok(m)
     })?;
@@ -632,6 +633,36 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
         manifest_path,
         published: Vec::new(),
     })
+}
+
+/// The run's parameters as report lines: the data, the classes, the
+/// budget, `tau`, the weights and the refresh period.
+pub fn report_parameters(cfg: &SelectConfig) -> Vec<(String, String)> {
+    let classes = match &cfg.classes {
+        ClassSource::Prompts(p) => format!("prompts {}", p.display()),
+        ClassSource::KMeans { clusters, .. } => format!("spherical k-means, {clusters} clusters"),
+        ClassSource::Single => "one class".into(),
+    };
+    let budget = match cfg.budget {
+        Budget::Fraction(f) => format!("fraction {f}"),
+        Budget::Count(c) => format!("{c} rows"),
+    };
+    let w = cfg.weights;
+    let mut v = vec![
+        ("data".to_string(), cfg.data.display().to_string()),
+        ("classes from".into(), classes),
+        ("budget".into(), budget),
+        ("tau".into(), cfg.tau.to_string()),
+        (
+            "weights (cross, easy, label, between)".into(),
+            format!("{}, {}, {}, {}", w.cross, w.easy, w.label, w.between),
+        ),
+        ("refresh".into(), cfg.refresh.to_string()),
+    ];
+    if let Some(f) = &cfg.filter {
+        v.push(("where".into(), f.clone()));
+    }
+    v
 }
 
 /// Parses `--weights w_cross,w_easy,w_label,w_between`.

@@ -317,7 +317,11 @@ mod tests {
         assert_eq!(f.arg("--fraction").unwrap().line, 6);
         let g = PipelineFile::parse(text, Path::new("jobs/p.toml")).unwrap();
         assert_eq!(g.arg("--data").unwrap().value, "jobs/d");
-        let h = PipelineFile::parse("[input]\ndata = \"/x\"\nprompts = \"s3://b/p\"\n", Path::new("jobs/p.toml")).unwrap();
+        let h = PipelineFile::parse(
+            "[input]\ndata = \"/x\"\nprompts = \"s3://b/p\"\n",
+            Path::new("jobs/p.toml"),
+        )
+        .unwrap();
         assert_eq!(h.arg("--data").unwrap().value, "/x");
         assert_eq!(h.arg("--prompts").unwrap().value, "s3://b/p");
         assert_eq!(

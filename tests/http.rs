@@ -73,7 +73,10 @@ fn serve(root: &Path, log: &Path) -> (Server, String) {
     let server = Server(child);
     let t = Instant::now();
     while !port_file.exists() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the server did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the server did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let port = std::fs::read_to_string(&port_file).unwrap();
@@ -94,15 +97,29 @@ fn plain_http_inputs_are_read_with_range_requests() {
 
     let local = dir.join("local");
     clipcov_ok(&[
-        "select", "--data", s(&shard), "--prompts", s(&prompts), "--fraction", "0.2",
-        "--out", s(&local),
+        "select",
+        "--data",
+        s(&shard),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.2",
+        "--out",
+        s(&local),
     ]);
     let remote = dir.join("remote");
     let url_shard = format!("{base}/shard.parquet");
     let url_prompts = format!("{base}/prompts.parquet");
     clipcov_ok(&[
-        "select", "--data", &url_shard, "--prompts", &url_prompts, "--fraction", "0.2",
-        "--out", s(&remote),
+        "select",
+        "--data",
+        &url_shard,
+        "--prompts",
+        &url_prompts,
+        "--fraction",
+        "0.2",
+        "--out",
+        s(&remote),
     ]);
     for f in ["clipcov/subset.csv", "clipcov/subset.parquet"] {
         assert_eq!(
@@ -117,12 +134,25 @@ fn plain_http_inputs_are_read_with_range_requests() {
             .lines()
             .any(|l| l.starts_with(&format!("GET /{name} range=bytes=")))
     };
-    assert!(ranged("shard.parquet"), "no range read of the shard:\n{requests}");
-    assert!(ranged("prompts.parquet"), "no range read of the prompts:\n{requests}");
+    assert!(
+        ranged("shard.parquet"),
+        "no range read of the shard:\n{requests}"
+    );
+    assert!(
+        ranged("prompts.parquet"),
+        "no range read of the prompts:\n{requests}"
+    );
     // A missing object: one line, exit 74, naming the URL.
     let o = clipcov(&[
-        "select", "--data", &format!("{base}/nope.parquet"), "--prompts", &url_prompts,
-        "--fraction", "0.2", "--out", s(&dir.join("x")),
+        "select",
+        "--data",
+        &format!("{base}/nope.parquet"),
+        "--prompts",
+        &url_prompts,
+        "--fraction",
+        "0.2",
+        "--out",
+        s(&dir.join("x")),
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_ne!(o.status.code(), Some(0), "{err}");

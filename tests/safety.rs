@@ -30,7 +30,9 @@ fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&p) else { continue };
+        let Ok(rd) = std::fs::read_dir(&p) else {
+            continue;
+        };
         for e in rd {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
@@ -53,8 +55,15 @@ fn out_or_work_inside_an_input_folder_is_refused() {
     let inside = data.join("part=00").join("results");
     let e = fails(
         &[
-            "select", "--data", s(&data), "--prompts", s(&prompts), "--fraction", "0.5",
-            "--out", s(&inside),
+            "select",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&prompts),
+            "--fraction",
+            "0.5",
+            "--out",
+            s(&inside),
         ],
         2,
     );
@@ -63,30 +72,69 @@ fn out_or_work_inside_an_input_folder_is_refused() {
     // The data folder itself, through a path with `..`, for a baseline.
     let same = data.join("part=00").join("..");
     let e = fails(
-        &["baseline", "random", "--data", s(&data), "--budget", "5", "--out", s(&same)],
+        &[
+            "baseline",
+            "random",
+            "--data",
+            s(&data),
+            "--budget",
+            "5",
+            "--out",
+            s(&same),
+        ],
         2,
     );
     assert!(e.contains("--out") && e.contains("--data"), "{e}");
     // A --work inside the data, for a URL --out and for eval.
     let e = fails(
         &[
-            "baseline", "random", "--data", s(&data), "--budget", "5", "--out",
-            "s3://bucket/x", "--work", s(&data.join("w")),
+            "baseline",
+            "random",
+            "--data",
+            s(&data),
+            "--budget",
+            "5",
+            "--out",
+            "s3://bucket/x",
+            "--work",
+            s(&data.join("w")),
         ],
         2,
     );
     assert!(e.contains("--work") && e.contains("--data"), "{e}");
     let out = dir.join("out");
-    clipcov_ok(&["baseline", "random", "--data", s(&data), "--budget", "5", "--out", s(&out)]);
+    clipcov_ok(&[
+        "baseline",
+        "random",
+        "--data",
+        s(&data),
+        "--budget",
+        "5",
+        "--out",
+        s(&out),
+    ]);
     let e = fails(
         &[
-            "eval", "--data", s(&data), "--subset", s(&out.join("random/subset.parquet")),
-            "--eval-set", s(&prompts), "--prompts", s(&prompts), "--work", s(&data.join("w")),
+            "eval",
+            "--data",
+            s(&data),
+            "--subset",
+            s(&out.join("random/subset.parquet")),
+            "--eval-set",
+            s(&prompts),
+            "--prompts",
+            s(&prompts),
+            "--work",
+            s(&data.join("w")),
         ],
         2,
     );
     assert!(e.contains("--work") && e.contains("--data"), "{e}");
-    assert_eq!(files_under(&data), before, "something was written into --data");
+    assert_eq!(
+        files_under(&data),
+        before,
+        "something was written into --data"
+    );
 }
 
 #[test]
@@ -95,7 +143,15 @@ fn a_budget_that_keeps_no_row_is_an_error_and_one_above_n_is_capped() {
     let (data, prompts) = small(&dir);
     let out = dir.join("out");
     let sel = |extra: &[&str]| {
-        let mut a = vec!["select", "--data", s(&data), "--prompts", s(&prompts), "--out", s(&out)];
+        let mut a = vec![
+            "select",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&prompts),
+            "--out",
+            s(&out),
+        ];
         a.extend_from_slice(extra);
         a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
     };
@@ -107,20 +163,50 @@ fn a_budget_that_keeps_no_row_is_an_error_and_one_above_n_is_capped() {
     assert!(e.contains("--budget 0 keeps no rows"), "{e}");
     // 0.01 x 40 rounds down to 0.
     let e = run(sel(&["--fraction", "0.01"]), 2);
-    assert!(e.contains("--fraction 0.01 of the 40 rows") && e.contains("= 0 rows"), "{e}");
+    assert!(
+        e.contains("--fraction 0.01 of the 40 rows") && e.contains("= 0 rows"),
+        "{e}"
+    );
     let e = fails(
-        &["baseline", "random", "--data", s(&data), "--fraction", "0.01", "--out", s(&out)],
+        &[
+            "baseline",
+            "random",
+            "--data",
+            s(&data),
+            "--fraction",
+            "0.01",
+            "--out",
+            s(&out),
+        ],
         2,
     );
     assert!(e.contains("of the 40 rows"), "{e}");
     let e = fails(
-        &["baseline", "ssp", "--data", s(&data), "--budget", "0", "--out", s(&out)],
+        &[
+            "baseline",
+            "ssp",
+            "--data",
+            s(&data),
+            "--budget",
+            "0",
+            "--out",
+            s(&out),
+        ],
         2,
     );
     assert!(e.contains("--budget 0"), "{e}");
     // A threshold that keeps nothing: the flags make it empty.
     let e = fails(
-        &["baseline", "clip_score", "--data", s(&data), "--threshold", "2", "--out", s(&out)],
+        &[
+            "baseline",
+            "clip_score",
+            "--data",
+            s(&data),
+            "--threshold",
+            "2",
+            "--out",
+            s(&out),
+        ],
         2,
     );
     assert!(e.contains("clip_score keeps none of the 40 rows"), "{e}");
@@ -128,19 +214,47 @@ fn a_budget_that_keeps_no_row_is_an_error_and_one_above_n_is_capped() {
     assert!(!out.join("manifest.json").exists());
 
     // Above N: capped, with a warning on stderr and in the manifest.
-    let o = clipcov(&["baseline", "random", "--data", s(&data), "--budget", "100", "--out", s(&out)]);
+    let o = clipcov(&[
+        "baseline",
+        "random",
+        "--data",
+        s(&data),
+        "--budget",
+        "100",
+        "--out",
+        s(&out),
+    ]);
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("warning: --budget 100 is more than the 40 rows"), "{err}");
+    assert!(
+        err.contains("warning: --budget 100 is more than the 40 rows"),
+        "{err}"
+    );
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["rows"]["selected"], 40);
-    assert!(m["warnings"][0].as_str().unwrap().contains("--budget 100"), "{m}");
-    let o = clipcov(&["select", "--data", s(&data), "--prompts", s(&prompts), "--budget", "41", "--out", s(&out)]);
+    assert!(
+        m["warnings"][0].as_str().unwrap().contains("--budget 100"),
+        "{m}"
+    );
+    let o = clipcov(&[
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--budget",
+        "41",
+        "--out",
+        s(&out),
+    ]);
     assert!(o.status.success());
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    assert!(m["warnings"][0].as_str().unwrap().contains("--budget 41"), "{m}");
+    assert!(
+        m["warnings"][0].as_str().unwrap().contains("--budget 41"),
+        "{m}"
+    );
 }
 
 /// A dataset of 40 rows with DataComp-style 32-hex uids (so a run writes
@@ -158,7 +272,9 @@ fn uid_data(dir: &Dir) -> (PathBuf, PathBuf) {
 fn result_set(out: &Path) -> Vec<(String, Vec<u8>)> {
     files_under(out)
         .into_iter()
-        .filter(|f| !f.starts_with("store/") && !f.starts_with("remote-cache/") && f != ".clipcov.lock")
+        .filter(|f| {
+            !f.starts_with("store/") && !f.starts_with("remote-cache/") && f != ".clipcov.lock"
+        })
         .map(|f| {
             let bytes = std::fs::read(out.join(&f)).unwrap();
             (f, bytes)
@@ -173,7 +289,11 @@ fn check_manifest_describes(out: &Path) {
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     for o in m["outputs"].as_array().unwrap() {
         let p = out.join(o["path"].as_str().unwrap());
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), o["bytes"].as_u64().unwrap(), "{p:?}");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            o["bytes"].as_u64().unwrap(),
+            "{p:?}"
+        );
     }
 }
 
@@ -233,8 +353,17 @@ fn a_full_disk_at_any_write_leaves_the_previous_complete_set() {
     let out = dir.join("mnt/out");
     let run = |fraction: &str| {
         clipcov(&[
-            "select", "--data", s(&data), "--prompts", s(&prompts), "--fraction", fraction,
-            "--on-bad-row", "skip", "--out", s(&out),
+            "select",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&prompts),
+            "--fraction",
+            fraction,
+            "--on-bad-row",
+            "skip",
+            "--out",
+            s(&out),
         ])
     };
     let mut failures = 0;
@@ -243,8 +372,18 @@ fn a_full_disk_at_any_write_leaves_the_previous_complete_set() {
         fs.resize(16 << 20);
         assert!(run("0.5").status.success());
         let before = result_set(&out);
-        for f in ["clipcov/subset.parquet", "clipcov/subset.csv", "clipcov/datacomp_uids.npy", "rejects.parquet", "report.html", "manifest.json"] {
-            assert!(before.iter().any(|(n, _)| n == f), "{f} missing from the first run");
+        for f in [
+            "clipcov/subset.parquet",
+            "clipcov/subset.csv",
+            "clipcov/datacomp_uids.npy",
+            "rejects.parquet",
+            "report.html",
+            "manifest.json",
+        ] {
+            assert!(
+                before.iter().any(|(n, _)| n == f),
+                "{f} missing from the first run"
+            );
         }
         fs.resize(fs.used() + step * 4096);
         let o = run("0.3");
@@ -253,7 +392,10 @@ fn a_full_disk_at_any_write_leaves_the_previous_complete_set() {
             check_manifest_describes(&out);
             no_temporaries(&out);
             assert_ne!(result_set(&out), before);
-            assert!(failures >= 3, "only {failures} failing sizes: the sweep missed the writes");
+            assert!(
+                failures >= 3,
+                "only {failures} failing sizes: the sweep missed the writes"
+            );
             eprintln!("{failures} failing sizes, exit codes {codes:?}");
             return;
         }
@@ -266,7 +408,10 @@ fn a_full_disk_at_any_write_leaves_the_previous_complete_set() {
             "step {step}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        assert!(after == before, "step {step}: a file of the first run changed");
+        assert!(
+            after == before,
+            "step {step}: a file of the first run changed"
+        );
         no_temporaries(&out);
     }
     panic!("the second run never succeeded");
@@ -282,8 +427,17 @@ fn a_failed_publish_rolls_back() {
     let run = |fraction: &str, fail: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_clipcov"))
             .args([
-                "select", "--data", s(&data), "--prompts", s(&prompts), "--fraction", fraction,
-                "--on-bad-row", "skip", "--out", s(&out),
+                "select",
+                "--data",
+                s(&data),
+                "--prompts",
+                s(&prompts),
+                "--fraction",
+                fraction,
+                "--on-bad-row",
+                "skip",
+                "--out",
+                s(&out),
             ])
             .env("CLIPCOV_FAIL_PUBLISH", fail)
             .output()
@@ -291,24 +445,55 @@ fn a_failed_publish_rolls_back() {
     };
     // A fresh OUT: nothing of the run under a final name.
     let o = run("0.5", "report.html");
-    assert_eq!(o.status.code(), Some(74), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(74),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(result_set(&out), Vec::<(String, Vec<u8>)>::new());
     assert!(run("0.5", "").status.success());
     let before = result_set(&out);
-    for f in ["clipcov/subset.csv", "clipcov/datacomp_uids.npy", "manifest.json"] {
+    for f in [
+        "clipcov/subset.csv",
+        "clipcov/datacomp_uids.npy",
+        "manifest.json",
+    ] {
         let o = run("0.3", f);
-        assert_eq!(o.status.code(), Some(74), "{f}: {}", String::from_utf8_lossy(&o.stderr));
-        assert!(result_set(&out) == before, "{f}: the earlier set was not restored");
+        assert_eq!(
+            o.status.code(),
+            Some(74),
+            "{f}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            result_set(&out) == before,
+            "{f}: the earlier set was not restored"
+        );
         no_temporaries(&out);
     }
     // The same for a baseline into the same OUT.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_clipcov"))
-        .args(["baseline", "random", "--data", s(&data), "--budget", "5", "--on-bad-row", "skip", "--out", s(&out)])
+        .args([
+            "baseline",
+            "random",
+            "--data",
+            s(&data),
+            "--budget",
+            "5",
+            "--on-bad-row",
+            "skip",
+            "--out",
+            s(&out),
+        ])
         .env("CLIPCOV_FAIL_PUBLISH", "manifest.json")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(74));
-    assert!(result_set(&out) == before, "baseline: the earlier set was not restored");
+    assert!(
+        result_set(&out) == before,
+        "baseline: the earlier set was not restored"
+    );
     assert!(!out.join("random").exists());
 }
 
@@ -317,7 +502,17 @@ fn stale_temporaries_of_dead_runs_are_removed() {
     let dir = Dir::new("safety-stale");
     let (data, prompts) = small(&dir);
     let out = dir.join("out");
-    let args = ["select", "--data", s(&data), "--prompts", s(&prompts), "--fraction", "0.5", "--out", s(&out)];
+    let args = [
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.5",
+        "--out",
+        s(&out),
+    ];
     clipcov_ok(&args);
     // A process that has ended: its pid is free.
     let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -330,7 +525,10 @@ fn stale_temporaries_of_dead_runs_are_removed() {
         format!(".manifest.json.old-{dead}"),
         format!(".staging-{dead}/clipcov/subset.parquet"),
     ];
-    let kept = [format!("store/.terms.bin.tmp-{live}"), "store/notes.tmp-1".to_string()];
+    let kept = [
+        format!("store/.terms.bin.tmp-{live}"),
+        "store/notes.tmp-1".to_string(),
+    ];
     for f in stale.iter().chain(&kept) {
         let p = out.join(f);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -350,16 +548,44 @@ fn stale_temporaries_of_dead_runs_are_removed() {
 fn an_interrupted_eval_removes_its_work_folder() {
     use std::os::unix::process::ExitStatusExt;
     let dir = Dir::new("safety-sigterm");
-    let (data, prompts) = synth_at(&dir.join("ds"), "--rows 3000 --classes 5 --dim 16 --eval-rows 200");
+    let (data, prompts) = synth_at(
+        &dir.join("ds"),
+        "--rows 3000 --classes 5 --dim 16 --eval-rows 200",
+    );
     let out = dir.join("out");
-    clipcov_ok(&["baseline", "random", "--data", s(&data), "--fraction", "0.5", "--on-duplicate", "keep-first", "--on-bad-row", "skip", "--out", s(&out)]);
+    clipcov_ok(&[
+        "baseline",
+        "random",
+        "--data",
+        s(&data),
+        "--fraction",
+        "0.5",
+        "--on-duplicate",
+        "keep-first",
+        "--on-bad-row",
+        "skip",
+        "--out",
+        s(&out),
+    ]);
     let subset = out.join("random/subset.parquet");
     let work = out.join("random/.clipcov-eval");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clipcov"))
         .args([
-            "eval", "--data", s(&data), "--subset", s(&subset), "--eval-set",
-            s(&dir.join("ds/eval.parquet")), "--prompts", s(&prompts), "--proxy-steps", "10000000",
-            "--on-duplicate", "keep-first", "--on-bad-row", "skip",
+            "eval",
+            "--data",
+            s(&data),
+            "--subset",
+            s(&subset),
+            "--eval-set",
+            s(&dir.join("ds/eval.parquet")),
+            "--prompts",
+            s(&prompts),
+            "--proxy-steps",
+            "10000000",
+            "--on-duplicate",
+            "keep-first",
+            "--on-bad-row",
+            "skip",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -384,9 +610,28 @@ fn several_baselines_into_one_out_keep_every_manifest() {
     let (data, prompts) = small(&dir);
     let out = dir.join("out");
     for m in ["random", "ssp"] {
-        clipcov_ok(&["baseline", m, "--data", s(&data), "--budget", "7", "--out", s(&out)]);
+        clipcov_ok(&[
+            "baseline",
+            m,
+            "--data",
+            s(&data),
+            "--budget",
+            "7",
+            "--out",
+            s(&out),
+        ]);
     }
-    clipcov_ok(&["select", "--data", s(&data), "--prompts", s(&prompts), "--budget", "9", "--out", s(&out)]);
+    clipcov_ok(&[
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--budget",
+        "9",
+        "--out",
+        s(&out),
+    ]);
     let read = |p: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     };
@@ -418,18 +663,41 @@ fn several_baselines_into_one_out_keep_every_manifest() {
 #[test]
 fn one_eval_seed_has_no_standard_deviation() {
     let dir = Dir::new("safety-seeds");
-    let (data, prompts) = synth_at(&dir.join("ds"), "--rows 1000 --classes 4 --dim 8 --eval-rows 100");
+    let (data, prompts) = synth_at(
+        &dir.join("ds"),
+        "--rows 1000 --classes 4 --dim 8 --eval-rows 100",
+    );
     let out = dir.join("out");
     let flags = ["--on-duplicate", "keep-first", "--on-bad-row", "skip"];
-    let mut a = vec!["baseline", "random", "--data", s(&data), "--fraction", "0.5", "--out", s(&out)];
+    let mut a = vec![
+        "baseline",
+        "random",
+        "--data",
+        s(&data),
+        "--fraction",
+        "0.5",
+        "--out",
+        s(&out),
+    ];
     a.extend(flags);
     clipcov_ok(&a);
     let eval_set = dir.join("ds/eval.parquet");
     let subset = out.join("random/subset.parquet");
     let eval = |seeds: &str, json: bool| {
         let mut a = vec![
-            "eval", "--data", s(&data), "--subset", s(&subset), "--eval-set", s(&eval_set),
-            "--prompts", s(&prompts), "--proxy-steps", "5", "--eval-seeds", seeds,
+            "eval",
+            "--data",
+            s(&data),
+            "--subset",
+            s(&subset),
+            "--eval-set",
+            s(&eval_set),
+            "--prompts",
+            s(&prompts),
+            "--proxy-steps",
+            "5",
+            "--eval-seeds",
+            seeds,
         ];
         a.extend(flags);
         if json {
@@ -438,12 +706,24 @@ fn one_eval_seed_has_no_standard_deviation() {
         clipcov_ok(&a)
     };
     let m: serde_json::Value = serde_json::from_str(&eval("1", true)).unwrap();
-    for k in ["zero_shot_top1", "zero_shot_top5", "retrieval_r1", "proxy_loss_end"] {
+    for k in [
+        "zero_shot_top1",
+        "zero_shot_top5",
+        "retrieval_r1",
+        "proxy_loss_end",
+    ] {
         assert!(m[k].is_number(), "{k}");
-        assert!(m[format!("{k}_std")].is_null(), "{k}_std: {}", m[format!("{k}_std")]);
+        assert!(
+            m[format!("{k}_std")].is_null(),
+            "{k}_std: {}",
+            m[format!("{k}_std")]
+        );
     }
     let text = eval("1", false);
-    assert!(text.contains("zero_shot_top1") && !text.contains('±'), "{text}");
+    assert!(
+        text.contains("zero_shot_top1") && !text.contains('±'),
+        "{text}"
+    );
     let m: serde_json::Value = serde_json::from_str(&eval("2", true)).unwrap();
     assert!(m["zero_shot_top1_std"].as_f64().unwrap() >= 0.0);
     assert!(eval("2", false).contains('±'));
@@ -473,7 +753,10 @@ fn pipeline_file_paths_are_relative_to_the_file() {
         "command = \"select\"\n[input]\ndata = \"data\"\nprompts = \"nope/prompts.parquet\"\n[select]\nfraction = 0.5\n",
     )
     .unwrap();
-    let e = fails(&["run", s(&jobs.join("bad.toml")), "--out", s(&dir.join("x"))], 74);
+    let e = fails(
+        &["run", s(&jobs.join("bad.toml")), "--out", s(&dir.join("x"))],
+        74,
+    );
     assert!(e.contains("line 4: key 'prompts' in [input]"), "{e}");
     assert!(e.contains(s(&jobs.join("nope/prompts.parquet"))), "{e}");
 }
@@ -497,8 +780,260 @@ fn npy_prompts_are_refused_with_the_parquet_layout() {
     }
     std::fs::write(&npy, bytes).unwrap();
     let e = fails(
-        &["select", "--data", s(&data), "--prompts", s(&npy), "--fraction", "0.5", "--out", s(&dir.join("out"))],
+        &[
+            "select",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&npy),
+            "--fraction",
+            "0.5",
+            "--out",
+            s(&dir.join("out")),
+        ],
         65,
     );
-    assert!(e.contains("not a NumPy array") && e.contains("class_id (int), name (utf8), text_embedding"), "{e}");
+    assert!(
+        e.contains("not a NumPy array")
+            && e.contains("class_id (int), name (utf8), text_embedding"),
+        "{e}"
+    );
+}
+
+#[test]
+fn smaller_traps() {
+    let dir = Dir::new("safety-smaller");
+    let mut d = make_data(40, 8, 2, 5);
+    d.ids = (0..40).map(|i| format!("{:032x}", 0xfe00 + i)).collect();
+    let (data, prompts) = write_data(&dir.path, &d, 2, false);
+    // --out naming a file.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let e = fails(
+        &[
+            "select",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&prompts),
+            "--fraction",
+            "0.5",
+            "--out",
+            s(&file),
+        ],
+        2,
+    );
+    assert!(e.contains("--out must be a folder"), "{e}");
+    // A subquery in --where.
+    let out = dir.join("out");
+    let e = fails(
+        &[
+            "select",
+            "--data",
+            s(&data),
+            "--prompts",
+            s(&prompts),
+            "--fraction",
+            "0.5",
+            "--out",
+            s(&out),
+            "--where",
+            "id IN (SELECT id FROM t)",
+        ],
+        2,
+    );
+    assert!(
+        e.contains("subqueries are not supported") && !e.contains("POLARS"),
+        "{e}"
+    );
+    // A quoted 'select' is a value, not a subquery: this one fails later,
+    // for another reason (no such column), not as a subquery.
+    let o = clipcov(&[
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.5",
+        "--out",
+        s(&out),
+        "--where",
+        "name = 'select'",
+    ]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("subqueries"));
+
+    // The summary names every output and no rate for reused stages.
+    let args = [
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.5",
+        "--out",
+        s(&out),
+    ];
+    clipcov_ok(&args);
+    let said = clipcov_ok(&args);
+    for f in [
+        "clipcov/subset.parquet",
+        "clipcov/subset.csv",
+        "clipcov/datacomp_uids.npy",
+        "report.html",
+        "clipcov/manifest.json",
+        "manifest.json",
+    ] {
+        assert!(
+            said.contains(&format!("wrote {}", s(&out.join(f)))),
+            "{f} not listed:\n{said}"
+        );
+    }
+    let reuse = said
+        .lines()
+        .find(|l| l.trim_start().starts_with("reuse-store"))
+        .unwrap();
+    assert!(
+        !reuse.contains("rows/s") && !reuse.contains("GB/s"),
+        "{reuse}"
+    );
+    // The manifest names the id column of the canonical layout.
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["parameters"]["columns"]["id"], "id");
+    // The report records the parameters.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for want in ["fraction 0.5", "<td>tau</td>", "1, 2, 0.5, 1", s(&data)] {
+        assert!(html.contains(want), "report lacks {want}");
+    }
+
+    // eval: a CSV subset, and a read-only folder.
+    let csv = out.join("clipcov/subset.csv");
+    let e = fails(
+        &[
+            "eval",
+            "--data",
+            s(&data),
+            "--subset",
+            s(&csv),
+            "--eval-set",
+            s(&prompts),
+            "--prompts",
+            s(&prompts),
+        ],
+        2,
+    );
+    assert!(
+        e.contains(&format!("pass {}", s(&out.join("clipcov/subset.parquet")))),
+        "{e}"
+    );
+}
+
+/// Long class names are not cut: the label column of the class chart is
+/// wide enough for the longest name at about 6 px a character.
+#[test]
+fn the_report_does_not_cut_long_class_names() {
+    let dir = Dir::new("safety-names");
+    let (data, _) = small(&dir);
+    let d = make_data(40, 8, 2, 5);
+    let long = "a".repeat(70);
+    let prompts = dir.join("long-prompts.parquet");
+    {
+        use arrow_array::builder::{Int32Builder, StringBuilder};
+        use arrow_array::RecordBatch;
+        use arrow_schema::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("class_id", DataType::Int32, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("text_embedding", emb_type(8, false), true),
+        ]));
+        let (mut ids, mut names) = (Int32Builder::new(), StringBuilder::new());
+        for (k, _) in &d.prompts {
+            ids.append_value(*k);
+            names.append_value(format!("{long}{k}"));
+        }
+        let embs: Vec<Vec<f32>> = d.prompts.iter().map(|p| p.1.clone()).collect();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(ids.finish()),
+                Arc::new(names.finish()),
+                emb_array(&embs, 8, false),
+            ],
+        )
+        .unwrap();
+        write_batch(&prompts, &batch);
+    }
+    let out = dir.join("out");
+    clipcov_ok(&[
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.5",
+        "--out",
+        s(&out),
+    ]);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let at = html
+        .find(&format!("text-anchor=\"end\">{long}"))
+        .expect("a class label");
+    let before = &html[..at];
+    let x: f64 = before[before.rfind("x=\"").unwrap() + 3..]
+        .split('"')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        x >= 6.0 * 71.0,
+        "label ends at x = {x}: a 71-character name is cut"
+    );
+}
+
+#[test]
+fn eval_in_a_read_only_folder_suggests_work() {
+    let dir = Dir::new("safety-readonly");
+    let (data, prompts) = small(&dir);
+    let out = dir.join("out");
+    clipcov_ok(&[
+        "baseline",
+        "random",
+        "--data",
+        s(&data),
+        "--budget",
+        "20",
+        "--out",
+        s(&out),
+    ]);
+    let Some(fs) = Tmpfs::mount(&dir.join("ro")) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let subset = dir.join("ro/subset.parquet");
+    std::fs::copy(out.join("random/subset.parquet"), &subset).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,ro", s(&fs.0)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = fails(
+        &[
+            "eval",
+            "--data",
+            s(&data),
+            "--subset",
+            s(&subset),
+            "--eval-set",
+            s(&prompts),
+            "--prompts",
+            s(&prompts),
+        ],
+        74,
+    );
+    assert!(e.contains("--work"), "{e}");
 }

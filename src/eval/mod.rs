@@ -522,7 +522,10 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     // Before any thread starts: an interrupted eval removes its work folder.
     crate::interrupt::install();
     let opts = a.proxy.options(a.seed)?;
-    if a.subset.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+    if a.subset
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
         return Err(Error::Usage(format!(
             "--subset {}: eval reads the subset's Parquet file; pass {} (written beside the CSV)",
             a.subset.display(),

@@ -74,7 +74,11 @@ impl OutputSet {
         }
         let key = |p: &PathBuf| {
             let manifest = p.file_name().is_some_and(|n| n == "manifest.json");
-            (manifest, std::cmp::Reverse(p.components().count()), p.clone())
+            (
+                manifest,
+                std::cmp::Reverse(p.components().count()),
+                p.clone(),
+            )
         };
         files.sort_by_key(key);
         Ok(files)

@@ -13,8 +13,8 @@ use super::{output, Ctx, Method, MethodOptions, Selection};
 use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::Columns;
-use crate::formats::publish::OutputSet;
 use crate::formats::layout::{Layout, Model};
+use crate::formats::publish::OutputSet;
 use crate::ingest::{BadRowPolicy, DuplicatePolicy};
 use crate::memory::{parse_size, RssMonitor};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
@@ -417,6 +417,9 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     for f in &manifest.outputs {
         println!("  wrote {}", cfg.out.join(&f.path).display());
     }
+    let own = Path::new(a.method.name()).join("manifest.json");
+    println!("  wrote {}", cfg.out.join(own).display());
+    println!("  wrote {}", cfg.out.join("manifest.json").display());
     pipeline::print_published(&cfg, &published);
     Ok(())
 }
