@@ -366,7 +366,6 @@ fn a_full_disk_at_any_write_leaves_the_previous_complete_set() {
             s(&out),
         ])
     };
-    let mut failures = 0;
     let mut codes = std::collections::BTreeSet::new();
     for step in 0..200u64 {
         fs.resize(16 << 20);
@@ -393,13 +392,12 @@ fn a_full_disk_at_any_write_leaves_the_previous_complete_set() {
             no_temporaries(&out);
             assert_ne!(result_set(&out), before);
             assert!(
-                failures >= 3,
-                "only {failures} failing sizes: the sweep missed the writes"
+                step >= 3,
+                "only {step} failing sizes: the sweep missed the writes"
             );
-            eprintln!("{failures} failing sizes, exit codes {codes:?}");
+            eprintln!("{step} failing sizes, exit codes {codes:?}");
             return;
         }
-        failures += 1;
         codes.insert(o.status.code());
         let after = result_set(&out);
         assert_eq!(
@@ -769,7 +767,7 @@ fn npy_prompts_are_refused_with_the_parquet_layout() {
     // A valid [2, 8] float32 array.
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 8), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
