@@ -18,8 +18,9 @@ use serde::Serialize;
 
 use crate::emit::{self, OutputFile};
 use crate::error::{Error, Result};
-use crate::eval::{EvalMetrics, Evaluator, ProxyArgs};
+use crate::eval::{plus_minus, EvalMetrics, Evaluator, ProxyArgs};
 use crate::formats::atomic::atomic_write;
+use crate::formats::publish::OutputSet;
 use crate::methods::cli::{
     learner, learner_store, stage_learner, thread_pool, DataArgs, MethodArgs,
 };
@@ -272,6 +273,15 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
         return Ok(());
     }
     print!("{}", markdown(&c));
+    for r in &c.methods {
+        for f in &r.outputs {
+            println!("  wrote {}", cfg.out.join(&f.path).display());
+        }
+    }
+    if !c.methods.iter().any(|r| r.method == "clipcov") && cfg.out.join("rejects.parquet").exists()
+    {
+        println!("  wrote {}", cfg.out.join("rejects.parquet").display());
+    }
     println!("  wrote {}", cfg.out.join("compare.md").display());
     println!("  wrote {}", cfg.out.join("compare.json").display());
     println!("  wrote {}", cfg.out.join("report.html").display());
@@ -291,6 +301,7 @@ fn compare(
     let staged = pipeline::stage_data(cfg, &cfg.out.join("store"), &mut timings)?;
     let store = &staged.store;
     let ctx = Ctx::new(store, staged.tile_rows);
+    let (_, budget_warning) = cfg.budget.checked_rows(ctx.n() as u64)?;
     let lstaged = if entries.contains(&Entry::Baseline(Method::CRho)) {
         stage_learner(cfg, &a.options, &mut timings)?
     } else {
@@ -307,6 +318,12 @@ fn compare(
         c.len()
     };
 
+    // Every output is staged and published as one set at the end.
+    let mut set = OutputSet::new(&cfg.out)?;
+    for e in entries {
+        set.replace_with_nothing(std::path::Path::new(e.name()).join("datacomp_uids.npy"));
+    }
+    let staging = set.dir().to_path_buf();
     let mut results = Vec::new();
     // ClipCov's picks and terms, for the report.
     let mut clip = None;
@@ -317,7 +334,7 @@ fn compare(
             Entry::ClipCov => {
                 let (picks, terms) = pipeline::clipcov_picks(cfg, &staged, &mut Vec::new())?;
                 let m = emit::emit_clipcov(
-                    &cfg.out,
+                    &staging,
                     store,
                     terms.as_slice(),
                     &picks,
@@ -336,14 +353,21 @@ fn compare(
                 r
             }
             Entry::Baseline(m) => {
-                let sel = methods::run(m, &ctx, opts, &cfg.out, learner.as_ref())?;
+                let sel = methods::run(m, &ctx, opts, &staging, learner.as_ref())?;
+                if sel.picks.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "{} keeps none of the {} rows with these options; loosen them",
+                        m.name(),
+                        ctx.n()
+                    )));
+                }
                 let positions = || sel.picks.iter().map(|p| p.pos);
                 MethodResult {
                     classes_covered: prompts.then(|| covered(&mut positions())),
                     clusters: sel.clusters,
                     clusters_covered: sel.clusters_covered(),
                     outputs: output::write_subset(
-                        &cfg.out,
+                        &staging,
                         &ctx,
                         &sel,
                         &staged.keep(&cfg.keep_columns),
@@ -360,7 +384,7 @@ fn compare(
     let rejects = &staged.ingested.rejects;
     if !entries.contains(&Entry::ClipCov) && !rejects.is_empty() {
         // clipcov's emit writes them otherwise.
-        emit::write_rejects(&cfg.out.join("rejects.parquet"), rejects)?;
+        emit::write_rejects(&staging.join("rejects.parquet"), rejects)?;
     }
     for i in 0..results.len() {
         for j in 0..results.len() {
@@ -401,19 +425,27 @@ fn compare(
     match &clip {
         Some((picks, terms)) => {
             crate::report::write_clipcov_report(
-                &cfg.out,
+                &staging,
                 "clipcov compare",
                 store,
                 terms.as_slice(),
                 picks,
                 Some((names, matrix)),
+                &pipeline::report_parameters(cfg),
             )?;
         }
         None => crate::report::write(
-            &cfg.out.join("report.html"),
+            &staging.join("report.html"),
             &crate::report::Report {
                 title: "clipcov compare".into(),
-                summary: vec![("rows".into(), ctx.n().to_string())],
+                summary: vec![("rows".into(), ctx.n().to_string())]
+                    .into_iter()
+                    .chain(
+                        pipeline::report_parameters(cfg)
+                            .into_iter()
+                            .filter(|(k, _)| ["data", "budget", "where"].contains(&k.as_str())),
+                    )
+                    .collect(),
                 overlap: Some((names, matrix)),
                 ..Default::default()
             },
@@ -456,6 +488,7 @@ fn compare(
             "d": store.meta.d,
             "store_dtype": store.meta.dtype,
             "eval_set": a.eval_set,
+            "warnings": budget_warning.into_iter().collect::<Vec<_>>(),
             "eval": a.eval_set.as_ref().map(|_| a.proxy.options(cfg.seed).ok()),
         }),
         shared,
@@ -463,13 +496,14 @@ fn compare(
         methods: results,
         seconds_total: started.elapsed().as_secs_f64(),
     };
-    emit::write_json(&cfg.out.join("compare.json"), &c)?;
+    emit::write_json(&staging.join("compare.json"), &c)?;
     let md = markdown(&c);
-    let path = cfg.out.join("compare.md");
+    let path = staging.join("compare.md");
     atomic_write(&path, |w| {
         use std::io::Write;
         w.write_all(md.as_bytes()).map_err(|e| Error::io(&path, e))
     })?;
+    set.commit()?;
     Ok(c)
 }
 
@@ -538,19 +572,16 @@ fn eval_table(s: &mut String, c: &Comparison) {
         let Some(e) = &r.eval else { continue };
         let _ = write!(
             s,
-            "| {} | {} | {:.4} | {:.4} | {} | {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} |",
+            "| {} | {} | {:.4} | {:.4} | {} | {:.3} | {} | {} | {} |",
             r.method,
             e.rows,
             e.cov.cov_rel_error,
             e.cov.cov_rel_error_per_class,
             e.cov.classes_covered,
             e.cov.class_entropy,
-            e.zero_shot_top1,
-            e.zero_shot_top1_std,
-            e.zero_shot_top5,
-            e.zero_shot_top5_std,
-            e.retrieval_r1,
-            e.retrieval_r1_std
+            plus_minus(e.zero_shot_top1, e.zero_shot_top1_std, 3),
+            plus_minus(e.zero_shot_top5, e.zero_shot_top5_std, 3),
+            plus_minus(e.retrieval_r1, e.retrieval_r1_std, 3),
         );
         for k in &kinds {
             let v = e.kind_share.as_ref().and_then(|m| m.get(k)).copied();

@@ -187,10 +187,15 @@ fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
         );
     }
     for t in &m.stages {
-        println!(
-            "  {:<8} {:>8.3} s  {:>12.0} rows/s  {:>6.2} GB/s",
-            t.stage, t.seconds, t.rows_per_second, t.gb_per_second
-        );
+        // A stage that reused earlier work or read nothing has no rate.
+        let mut line = format!("  {:<12} {:>8.3} s", t.stage, t.seconds);
+        if t.rows > 0 && !t.stage.starts_with("reuse") && t.rows_per_second > 0.0 {
+            line.push_str(&format!("  {:>12.0} rows/s", t.rows_per_second));
+            if t.bytes_read > 0 {
+                line.push_str(&format!("  {:>6.2} GB/s", t.gb_per_second));
+            }
+        }
+        println!("{line}");
     }
     if let Some(mem) = &m.memory {
         println!(
@@ -199,9 +204,14 @@ fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
             mem.peak_anon_rss_bytes as f64 / 1048576.0
         );
     }
-    for p in clipcov::emit::subset_paths(out) {
-        println!("  wrote {}", p.display());
+    for f in &m.outputs {
+        println!("  wrote {}", out.join(&f.path).display());
     }
+    println!(
+        "  wrote {}",
+        out.join(&m.method).join("manifest.json").display()
+    );
+    println!("  wrote {}", out.join("manifest.json").display());
 }
 
 /// The `[synth]` and `[select]` tables of `pipelines/demo.toml`.
@@ -416,6 +426,23 @@ fn run_pipeline_file(
                 pf.command,
                 a.flag
             )));
+        }
+    }
+    // A missing input the file names is reported with its key and line.
+    for a in &pf.args {
+        let input = ["data", "prompts", "learner_data", "targets", "eval_set"];
+        let p = std::path::Path::new(&a.value);
+        if input.contains(&a.key.as_str())
+            && last_flag(overrides, &a.flag).is_none()
+            && !remote::is_url(p)
+        {
+            if let Err(e) = std::fs::metadata(p) {
+                let at = pf.locate(&a.flag).unwrap_or_default();
+                return Err(Error::io(
+                    format!("{at} (relative to the file's folder): {}", p.display()),
+                    e,
+                ));
+            }
         }
     }
     let mut argv: Vec<String> = vec!["clipcov".into()];

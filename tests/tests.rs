@@ -30,3 +30,7 @@ mod remote;
 mod prefilter;
 // The repository stands alone: no ../shared links, docs links resolve.
 mod docs;
+// Outputs outside inputs, outputs published as a set, empty selections.
+mod safety;
+// http:// inputs against a local Python web server.
+mod http;

@@ -14,6 +14,7 @@ use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::Columns;
 use crate::formats::layout::{Layout, Model};
+use crate::formats::publish::OutputSet;
 use crate::ingest::{BadRowPolicy, DuplicatePolicy};
 use crate::memory::{parse_size, RssMonitor};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
@@ -200,6 +201,11 @@ impl DataArgs {
     pub fn budget(&self) -> Result<Option<Budget>> {
         Ok(match (self.fraction, self.budget) {
             (Some(f), _) => Some(Budget::Fraction(fraction("fraction", f)?)),
+            (None, Some(0)) => {
+                return Err(Error::Usage(
+                    "--budget 0 keeps no rows; give a budget of at least 1".into(),
+                ))
+            }
             (None, Some(b)) => Some(Budget::Count(b)),
             (None, None) => None,
         })
@@ -214,6 +220,11 @@ impl DataArgs {
         if let Some(t) = self.tile_rows {
             at_least_one("tile-rows", t)?;
         }
+        let mut outputs: Vec<(&str, &Path)> = vec![("--out", &self.out)];
+        if let Some(w) = &self.work {
+            outputs.push(("--work", w));
+        }
+        crate::outdir::check_outside_inputs(&outputs, &[("--data", &self.data)])?;
         // A URL --out: work in a local folder, upload the results at the end.
         let (out, publish_to) = if remote::is_url(&self.out) {
             remote::locate(&self.out)?;
@@ -264,6 +275,11 @@ impl MethodArgs {
         if let Some(l) = self.learner_data.as_ref().filter(|l| !remote::is_url(l)) {
             // Fail before staging the main data, not after.
             std::fs::metadata(l).at_path(l)?;
+            let mut outputs: Vec<(&str, &Path)> = vec![("--out", &data.out)];
+            if let Some(w) = &data.work {
+                outputs.push(("--work", w));
+            }
+            crate::outdir::check_outside_inputs(&outputs, &[("--learner-data", l)])?;
         }
         if let Some(e) = self.eps {
             if !e.is_finite() {
@@ -438,6 +454,9 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     for f in &manifest.outputs {
         println!("  wrote {}", cfg.out.join(&f.path).display());
     }
+    let own = Path::new(a.method.name()).join("manifest.json");
+    println!("  wrote {}", cfg.out.join(own).display());
+    println!("  wrote {}", cfg.out.join("manifest.json").display());
     pipeline::print_published(&cfg, &published);
     Ok(())
 }
@@ -486,8 +505,23 @@ fn baseline(
     };
     let learner = learner(&ctx, &staged, lstaged.as_ref())?;
     let n = ctx.n() as u64;
+    let budget_warning = match opts.budget {
+        Some(b) => b.checked_rows(n)?.1,
+        None => None,
+    };
+    // Every output is staged and published as one set at the end.
+    let mut set = OutputSet::new(&cfg.out)?;
+    set.replace_with_nothing(Path::new(method.name()).join("datacomp_uids.npy"));
+    let staging = set.dir().to_path_buf();
     let t = Instant::now();
-    let sel = super::run(method, &ctx, opts, &cfg.out, learner.as_ref())?;
+    let sel = super::run(method, &ctx, opts, &staging, learner.as_ref())?;
+    if sel.picks.is_empty() {
+        return Err(Error::Usage(format!(
+            "{} keeps none of the {n} rows with these options{}; loosen them",
+            method.name(),
+            describe(&sel)
+        )));
+    }
     for s in ctx.shared_stages() {
         timings.push(timing(&s.stage, s.seconds, n));
     }
@@ -497,12 +531,12 @@ fn baseline(
         n,
     ));
     let t = Instant::now();
-    let mut outputs = output::write_subset(&cfg.out, &ctx, &sel, &staged.keep(&cfg.keep_columns))?;
+    let mut outputs = output::write_subset(&staging, &ctx, &sel, &staged.keep(&cfg.keep_columns))?;
     if !staged.ingested.rejects.is_empty() {
-        let rp = cfg.out.join("rejects.parquet");
+        let rp = staging.join("rejects.parquet");
         emit::write_rejects(&rp, &staged.ingested.rejects)?;
         outputs.push(emit::record(
-            &cfg.out,
+            &staging,
             &rp,
             staged.ingested.rejects.len() as u64,
         )?);
@@ -532,6 +566,7 @@ fn baseline(
         staged.tile_rows,
         started.elapsed().as_secs_f64(),
     );
+    m.warnings.extend(budget_warning);
     m.parameters = serde_json::json!({
         "method": method.name(),
         "data": cfg.data,
@@ -554,6 +589,7 @@ fn baseline(
         "d": staged.store.meta.d,
         "store_dtype": staged.store.meta.dtype,
     });
-    emit::write_json(&cfg.out.join("manifest.json"), &m)?;
+    emit::write_manifests(&cfg.out, &staging, &mut m)?;
+    set.commit()?;
     Ok((m, describe(&sel)))
 }
