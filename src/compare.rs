@@ -325,7 +325,7 @@ fn compare(
                     terms.as_slice(),
                     &picks,
                     &staged.ingested.rejects,
-                    &staged.keep(&cfg.keep_columns),
+                    &staged.keep(cfg),
                 )?;
                 let k = covered(&mut picks.iter().map(|p| p.pos));
                 let r = MethodResult {
@@ -345,12 +345,7 @@ fn compare(
                     classes_covered: prompts.then(|| covered(&mut positions())),
                     clusters: sel.clusters,
                     clusters_covered: sel.clusters_covered(),
-                    outputs: output::write_subset(
-                        &cfg.out,
-                        &ctx,
-                        &sel,
-                        &staged.keep(&cfg.keep_columns),
-                    )?,
+                    outputs: output::write_subset(&cfg.out, &ctx, &sel, &staged.keep(cfg))?,
                     report: sel.report.clone(),
                     ..MethodResult::kept(m.name(), &ctx, positions())
                 }
@@ -444,6 +439,7 @@ fn compare(
             "budget": cfg.budget,
             "prompts": a.prompts,
             "where": cfg.filter,
+            "train_csv": cfg.train_csv,
             "prefilter": staged.ingested.prefilter,
             "tau": cfg.tau.to_string(),
             "refresh": cfg.refresh,

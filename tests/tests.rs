@@ -26,3 +26,5 @@ mod report;
 mod remote;
 // --where: the metadata prefilter against runs on pre-filtered data.
 mod prefilter;
+// --train-csv: train.csv read back as CyCLIP's and OpenCLIP's loaders do.
+mod train_csv;
