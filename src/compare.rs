@@ -322,6 +322,7 @@ fn compare(
     let mut set = OutputSet::new(&cfg.out)?;
     for e in entries {
         set.replace_with_nothing(std::path::Path::new(e.name()).join("datacomp_uids.npy"));
+        set.replace_with_nothing(std::path::Path::new(e.name()).join("train.csv"));
     }
     let staging = set.dir().to_path_buf();
     let mut results = Vec::new();
@@ -339,7 +340,7 @@ fn compare(
                     terms.as_slice(),
                     &picks,
                     &staged.ingested.rejects,
-                    &staged.keep(&cfg.keep_columns),
+                    &staged.keep(cfg),
                 )?;
                 let k = covered(&mut picks.iter().map(|p| p.pos));
                 let r = MethodResult {
@@ -366,12 +367,7 @@ fn compare(
                     classes_covered: prompts.then(|| covered(&mut positions())),
                     clusters: sel.clusters,
                     clusters_covered: sel.clusters_covered(),
-                    outputs: output::write_subset(
-                        &staging,
-                        &ctx,
-                        &sel,
-                        &staged.keep(&cfg.keep_columns),
-                    )?,
+                    outputs: output::write_subset(&staging, &ctx, &sel, &staged.keep(cfg))?,
                     report: sel.report.clone(),
                     ..MethodResult::kept(m.name(), &ctx, positions())
                 }
@@ -473,6 +469,7 @@ fn compare(
             "budget": cfg.budget,
             "prompts": a.prompts,
             "where": cfg.filter,
+            "train_csv": cfg.train_csv,
             "prefilter": staged.ingested.prefilter,
             "tau": cfg.tau.to_string(),
             "refresh": cfg.refresh,

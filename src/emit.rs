@@ -237,8 +237,8 @@ pub fn emit_clipcov(
 }
 
 /// Writes a method's files in `dir`: `subset.parquet`, `subset.csv` (with
-/// the `--keep-columns` values) and, when every id is a 32-hex uid,
-/// `datacomp_uids.npy`.
+/// the `--keep-columns` values), when every id is a 32-hex uid,
+/// `datacomp_uids.npy`, and with `--train-csv`, `train.csv`.
 pub fn write_subset_files(
     out: &Path,
     dir: &Path,
@@ -252,6 +252,7 @@ pub fn write_subset_files(
     for (f, _) in &extra {
         crate::formats::metadata::check_csv_type(f.name(), f.data_type())?;
     }
+    let train = crate::train_csv::prepare(keep, &source_rows)?;
     let pq = dir.join("subset.parquet");
     let csv = dir.join("subset.csv");
     write_parquet(&pq, rows, names, &extra)?;
@@ -265,6 +266,7 @@ pub fn write_subset_files(
         // A stale file from an earlier run on other data must not survive.
         std::fs::remove_file(&uids).at_path(&uids)?;
     }
+    files.extend(crate::train_csv::write(out, dir, train)?);
     Ok(files)
 }
 

@@ -41,5 +41,6 @@ pub mod score;
 pub mod select;
 pub mod store;
 pub mod synth;
+pub mod train_csv;
 
 pub use error::{Error, Result};

@@ -94,6 +94,10 @@ struct SynthArgs {
     /// Rows of the labelled evaluation set.
     #[arg(long, default_value_t = 2000)]
     eval_rows: u64,
+    /// Also write a placeholder image per pair (OUT/images/<id>.png) and an
+    /// image_path column naming it, for --train-csv (--image-root OUT).
+    #[arg(long)]
+    images: bool,
     #[arg(long)]
     out: PathBuf,
 }
@@ -172,6 +176,7 @@ fn synth_options(a: &SynthArgs) -> SynthOptions {
         junk_rate: a.junk_rate,
         noise: a.noise,
         eval_rows: a.eval_rows,
+        images: a.images,
     }
 }
 
@@ -496,6 +501,12 @@ fn run_pipeline_file(
             && pf.command != "baseline"
         {
             argv.extend(["--prompts".into(), made.prompts.display().to_string()]);
+        }
+        // Synthetic image paths are relative to the dataset folder.
+        let train_csv =
+            pf.arg("--train-csv").is_some() || last_flag(overrides, "--train-csv").is_some();
+        if opts.images && train_csv && pf.arg("--image-root").is_none() {
+            argv.extend(["--image-root".into(), data_dir.display().to_string()]);
         }
         tail.extend(["--out".into(), out.join("result").display().to_string()]);
     }

@@ -122,6 +122,8 @@ pub struct SelectConfig {
     pub model: Model,
     /// Metadata columns carried into the subset files.
     pub keep_columns: Vec<String>,
+    /// `--train-csv`: also write each method's `train.csv`.
+    pub train_csv: Option<crate::train_csv::TrainCsv>,
     /// The URL prefix the results in `out` (then a local work folder) are
     /// uploaded to when the run succeeds.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -226,12 +228,14 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// What `--keep-columns` needs to fetch the selected rows' metadata.
-    pub fn keep(&self, names: &[String]) -> Keep<'_> {
+    /// What `--keep-columns` and `--train-csv` need to fetch the selected
+    /// rows' metadata.
+    pub fn keep(&self, cfg: &SelectConfig) -> Keep<'_> {
         Keep {
-            names: names.to_vec(),
+            names: cfg.keep_columns.clone(),
             files: &self.files,
             first_rows: self.ingested.shards.iter().map(|s| s.first_row).collect(),
+            train: cfg.train_csv.clone(),
         }
     }
 }
@@ -254,6 +258,9 @@ pub fn stage_data(
         None => layout::detect(&cfg.data)?,
     };
     let (files, columns) = layout::discover_layout(&cfg.data, layout, &cfg.columns, cfg.model)?;
+    if let Some(t) = &cfg.train_csv {
+        t.check_columns(&files)?;
+    }
     let prompts: Option<Prompts> = match &cfg.classes {
         ClassSource::Prompts(p) => Some(read_prompts(p)?),
         _ => None,
@@ -584,6 +591,7 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
     // Every output is staged and published as one set at the end.
     let mut set = OutputSet::new(&cfg.out)?;
     set.replace_with_nothing("clipcov/datacomp_uids.npy");
+    set.replace_with_nothing("clipcov/train.csv");
     let staging = set.dir().to_path_buf();
     let manifest = stage(&mut timings, "emit", picks.len() as u64, 0, || {
         let mut m = emit::emit_clipcov(
@@ -592,7 +600,7 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
             terms.as_slice(),
             &picks,
             &staged.ingested.rejects,
-            &staged.keep(&cfg.keep_columns),
+            &staged.keep(cfg),
         )?;
         m.outputs.push(crate::report::write_clipcov_report(
             &staging,

@@ -7,7 +7,7 @@
 //! method = "random"             # baseline only
 //! [input]                       # --data, --layout, --model, --prompts, ...
 //! [select]                      # --fraction, --budget, --tau, --methods, ...
-//! [output]                      # --out, --keep-columns
+//! [output]                      # --out, --keep-columns, --train-csv
 //! [options]                     # any other flag of the command
 //! [synth]                       # optional: make a synthetic dataset first
 //! ```
@@ -281,10 +281,15 @@ fn synth_options(
             "duplicate_rate" => o.duplicate_rate = float()?,
             "junk_rate" => o.junk_rate = float()?,
             "eval_rows" => o.eval_rows = int()? as u64,
+            "images" => {
+                o.images = v.as_bool().ok_or_else(|| {
+                    bad(line, "key 'images' in [synth]: expected true or false".into())
+                })?
+            }
             _ => {
                 return Err(bad(
                     line,
-                    format!("unknown key '{k}' in [synth]; expected rows, classes, dim, shards, f16, seed, zipf, noise, mismatch_rate, duplicate_rate, junk_rate, eval_rows"),
+                    format!("unknown key '{k}' in [synth]; expected rows, classes, dim, shards, f16, seed, zipf, noise, mismatch_rate, duplicate_rate, junk_rate, eval_rows, images"),
                 ))
             }
         }

@@ -43,6 +43,9 @@ pub struct SynthOptions {
     /// Std of the per-modality noise (as a fraction of the signal norm).
     pub noise: f64,
     pub eval_rows: u64,
+    /// Also write a placeholder image per pair, `images/<id>.png`, and the
+    /// `image_path` column naming it (relative to the output folder).
+    pub images: bool,
 }
 
 impl Default for SynthOptions {
@@ -60,6 +63,7 @@ impl Default for SynthOptions {
             junk_rate: 0.05,
             noise: 0.9,
             eval_rows: 2_000,
+            images: false,
         }
     }
 }
@@ -229,6 +233,30 @@ impl Model {
     }
 }
 
+/// A valid 1x1 grey PNG: the placeholder image of `--images`.
+const PLACEHOLDER_PNG: [u8; 67] = [
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x00, 0x00, 0x00, 0x3a, 0x7e, 0x9b,
+    0x55, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x68, 0x00, 0x00, 0x00,
+    0x82, 0x00, 0x81, 0x77, 0xcd, 0x72, 0xb6, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
+];
+
+/// The `image_path` of a row (relative to the output folder).
+fn image_path_of(seed: u64, row: u64) -> String {
+    format!("images/{}.png", id_of(seed, row))
+}
+
+/// `--images`: writes the placeholder image of every row.
+fn write_images(opts: &SynthOptions, out: &Path) -> Result<()> {
+    let dir = out.join("images");
+    std::fs::create_dir_all(&dir).at_path(&dir)?;
+    (0..opts.rows).into_par_iter().try_for_each(|r| {
+        let p = out.join(image_path_of(opts.seed, r));
+        std::fs::write(&p, PLACEHOLDER_PNG).at_path(&p)
+    })
+}
+
 fn id_of(seed: u64, row: u64) -> String {
     let mut r = Rng::for_index(seed ^ 0x1D5, row);
     format!("{:016x}{:016x}", r.next_u64(), r.next_u64())
@@ -306,14 +334,19 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
     std::fs::create_dir_all(&data).at_path(&data)?;
     let model = Model::new(opts);
     let d = opts.dim;
-    let schema = Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("image_embedding", emb_type(d, opts.f16), false),
         Field::new("text_embedding", emb_type(d, opts.f16), false),
         Field::new("kind", DataType::Utf8, false),
         Field::new("true_class", DataType::Int32, false),
         Field::new("caption", DataType::Utf8, false),
-    ]));
+    ];
+    if opts.images {
+        write_images(opts, out)?;
+        fields.push(Field::new("image_path", DataType::Utf8, false));
+    }
+    let schema = Arc::new(Schema::new(fields));
     let per_shard = opts.rows.div_ceil(opts.shards as u64);
     let mut shards = Vec::new();
     for s in 0..opts.shards as u64 {
@@ -342,18 +375,19 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
                 us.extend(p.u);
                 vs.extend(p.v);
             }
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(ids.finish()),
-                    embedding_array(us, d, opts.f16),
-                    embedding_array(vs, d, opts.f16),
-                    Arc::new(kinds.finish()),
-                    Arc::new(classes.finish()),
-                    Arc::new(captions.finish()),
-                ],
-            )
-            .expect("synth batch matches its schema")
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(ids.finish()),
+                embedding_array(us, d, opts.f16),
+                embedding_array(vs, d, opts.f16),
+                Arc::new(kinds.finish()),
+                Arc::new(classes.finish()),
+                Arc::new(captions.finish()),
+            ];
+            if opts.images {
+                let paths: Vec<String> = (g0..g1).map(|r| image_path_of(opts.seed, r)).collect();
+                columns.push(Arc::new(arrow_array::StringArray::from(paths)));
+            }
+            RecordBatch::try_new(schema.clone(), columns).expect("synth batch matches its schema")
         });
         write_batches(&path, schema.clone(), groups)?;
         shards.push(path);

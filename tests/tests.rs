@@ -34,3 +34,5 @@ mod docs;
 mod safety;
 // http:// inputs against a local Python web server.
 mod http;
+// --train-csv: train.csv read back as CyCLIP's and OpenCLIP's loaders do.
+mod train_csv;

@@ -573,6 +573,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         layout: None,
         model: Default::default(),
         keep_columns: Vec::new(),
+        train_csv: None,
         publish_to: None,
         filter: None,
     };

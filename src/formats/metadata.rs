@@ -29,6 +29,8 @@ pub struct Keep<'a> {
     pub files: &'a [SourceFile],
     /// Canonical index of each shard's first row.
     pub first_rows: Vec<u64>,
+    /// `--train-csv`: also write `train.csv` (src/train_csv.rs).
+    pub train: Option<crate::train_csv::TrainCsv>,
 }
 
 impl Keep<'_> {
@@ -54,6 +56,12 @@ impl Keep<'_> {
                 )));
             }
         }
+        self.fetch(rows, "--keep-columns")
+    }
+
+    /// The columns `names` of `rows` (as [`Keep::columns`], without its
+    /// checks of the names); `flag` asked for them, for the messages.
+    pub fn fetch(&self, rows: &[u64], flag: &str) -> Result<Vec<(Field, ArrayRef)>> {
         // (row, output position), sorted by row: one pass over the shards.
         let mut want: Vec<(u64, usize)> = rows.iter().copied().zip(0..).collect();
         want.sort_unstable();
@@ -72,10 +80,10 @@ impl Keep<'_> {
             }
             let local: Vec<u64> = want[start_at..at].iter().map(|w| w.0 - first).collect();
             let path = metadata_path(file).ok_or_else(|| {
-                Error::file(&file.path, "no metadata file for --keep-columns")
+                Error::file(&file.path, format!("no metadata file for {flag}"))
                     .with_hint("clip-retrieval metadata lives in metadata/metadata_{p}.parquet")
             })?;
-            let arrays = self.read_rows(path, &local, &mut fields)?;
+            let arrays = self.read_rows(path, &local, &mut fields, flag)?;
             for (p, a) in parts.iter_mut().zip(arrays) {
                 p.extend(a);
             }
@@ -95,7 +103,7 @@ impl Keep<'_> {
             } else {
                 arrow_select::concat::concat(&refs).map_err(|e| {
                     Error::Usage(format!(
-                        "--keep-columns: column '{name}' differs in type between shards ({e})"
+                        "{flag}: column '{name}' differs in type between shards ({e})"
                     ))
                 })?
             };
@@ -112,13 +120,14 @@ impl Keep<'_> {
         path: &Path,
         local: &[u64],
         fields: &mut [Option<Field>],
+        flag: &str,
     ) -> Result<Vec<Vec<ArrayRef>>> {
         let builder = open_parquet(path)?;
         let schema = builder.schema().clone();
         let mut roots = Vec::with_capacity(self.names.len());
         for (name, slot) in self.names.iter().zip(fields.iter_mut()) {
             let idx = schema.index_of(name).map_err(|_| {
-                Error::column(path, name, "missing column (asked for by --keep-columns)")
+                Error::column(path, name, format!("missing column (asked for by {flag})"))
                     .with_hint(format!("the file has columns: {}", column_names(&schema)))
             })?;
             let f = schema.field(idx);

@@ -21,6 +21,7 @@ use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
 use crate::remote;
 use crate::score::Tau;
 use crate::select::{Refresh, Weights};
+use crate::train_csv::{TrainCsv, TrainFormat};
 
 /// How rows are read: the columns and what to do with bad rows. Shared by
 /// every command that stages data (`eval` too).
@@ -98,6 +99,20 @@ pub struct DataArgs {
     /// Metadata columns to carry into the subset files (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub keep_columns: Vec<String>,
+    /// Also write OUT/<method>/train.csv, the file list of CyCLIP
+    /// (file,caption) or OpenCLIP (filepath, title; tab-separated).
+    #[arg(long, value_enum)]
+    pub train_csv: Option<TrainFormat>,
+    /// --train-csv: metadata column of image file paths (default: image_path).
+    #[arg(long, requires = "train_csv")]
+    pub image_path_column: Option<String>,
+    /// --train-csv: metadata column of captions (default: caption).
+    #[arg(long, requires = "train_csv")]
+    pub caption_column: Option<String>,
+    /// --train-csv: folder the image paths are relative to (default: the
+    /// current folder); train.csv holds absolute paths.
+    #[arg(long, requires = "train_csv")]
+    pub image_root: Option<PathBuf>,
     /// Stage only the rows where this SQL predicate over metadata columns
     /// holds, e.g. "original_width >= 200 AND length(text) > 5".
     #[arg(long = "where", value_name = "PREDICATE")]
@@ -262,6 +277,17 @@ impl DataArgs {
             layout: self.layout,
             model: self.model,
             keep_columns: self.keep_columns.clone(),
+            train_csv: self
+                .train_csv
+                .map(|f| {
+                    TrainCsv::new(
+                        f,
+                        self.image_path_column.as_deref(),
+                        self.caption_column.as_deref(),
+                        self.image_root.as_deref(),
+                    )
+                })
+                .transpose()?,
             filter: self.filter.clone(),
         })
     }
@@ -356,6 +382,7 @@ pub fn stage_learner(
     // The learner's rows are matched to the main store's by row index, so
     // it stages every row; its data need not carry the metadata.
     lcfg.filter = None;
+    lcfg.train_csv = None;
     if let Some(c) = &args.learner_image_column {
         lcfg.columns.image = c.clone();
     }
@@ -512,6 +539,7 @@ fn baseline(
     // Every output is staged and published as one set at the end.
     let mut set = OutputSet::new(&cfg.out)?;
     set.replace_with_nothing(Path::new(method.name()).join("datacomp_uids.npy"));
+    set.replace_with_nothing(Path::new(method.name()).join("train.csv"));
     let staging = set.dir().to_path_buf();
     let t = Instant::now();
     let sel = super::run(method, &ctx, opts, &staging, learner.as_ref())?;
@@ -531,7 +559,7 @@ fn baseline(
         n,
     ));
     let t = Instant::now();
-    let mut outputs = output::write_subset(&staging, &ctx, &sel, &staged.keep(&cfg.keep_columns))?;
+    let mut outputs = output::write_subset(&staging, &ctx, &sel, &staged.keep(cfg))?;
     if !staged.ingested.rejects.is_empty() {
         let rp = staging.join("rejects.parquet");
         emit::write_rejects(&rp, &staged.ingested.rejects)?;
@@ -572,6 +600,7 @@ fn baseline(
         "data": cfg.data,
         "layout": staged.layout.name(),
         "keep_columns": cfg.keep_columns,
+        "train_csv": cfg.train_csv,
         "where": cfg.filter,
         "learner_data": args.learner_data,
         "out": cfg.out,
