@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod kernels;
 pub mod kmeans;
 pub mod lock;
+pub mod lse_bench;
 pub mod memory;
 pub mod methods;
 pub mod pipeline;

@@ -444,6 +444,7 @@ fn baseline(
     let learner = learner(&ctx, &staged, lstaged.as_ref())?;
     let n = ctx.n() as u64;
     let t = Instant::now();
+    crate::progress::stage_start(method.name(), n);
     let sel = super::run(method, &ctx, opts, &cfg.out, learner.as_ref())?;
     for s in ctx.shared_stages() {
         timings.push(timing(&s.stage, s.seconds, n));
