@@ -9,9 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::kernels::dense::gemm_abt;
-use crate::kernels::lse::{
-    max_f32, merge_tile_partials_on, sum_exp_on, Isa, Partial, TileScratch,
-};
+use crate::kernels::lse::{max_f32, merge_tile_partials_on, sum_exp_on, Isa, Partial, TileScratch};
 use crate::methods::neg_clip_loss::lse_rows_cols;
 use crate::rng::Rng;
 

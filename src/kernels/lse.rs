@@ -111,10 +111,18 @@ macro_rules! dispatch {
     };
 }
 
-/// [`Isa::best`], detected once.
+/// [`Isa::best`], detected once. `CLIPCOV_ISA=baseline` (or `avx2`) caps
+/// it, so that tests can run the fallback through the binary.
 fn best_isa() -> Isa {
     static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *BEST.get_or_init(Isa::best)
+    *BEST.get_or_init(|| {
+        let best = Isa::best();
+        match std::env::var("CLIPCOV_ISA").as_deref() {
+            Ok("baseline") => Isa::Base,
+            Ok("avx2") if best != Isa::Base => Isa::Avx2,
+            _ => best,
+        }
+    })
 }
 
 #[inline(always)]
@@ -354,7 +362,11 @@ pub fn merge_tile_partials_on(
     cols_out: &mut [Partial],
 ) {
     let (rows, cols) = (rows_out.len(), cols_out.len());
-    assert_eq!(tile.len(), rows * cols, "merge_tile_partials: tile is not [rows, cols]");
+    assert_eq!(
+        tile.len(),
+        rows * cols,
+        "merge_tile_partials: tile is not [rows, cols]"
+    );
     if rows == 0 || cols == 0 {
         return;
     }
@@ -373,7 +385,15 @@ pub fn merge_tile_partials_on(
     s.row_sum.resize(rows, 0.0);
     s.col_sum.clear();
     s.col_sum.resize(cols, 0.0);
-    tile_sum_exp_on(isa, tile, shift, inv_t, offset, &mut s.row_sum, &mut s.col_sum);
+    tile_sum_exp_on(
+        isa,
+        tile,
+        shift,
+        inv_t,
+        offset,
+        &mut s.row_sum,
+        &mut s.col_sum,
+    );
     // The sum of `e^{(x - max) * inv_t}` from the shared terms, or `None`
     // when they underflow.
     let rescale = |max: f32, sum: f32| {
@@ -468,7 +488,14 @@ mod tests {
             let (mut rs, mut cs) = (vec![0.0f32; rows], vec![0.0f32; cols]);
             tile_sum_exp_impl(&t, 0.5, 100.0, 70.0, &mut rs, &mut cs);
             let mut want = (vec![Partial::EMPTY; rows], vec![Partial::EMPTY; cols]);
-            merge_tile_partials_on(Isa::Base, &t, 100.0, &mut TileScratch::default(), &mut want.0, &mut want.1);
+            merge_tile_partials_on(
+                Isa::Base,
+                &t,
+                100.0,
+                &mut TileScratch::default(),
+                &mut want.0,
+                &mut want.1,
+            );
             for &isa in &isas {
                 assert_eq!(max_f32_on(isa, &v), m);
                 assert_eq!(sum_exp_on(isa, &v, m, 37.0).to_bits(), sum.to_bits());
@@ -480,7 +507,14 @@ mod tests {
                 assert_eq!(bits(&rs), bits(&rs2), "{isa:?}");
                 assert_eq!(bits(&cs), bits(&cs2), "{isa:?}");
                 let mut got = (vec![Partial::EMPTY; rows], vec![Partial::EMPTY; cols]);
-                merge_tile_partials_on(isa, &t, 100.0, &mut TileScratch::default(), &mut got.0, &mut got.1);
+                merge_tile_partials_on(
+                    isa,
+                    &t,
+                    100.0,
+                    &mut TileScratch::default(),
+                    &mut got.0,
+                    &mut got.1,
+                );
                 assert_eq!(got, want, "{isa:?}");
             }
         }
@@ -510,13 +544,19 @@ mod tests {
         for (i, p) in row_p.iter().enumerate() {
             let want = lse_f64(&tile[i * cols..(i + 1) * cols], inv_t as f64);
             let got = p.lse(inv_t);
-            assert!((got - want).abs() < 2e-6 * want.abs().max(1.0), "row {i}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 2e-6 * want.abs().max(1.0),
+                "row {i}: {got} vs {want}"
+            );
         }
         for (j, p) in col_p.iter().enumerate() {
             let col: Vec<f32> = (0..rows).map(|i| tile[i * cols + j]).collect();
             let want = lse_f64(&col, inv_t as f64);
             let got = p.lse(inv_t);
-            assert!((got - want).abs() < 2e-6 * want.abs().max(1.0), "col {j}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 2e-6 * want.abs().max(1.0),
+                "col {j}: {got} vs {want}"
+            );
         }
     }
 

@@ -177,11 +177,29 @@ mod tests {
     #[test]
     fn tiled_lse_matches_scalar() {
         let mut r = Rng::new(4);
-        let (n, m, d) = (45, 29, 8);
+        let (n, m, d) = (45, 53, 8);
         let a: Vec<f32> = (0..n * d).map(|_| r.normal() as f32 * 0.3).collect();
         let b: Vec<f32> = (0..m * d).map(|_| r.normal() as f32 * 0.3).collect();
         let inv_t = 20.0f32;
-        let (rows, cols) = lse_rows_cols(&a, &b, d, inv_t, 7, 5);
+        // Column tiles narrower than the lanes (all scalar tail), and wider
+        // with a tail (53 = 2 x 16 + 21 = 16 + 5).
+        for (tr, tc) in [(7, 5), (16, 37), (45, 53)] {
+            check_lse(&a, &b, n, m, d, inv_t, tr, tc);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_lse(
+        a: &[f32],
+        b: &[f32],
+        n: usize,
+        m: usize,
+        d: usize,
+        inv_t: f32,
+        tr: usize,
+        tc: usize,
+    ) {
+        let (rows, cols) = lse_rows_cols(a, b, d, inv_t, tr, tc);
         let s = |i: usize, j: usize| -> f64 {
             (0..d)
                 .map(|k| a[i * d + k] as f64 * b[j * d + k] as f64)
