@@ -166,7 +166,7 @@ fn jaccard(a: &[String], b: &[String]) -> f64 {
 /// Runs the benchmark and prints its table.
 pub fn run_bench(a: &BenchArgs) -> Result<()> {
     if a.lse {
-        if a.dim == 0 || a.lse_batch == 0 || !(a.lse_seconds > 0.0) {
+        if a.dim == 0 || a.lse_batch == 0 || a.lse_seconds.is_nan() || a.lse_seconds <= 0.0 {
             return Err(Error::Usage(
                 "bench --lse needs --dim, --lse-batch and --lse-seconds above 0".into(),
             ));
