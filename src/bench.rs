@@ -54,6 +54,16 @@ pub struct BenchArgs {
     /// Delete each dataset after its runs (large sizes need the disk).
     #[arg(long)]
     pub cleanup: bool,
+    /// Instead of `select` runs: exponentials per second of the
+    /// log-sum-exp kernels (neg_clip_loss), per instruction set, at `--dim`.
+    #[arg(long)]
+    pub lse: bool,
+    /// `--lse`: rows of the neg_clip_loss batch timed whole.
+    #[arg(long, default_value_t = 8192)]
+    pub lse_batch: usize,
+    /// `--lse`: seconds per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub lse_seconds: f64,
 }
 
 /// One `select` run, as the bench reports it.
@@ -155,6 +165,16 @@ fn jaccard(a: &[String], b: &[String]) -> f64 {
 
 /// Runs the benchmark and prints its table.
 pub fn run_bench(a: &BenchArgs) -> Result<()> {
+    if a.lse {
+        if a.dim == 0 || a.lse_batch == 0 || a.lse_seconds.is_nan() || a.lse_seconds <= 0.0 {
+            return Err(Error::Usage(
+                "bench --lse needs --dim, --lse-batch and --lse-seconds above 0".into(),
+            ));
+        }
+        let rows = crate::lse_bench::measure(a.dim, a.lse_batch, a.lse_seconds);
+        print!("{}", crate::lse_bench::markdown(&rows));
+        return Ok(());
+    }
     let sizes: Vec<u64> = a.rows.split(',').map(parse_count).collect::<Result<_>>()?;
     let taus: Vec<String> = a.taus.split(',').map(|t| t.trim().to_string()).collect();
     if a.numpy_max_rows > 0.0 && !a.numpy_script.is_file() {

@@ -331,6 +331,7 @@ fn compare(
     for &e in entries {
         let t = Instant::now();
         let shared_seconds = ctx.shared_seconds();
+        crate::progress::stage_start(e.name(), ctx.n() as u64);
         let mut r = match e {
             Entry::ClipCov => {
                 let (picks, terms) = pipeline::clipcov_picks(cfg, &staged, &mut Vec::new())?;
@@ -374,6 +375,7 @@ fn compare(
             }
         };
         r.seconds = t.elapsed().as_secs_f64() - (ctx.shared_seconds() - shared_seconds);
+        crate::progress::stage_end(e.name(), r.seconds, ctx.n() as u64);
         r.uses_shared = uses_shared(e, opts, ctx.n());
         results.push(r);
     }

@@ -26,6 +26,7 @@ pub mod interrupt;
 pub mod kernels;
 pub mod kmeans;
 pub mod lock;
+pub mod lse_bench;
 pub mod memory;
 pub mod methods;
 pub mod outdir;

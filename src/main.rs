@@ -26,7 +26,7 @@ use clipcov::Result;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Stage events: progress bars on a terminal (text) or JSON lines on stderr (json).
+    /// Stage events: progress bars on a terminal, else one line per stage start and end (text), or JSON lines on stderr (json).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// No progress, no stage events, no summary: only errors.

@@ -1,6 +1,7 @@
 //! Progress and logs: a progress bar per long stage (rows, rate, ETA) on a
-//! terminal, one JSON object per stage event on stderr for schedulers
-//! (`--log-format json`), or nothing (`--quiet`, or stderr not a terminal).
+//! terminal, one plain line per stage start and end when stderr is not a
+//! terminal (a log file, a scheduler), one JSON object per stage event
+//! (`--log-format json`), or nothing (`--quiet`).
 //!
 //! The settings are process-wide: a stage starts with [`start`], code deep
 //! in a stage reports rows with [`advance`] without knowing which stage it
@@ -16,7 +17,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// How stage events are reported.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Progress bars on a terminal, nothing otherwise.
+    /// Progress bars on a terminal, one plain line per stage start and end
+    /// otherwise.
     #[default]
     Text,
     /// One JSON object per stage event on stderr.
@@ -73,13 +75,33 @@ pub struct Stage {
     bar: Option<ProgressBar>,
 }
 
-/// Starts stage `name` over `rows` rows: a bar on a terminal (text mode),
-/// a `stage_start` event in JSON mode.
-pub fn start(name: &str, rows: u64) -> Stage {
+/// Text mode off a terminal: stage starts and ends as plain lines.
+fn plain_lines() -> bool {
+    !quiet() && !json() && !std::io::stderr().is_terminal()
+}
+
+/// Writes one plain line to stderr.
+fn plain(line: std::fmt::Arguments) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// Reports the start of stage `name` over `rows` rows: a `stage_start`
+/// event in JSON mode, a plain line off a terminal in text mode.
+pub fn stage_start(name: &str, rows: u64) {
     event(
         "stage_start",
         serde_json::json!({ "stage": name, "rows": rows }),
     );
+    if plain_lines() {
+        plain(format_args!("stage {name} started: {rows} rows"));
+    }
+}
+
+/// Starts stage `name` over `rows` rows: a bar on a terminal (text mode),
+/// a plain line off one, a `stage_start` event in JSON mode.
+pub fn start(name: &str, rows: u64) -> Stage {
+    stage_start(name, rows);
     let show = !quiet() && !json() && std::io::stderr().is_terminal();
     let bar = show.then(|| {
         let b = ProgressBar::with_draw_target(Some(rows), ProgressDrawTarget::stderr());
@@ -149,8 +171,19 @@ impl Stage {
     }
 }
 
-/// A `stage_end` event for a stage timed elsewhere.
+/// The end of a stage (timed by the caller): a `stage_end` event in JSON
+/// mode, a plain line with the rate off a terminal in text mode.
 pub fn stage_end(name: &str, seconds: f64, rows: u64) {
+    if plain_lines() {
+        let rate = if seconds > 0.0 {
+            rows as f64 / seconds
+        } else {
+            0.0
+        };
+        plain(format_args!(
+            "stage {name} done: {rows} rows in {seconds:.2} s, {rate:.0} rows/s"
+        ));
+    }
     event(
         "stage_end",
         serde_json::json!({

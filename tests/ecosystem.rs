@@ -404,7 +404,7 @@ fn clip_retrieval_output_gives_the_canonical_selection() {
 
 fn fails(args: &[&str], code: i32) -> String {
     let out = clipcov(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = error_text(&out);
     assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     err

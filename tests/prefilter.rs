@@ -239,7 +239,7 @@ fn where_is_part_of_the_store_key() {
 
 fn fails(args: &[&str], code: i32) -> String {
     let out = clipcov(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = error_text(&out);
     assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     err

@@ -270,7 +270,7 @@ fn s3_failures_are_one_line_io_errors() {
                 s(&out),
             ],
         );
-        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        let stderr = error_text(&o);
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         (o.status.code(), stderr)
     };

@@ -49,6 +49,20 @@ pub fn clipcov(args: &[&str]) -> Output {
         .expect("run clipcov")
 }
 
+/// Whether `line` is one of the plain stage lines written off a terminal.
+pub fn is_stage_line(line: &str) -> bool {
+    line.starts_with("stage ") && (line.contains(" started: ") || line.contains(" done: "))
+}
+
+/// stderr without the stage lines: what a failed run says about its error.
+pub fn error_text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| !is_stage_line(l))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Runs `clipcov` and panics with its stderr unless it succeeds.
 pub fn clipcov_ok(args: &[&str]) -> String {
     let out = clipcov(args);

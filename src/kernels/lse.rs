@@ -34,13 +34,58 @@ pub fn exp_f32(x: f32) -> f32 {
 /// instruction set (16 fill one AVX-512 register, two AVX2, four SSE).
 const LANES: usize = 16;
 
-/// Compiles `$body` once per instruction set and picks the best at run time.
+/// The instruction sets the kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// The build's baseline (SSE2 on x86-64): the fallback.
+    Base,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    /// The widest one this CPU runs.
+    pub fn best() -> Isa {
+        *Isa::available().last().unwrap_or(&Isa::Base)
+    }
+
+    /// Those this CPU runs, narrowest first.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Base];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Base => "baseline (SSE2)",
+            Isa::Avx2 => "AVX2",
+            Isa::Avx512 => "AVX-512",
+        }
+    }
+}
+
+/// Compiles `$impl` once per instruction set: `$on(isa, ..)` runs the
+/// given one (the baseline if this CPU lacks it), `$name(..)` the best.
 /// Only the vector width changes: no FMA contraction happens without
 /// fast-math, so every variant computes bit-identical results.
 macro_rules! dispatch {
-    ($(#[$doc:meta])* $name:ident, $impl:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($(#[$doc:meta])* $name:ident, $on:ident, $impl:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         $(#[$doc])*
         pub fn $name($($arg: $ty),*) -> $ret {
+            $on(best_isa(), $($arg),*)
+        }
+
+        /// As the function above, compiled for `isa`.
+        pub fn $on(isa: Isa, $($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
@@ -51,18 +96,33 @@ macro_rules! dispatch {
                 unsafe fn mid($($arg: $ty),*) -> $ret {
                     $impl($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports the enabled features.
                     return unsafe { wide($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                if isa == Isa::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: as above.
                     return unsafe { mid($($arg),*) };
                 }
             }
+            let _ = isa;
             $impl($($arg),*)
         }
     };
+}
+
+/// [`Isa::best`], detected once. `CLIPCOV_ISA=baseline` (or `avx2`) caps
+/// it, so that tests can run the fallback through the binary.
+fn best_isa() -> Isa {
+    static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| {
+        let best = Isa::best();
+        match std::env::var("CLIPCOV_ISA").as_deref() {
+            Ok("baseline") => Isa::Base,
+            Ok("avx2") if best != Isa::Base => Isa::Avx2,
+            _ => best,
+        }
+    })
 }
 
 #[inline(always)]
@@ -94,7 +154,83 @@ fn sum_exp_impl(v: &[f32], m: f32, inv_t: f32) -> f32 {
     for &x in chunks.remainder() {
         tail += exp_f32((x - m) * inv_t);
     }
-    // A fixed pairwise tree.
+    reduce_lanes(lanes) + tail
+}
+
+/// The largest exponent of a fused tile's terms, `80 - ln(terms per
+/// sum)`: a sum of that many terms stays below `e^80`, far from the `f32`
+/// overflow at `e^88.7`.
+fn fused_offset(rows: usize, cols: usize) -> f32 {
+    80.0 - (rows.max(cols).max(1) as f32).ln()
+}
+
+/// A row or column of a fused tile is reduced from the shared terms when
+/// its largest term is at least `e^-60`: every term within `e^-27` of it
+/// is then a normal `f32`, and the terms lost below (clamped at `e^-87`)
+/// change its sum by less than 1e-11 relative.
+const FUSED_FLOOR: f32 = -60.0;
+
+#[inline(always)]
+fn tile_max_impl(tile: &[f32], row_max: &mut [f32], col_max: &mut [f32]) {
+    let cols = col_max.len();
+    for (row, rm) in tile.chunks_exact(cols).zip(row_max.iter_mut()) {
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut xs = row.chunks_exact(LANES);
+        let mut ms = col_max.chunks_exact_mut(LANES);
+        for (c, m) in (&mut xs).zip(&mut ms) {
+            for l in 0..LANES {
+                lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
+                m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+            }
+        }
+        let mut best = f32::NEG_INFINITY;
+        for (&x, m) in xs.remainder().iter().zip(ms.into_remainder()) {
+            best = if x > best { x } else { best };
+            *m = if x > *m { x } else { *m };
+        }
+        for &x in &lanes {
+            best = if x > best { x } else { best };
+        }
+        *rm = best;
+    }
+}
+
+/// One exponential per entry, `e = e^{(x - shift) * inv_t + offset}`,
+/// summed into its row (over fixed lanes) and its column (in row order).
+#[inline(always)]
+fn tile_sum_exp_impl(
+    tile: &[f32],
+    shift: f32,
+    inv_t: f32,
+    offset: f32,
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+) {
+    let cols = col_sum.len();
+    for (row, rs) in tile.chunks_exact(cols).zip(row_sum.iter_mut()) {
+        let mut lanes = [0.0f32; LANES];
+        let mut xs = row.chunks_exact(LANES);
+        let mut ss = col_sum.chunks_exact_mut(LANES);
+        for (c, s) in (&mut xs).zip(&mut ss) {
+            for l in 0..LANES {
+                let e = exp_f32((c[l] - shift) * inv_t + offset);
+                lanes[l] += e;
+                s[l] += e;
+            }
+        }
+        let mut tail = 0.0f32;
+        for (&x, s) in xs.remainder().iter().zip(ss.into_remainder()) {
+            let e = exp_f32((x - shift) * inv_t + offset);
+            tail += e;
+            *s += e;
+        }
+        *rs = reduce_lanes(lanes) + tail;
+    }
+}
+
+/// The lanes summed in a fixed pairwise tree.
+#[inline(always)]
+fn reduce_lanes(mut lanes: [f32; LANES]) -> f32 {
     let mut w = LANES;
     while w > 1 {
         w /= 2;
@@ -102,50 +238,38 @@ fn sum_exp_impl(v: &[f32], m: f32, inv_t: f32) -> f32 {
             lanes[l] += lanes[l + w];
         }
     }
-    lanes[0] + tail
-}
-
-#[inline(always)]
-fn col_max_impl(tile: &[f32], maxes: &mut [f32]) {
-    for row in tile.chunks_exact(maxes.len()) {
-        for (m, &x) in maxes.iter_mut().zip(row) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-}
-
-#[inline(always)]
-fn col_sum_exp_impl(tile: &[f32], maxes: &[f32], inv_t: f32, sums: &mut [f32]) {
-    for row in tile.chunks_exact(maxes.len()) {
-        for ((s, &m), &x) in sums.iter_mut().zip(maxes).zip(row) {
-            *s += exp_f32((x - m) * inv_t);
-        }
-    }
+    lanes[0]
 }
 
 dispatch!(
     /// The largest value of `v` (`-inf` when empty).
     max_f32,
+    max_f32_on,
     max_impl,
     (v: &[f32]) -> f32
 );
 dispatch!(
     /// `sum_x e^{(x - m) * inv_t}`, over fixed lanes reduced in a fixed order.
     sum_exp,
+    sum_exp_on,
     sum_exp_impl,
     (v: &[f32], m: f32, inv_t: f32) -> f32
 );
 dispatch!(
-    /// `maxes[j] = max(maxes[j], max_i tile[i, j])` for a `[rows, maxes.len()]` tile.
-    col_max,
-    col_max_impl,
-    (tile: &[f32], maxes: &mut [f32]) -> ()
+    /// `row_max[i]` = the largest of row `i` of a `[row_max.len(),
+    /// col_max.len()]` tile; `col_max[j] = max(col_max[j], max_i tile[i, j])`.
+    tile_max,
+    tile_max_on,
+    tile_max_impl,
+    (tile: &[f32], row_max: &mut [f32], col_max: &mut [f32]) -> ()
 );
 dispatch!(
-    /// `sums[j] += sum_i e^{(tile[i, j] - maxes[j]) * inv_t}`.
-    col_sum_exp,
-    col_sum_exp_impl,
-    (tile: &[f32], maxes: &[f32], inv_t: f32, sums: &mut [f32]) -> ()
+    /// `row_sum[i] = sum_j e_ij` and `col_sum[j] += sum_i e_ij`, with
+    /// `e_ij = e^{(tile[i, j] - shift) * inv_t + offset}`.
+    tile_sum_exp,
+    tile_sum_exp_on,
+    tile_sum_exp_impl,
+    (tile: &[f32], shift: f32, inv_t: f32, offset: f32, row_sum: &mut [f32], col_sum: &mut [f32]) -> ()
 );
 
 /// `(max, sum e^{(x - max) * inv_t})` of part of a row or column.
@@ -200,23 +324,97 @@ impl Partial {
     }
 }
 
-/// Merges the column partials of a `[rows, cols]` tile into `cols_out`
-/// (rows taken in order). `scratch` holds the tile's column maxima.
-pub fn merge_col_partials(
+/// Buffers of [`merge_tile_partials`], reused across tiles.
+#[derive(Default)]
+pub struct TileScratch {
+    row_max: Vec<f32>,
+    col_max: Vec<f32>,
+    row_sum: Vec<f32>,
+    col_sum: Vec<f32>,
+}
+
+/// Merges the row and column partials of a `[rows, cols]` tile into
+/// `rows_out` and `cols_out` (the tile comes after what they hold).
+///
+/// Each entry's exponential is computed once and feeds both its row and its
+/// column: the terms share the tile's largest value as their shift (plus an
+/// offset that uses the `f32` exponent range), and each row's and column's
+/// sum is then rescaled to its own maximum. A row or column whose maximum is
+/// so far below the tile's that its terms would underflow is reduced again
+/// on its own, so the result is exact to `f32` rounding for any data.
+pub fn merge_tile_partials(
     tile: &[f32],
-    cols: usize,
     inv_t: f32,
-    scratch: &mut Vec<f32>,
+    scratch: &mut TileScratch,
+    rows_out: &mut [Partial],
     cols_out: &mut [Partial],
 ) {
-    assert_eq!(cols_out.len(), cols);
-    assert_eq!(tile.len() % cols.max(1), 0);
-    scratch.clear();
-    scratch.resize(cols, f32::NEG_INFINITY);
-    col_max(tile, scratch);
-    let mut sums = vec![0.0f32; cols];
-    col_sum_exp(tile, scratch, inv_t, &mut sums);
-    for ((out, &max), &sum) in cols_out.iter_mut().zip(scratch.iter()).zip(&sums) {
+    merge_tile_partials_on(best_isa(), tile, inv_t, scratch, rows_out, cols_out);
+}
+
+/// [`merge_tile_partials`] compiled for `isa`.
+pub fn merge_tile_partials_on(
+    isa: Isa,
+    tile: &[f32],
+    inv_t: f32,
+    scratch: &mut TileScratch,
+    rows_out: &mut [Partial],
+    cols_out: &mut [Partial],
+) {
+    let (rows, cols) = (rows_out.len(), cols_out.len());
+    assert_eq!(
+        tile.len(),
+        rows * cols,
+        "merge_tile_partials: tile is not [rows, cols]"
+    );
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let s = scratch;
+    s.row_max.clear();
+    s.row_max.resize(rows, f32::NEG_INFINITY);
+    s.col_max.clear();
+    s.col_max.resize(cols, f32::NEG_INFINITY);
+    tile_max_on(isa, tile, &mut s.row_max, &mut s.col_max);
+    let shift = max_f32_on(isa, &s.row_max);
+    if shift == f32::NEG_INFINITY {
+        return;
+    }
+    let offset = fused_offset(rows, cols);
+    s.row_sum.clear();
+    s.row_sum.resize(rows, 0.0);
+    s.col_sum.clear();
+    s.col_sum.resize(cols, 0.0);
+    tile_sum_exp_on(
+        isa,
+        tile,
+        shift,
+        inv_t,
+        offset,
+        &mut s.row_sum,
+        &mut s.col_sum,
+    );
+    // The sum of `e^{(x - max) * inv_t}` from the shared terms, or `None`
+    // when they underflow.
+    let rescale = |max: f32, sum: f32| {
+        let top = (max - shift) * inv_t + offset;
+        (top >= FUSED_FLOOR).then(|| sum * exp_f32(-top))
+    };
+    for (i, out) in rows_out.iter_mut().enumerate() {
+        let max = s.row_max[i];
+        let sum = rescale(max, s.row_sum[i]).unwrap_or_else(|| {
+            let row = &tile[i * cols..(i + 1) * cols];
+            sum_exp_on(isa, row, max, inv_t)
+        });
+        *out = out.merge(Partial { max, sum }, inv_t);
+    }
+    for (j, out) in cols_out.iter_mut().enumerate() {
+        let max = s.col_max[j];
+        let sum = rescale(max, s.col_sum[j]).unwrap_or_else(|| {
+            (0..rows)
+                .map(|i| exp_f32((tile[i * cols + j] - max) * inv_t))
+                .sum()
+        });
         *out = out.merge(Partial { max, sum }, inv_t);
     }
 }
@@ -235,66 +433,164 @@ mod tests {
             .ln()
     }
 
-    #[test]
-    fn exp_is_accurate() {
-        let mut x = -87.0f32;
-        while x < 88.0 {
+    /// Largest relative error of `exp_f32` against `f64` on `n + 1` evenly
+    /// spaced points of `[lo, hi]`.
+    fn max_exp_error(lo: f64, hi: f64, n: usize) -> (f64, f64) {
+        let mut worst = (0.0f64, lo);
+        for i in 0..=n {
+            let x = (lo + (hi - lo) * i as f64 / n as f64) as f32;
             let want = (x as f64).exp();
-            let got = exp_f32(x) as f64;
-            assert!(
-                ((got - want) / want).abs() < 3e-7,
-                "exp({x}) = {got}, want {want}"
-            );
-            x += 0.0137;
+            let err = ((exp_f32(x) as f64 - want) / want).abs();
+            if err > worst.0 {
+                worst = (err, x as f64);
+            }
         }
+        worst
+    }
+
+    #[test]
+    fn exp_is_accurate_on_the_whole_range() {
+        // The kernels' exponents lie in [-87, 88] (clamped there): the
+        // fused tiles use [-87, 80], max subtraction [-87, 0].
+        let (err, at) = max_exp_error(-87.0, 88.0, 1 << 22);
+        eprintln!("exp_f32 on [-87, 88]: max relative error {err:.3e} at {at}");
+        // f32's epsilon is 1.19e-7: within 2 ulp.
+        assert!(err < 2.4e-7, "max relative error {err:e} at {at}");
+        // Near 0, where the terms of a row's largest entries lie.
+        let (err, at) = max_exp_error(-1.0, 1.0, 1 << 20);
+        assert!(err < 2.4e-7, "max relative error {err:e} at {at}");
         assert!(exp_f32(-1e9) < 1e-37);
         assert_eq!(exp_f32(0.0), 1.0);
     }
 
+    /// Tiles whose width is not a multiple of the lanes, so both the vector
+    /// loop and the scalar tail run.
+    fn tile(r: &mut Rng, rows: usize, cols: usize, scale: f64) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|_| (r.normal() * scale) as f32)
+            .collect()
+    }
+
     #[test]
     fn every_instruction_set_gives_the_same_bits() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let isas = Isa::available();
+        eprintln!("instruction sets: {isas:?}");
         let mut r = Rng::new(2);
+        // 1037 and 17 are not multiples of the lanes: the scalar tails run too.
         let v: Vec<f32> = (0..1037).map(|_| r.normal() as f32).collect();
         let m = max_impl(&v);
-        assert_eq!(max_f32(&v), m);
-        assert_eq!(
-            sum_exp(&v, m, 37.0).to_bits(),
-            sum_exp_impl(&v, m, 37.0).to_bits()
-        );
-        let (mut a, mut b) = (vec![0.0f32; 17], vec![0.0f32; 17]);
-        col_sum_exp(&v[..17 * 61], &v[..17], 3.0, &mut a);
-        col_sum_exp_impl(&v[..17 * 61], &v[..17], 3.0, &mut b);
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn partials_merge_to_the_whole() {
-        let mut r = Rng::new(5);
-        let v: Vec<f32> = (0..1001).map(|_| r.normal() as f32 * 0.3).collect();
-        let inv_t = 100.0f32;
-        let whole = Partial::of(&v, inv_t).lse(inv_t);
-        let mut acc = Partial::EMPTY;
-        for c in v.chunks(77) {
-            acc = acc.merge(Partial::of(c, inv_t), inv_t);
+        let sum = sum_exp_impl(&v, m, 37.0);
+        for (rows, cols) in [(61, 17), (5, 48), (3, 1)] {
+            let t = tile(&mut r, rows, cols, 0.3);
+            let (mut rm, mut cm) = (vec![0.0f32; rows], vec![f32::NEG_INFINITY; cols]);
+            tile_max_impl(&t, &mut rm, &mut cm);
+            let (mut rs, mut cs) = (vec![0.0f32; rows], vec![0.0f32; cols]);
+            tile_sum_exp_impl(&t, 0.5, 100.0, 70.0, &mut rs, &mut cs);
+            let mut want = (vec![Partial::EMPTY; rows], vec![Partial::EMPTY; cols]);
+            merge_tile_partials_on(
+                Isa::Base,
+                &t,
+                100.0,
+                &mut TileScratch::default(),
+                &mut want.0,
+                &mut want.1,
+            );
+            for &isa in &isas {
+                assert_eq!(max_f32_on(isa, &v), m);
+                assert_eq!(sum_exp_on(isa, &v, m, 37.0).to_bits(), sum.to_bits());
+                let (mut rm2, mut cm2) = (vec![0.0f32; rows], vec![f32::NEG_INFINITY; cols]);
+                tile_max_on(isa, &t, &mut rm2, &mut cm2);
+                assert_eq!((&rm, &cm), (&rm2, &cm2), "{isa:?}");
+                let (mut rs2, mut cs2) = (vec![0.0f32; rows], vec![0.0f32; cols]);
+                tile_sum_exp_on(isa, &t, 0.5, 100.0, 70.0, &mut rs2, &mut cs2);
+                assert_eq!(bits(&rs), bits(&rs2), "{isa:?}");
+                assert_eq!(bits(&cs), bits(&cs2), "{isa:?}");
+                let mut got = (vec![Partial::EMPTY; rows], vec![Partial::EMPTY; cols]);
+                merge_tile_partials_on(
+                    isa,
+                    &t,
+                    100.0,
+                    &mut TileScratch::default(),
+                    &mut got.0,
+                    &mut got.1,
+                );
+                assert_eq!(got, want, "{isa:?}");
+            }
         }
-        let want = lse_f64(&v, inv_t as f64);
-        assert!((whole - want).abs() < 1e-4 * want.abs().max(1.0));
-        assert!((acc.lse(inv_t) - want).abs() < 1e-4 * want.abs().max(1.0));
     }
 
-    #[test]
-    fn column_partials_match_scalar() {
-        let mut r = Rng::new(9);
-        let (rows, cols) = (37, 13);
-        let tile: Vec<f32> = (0..rows * cols).map(|_| r.normal() as f32).collect();
-        let inv_t = 10.0f32;
-        let mut out = vec![Partial::EMPTY; cols];
-        merge_col_partials(&tile[..20 * cols], cols, inv_t, &mut Vec::new(), &mut out);
-        merge_col_partials(&tile[20 * cols..], cols, inv_t, &mut Vec::new(), &mut out);
-        for (j, p) in out.iter().enumerate() {
+    /// Checks the fused partials of `tile` (`rows` rows, split in two row
+    /// blocks and two column blocks) against `f64`.
+    fn check_tile_partials(tile: &[f32], rows: usize, cols: usize, inv_t: f32) {
+        let (mut row_p, mut col_p) = (vec![Partial::EMPTY; rows], vec![Partial::EMPTY; cols]);
+        let mut scratch = TileScratch::default();
+        // Two column blocks of the first row block, then the second row block.
+        let (r1, c1) = (rows / 2, cols / 3);
+        for (r0, r1) in [(0, r1), (r1, rows)] {
+            for (c0, c1) in [(0, c1), (c1, cols)] {
+                let sub: Vec<f32> = (r0..r1)
+                    .flat_map(|i| tile[i * cols + c0..i * cols + c1].iter().copied())
+                    .collect();
+                merge_tile_partials(
+                    &sub,
+                    inv_t,
+                    &mut scratch,
+                    &mut row_p[r0..r1],
+                    &mut col_p[c0..c1],
+                );
+            }
+        }
+        for (i, p) in row_p.iter().enumerate() {
+            let want = lse_f64(&tile[i * cols..(i + 1) * cols], inv_t as f64);
+            let got = p.lse(inv_t);
+            assert!(
+                (got - want).abs() < 2e-6 * want.abs().max(1.0),
+                "row {i}: {got} vs {want}"
+            );
+        }
+        for (j, p) in col_p.iter().enumerate() {
             let col: Vec<f32> = (0..rows).map(|i| tile[i * cols + j]).collect();
             let want = lse_f64(&col, inv_t as f64);
-            assert!((p.lse(inv_t) - want).abs() < 1e-4 * want.abs().max(1.0));
+            let got = p.lse(inv_t);
+            assert!(
+                (got - want).abs() < 2e-6 * want.abs().max(1.0),
+                "col {j}: {got} vs {want}"
+            );
         }
+    }
+
+    #[test]
+    fn fused_tile_partials_match_f64() {
+        let mut r = Rng::new(9);
+        for (rows, cols, scale, inv_t) in [
+            (37, 13, 1.0, 10.0),
+            (64, 83, 0.3, 100.0),
+            (9, 200, 0.05, 100.0),
+            (40, 40, 3.0, 1.0),
+        ] {
+            check_tile_partials(&tile(&mut r, rows, cols, scale), rows, cols, inv_t);
+        }
+    }
+
+    #[test]
+    fn rows_and_columns_far_below_the_tile_max_are_exact() {
+        // Similarities from -1 to 1 at T = 0.01: the shared terms of the low
+        // rows and columns underflow, so they are reduced on their own.
+        let mut r = Rng::new(11);
+        let (rows, cols) = (30, 50);
+        let mut t = tile(&mut r, rows, cols, 0.01);
+        for i in 0..rows {
+            for j in 0..cols {
+                // A block of high values; rows 10.. sit in the middle, low
+                // enough to underflow at T = 0.01 only without the offset.
+                t[i * cols + j] += match (i < 3 && j < 5, i >= 10) {
+                    (true, _) => 0.95,
+                    (false, true) => -0.15,
+                    (false, false) => -0.9,
+                };
+            }
+        }
+        check_tile_partials(&t, rows, cols, 100.0);
     }
 }

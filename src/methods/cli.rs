@@ -542,6 +542,7 @@ fn baseline(
     set.replace_with_nothing(Path::new(method.name()).join("train.csv"));
     let staging = set.dir().to_path_buf();
     let t = Instant::now();
+    crate::progress::stage_start(method.name(), n);
     let sel = super::run(method, &ctx, opts, &staging, learner.as_ref())?;
     if sel.picks.is_empty() {
         return Err(Error::Usage(format!(

@@ -10,7 +10,9 @@
 //! batch per repetition and no row lands in a tiny remainder batch. Inside
 //! a batch, the `b x b` similarities are computed in GEMM tiles; a tile's
 //! rows give the first log-sum-exp, its columns (merged over row tiles in
-//! a fixed order) the second, so the batch is one GEMM, never a matrix.
+//! a fixed order) the second, so the batch is one GEMM, never a matrix. Each tile entry's exponential is
+//! computed once and feeds both its row and its column (see
+//! [`merge_tile_partials`]).
 
 use std::ops::Range;
 
@@ -19,7 +21,7 @@ use rayon::prelude::*;
 use super::{budget_rows, top, Ctx, Method, MethodOptions, Pick, Selection};
 use crate::error::Result;
 use crate::kernels::dense::gemm_abt;
-use crate::kernels::lse::{merge_col_partials, Partial};
+use crate::kernels::lse::{merge_tile_partials, Partial, TileScratch};
 use crate::rng::Rng;
 
 /// Stream of the batch permutations.
@@ -79,16 +81,13 @@ pub fn lse_rows_cols(
             let ar = &a[r.start * d..r.end * d];
             let mut row_p = vec![Partial::EMPTY; r.len()];
             let mut col_p = vec![Partial::EMPTY; m];
-            let (mut sims, mut scratch) = (Vec::new(), Vec::new());
+            let (mut sims, mut scratch) = (Vec::new(), TileScratch::default());
             for c0 in (0..m).step_by(tc) {
                 let c1 = (c0 + tc).min(m);
                 // GEMM overwrites the whole buffer: no need to zero it again.
                 sims.resize(r.len() * (c1 - c0), 0.0f32);
                 gemm_abt(ar, &b[c0 * d..c1 * d], d, &mut sims);
-                for (p, row) in row_p.iter_mut().zip(sims.chunks_exact(c1 - c0)) {
-                    *p = p.merge(Partial::of(row, inv_t), inv_t);
-                }
-                merge_col_partials(&sims, c1 - c0, inv_t, &mut scratch, &mut col_p[c0..c1]);
+                merge_tile_partials(&sims, inv_t, &mut scratch, &mut row_p, &mut col_p[c0..c1]);
             }
             (row_p.iter().map(|p| p.lse(inv_t)).collect(), col_p)
         })
@@ -178,11 +177,29 @@ mod tests {
     #[test]
     fn tiled_lse_matches_scalar() {
         let mut r = Rng::new(4);
-        let (n, m, d) = (45, 29, 8);
+        let (n, m, d) = (45, 53, 8);
         let a: Vec<f32> = (0..n * d).map(|_| r.normal() as f32 * 0.3).collect();
         let b: Vec<f32> = (0..m * d).map(|_| r.normal() as f32 * 0.3).collect();
         let inv_t = 20.0f32;
-        let (rows, cols) = lse_rows_cols(&a, &b, d, inv_t, 7, 5);
+        // Column tiles narrower than the lanes (all scalar tail), and wider
+        // with a tail (53 = 2 x 16 + 21 = 16 + 5).
+        for (tr, tc) in [(7, 5), (16, 37), (45, 53)] {
+            check_lse(&a, &b, n, m, d, inv_t, tr, tc);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_lse(
+        a: &[f32],
+        b: &[f32],
+        n: usize,
+        m: usize,
+        d: usize,
+        inv_t: f32,
+        tr: usize,
+        tc: usize,
+    ) {
+        let (rows, cols) = lse_rows_cols(a, b, d, inv_t, tr, tc);
         let s = |i: usize, j: usize| -> f64 {
             (0..d)
                 .map(|k| a[i * d + k] as f64 * b[j * d + k] as f64)
