@@ -163,7 +163,8 @@ impl SelectArgs {
         cfg.tau = pipeline::parse_tau(&self.tau)?;
         cfg.refresh = refresh;
         cfg.refresh_mode = self.refresh_mode.parse().map_err(Error::Usage)?;
-        cfg.cross = CrossSample::parse(&self.cross_sample, self.cross_error).map_err(Error::Usage)?;
+        cfg.cross =
+            CrossSample::parse(&self.cross_sample, self.cross_error).map_err(Error::Usage)?;
         cfg.weights = pipeline::parse_weights(&self.weights)?;
         cfg.chunk_rows = self.chunk_rows;
         cfg.assign_text = self.assign == "text";

@@ -100,7 +100,10 @@ pub struct SelectConfig {
     pub filter: Option<String>,
 }
 
-fn serialize_cross<S: serde::Serializer>(c: &CrossSample, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn serialize_cross<S: serde::Serializer>(
+    c: &CrossSample,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     match c {
         CrossSample::Exact => s.serialize_str("exact"),
         CrossSample::Fixed(m) => s.serialize_u64(*m as u64),
@@ -571,7 +574,11 @@ pub fn clipcov_picks(
         mode: cfg.refresh_mode,
     };
     let (picks, refresh_stats) = stage(timings, "select", n, n * (TERMS as u64) * 8, || {
-        Ok(select::select_with_stats(store, terms.as_slice(), &sel_opts))
+        Ok(select::select_with_stats(
+            store,
+            terms.as_slice(),
+            &sel_opts,
+        ))
     })?;
     if let Some(t) = timings.last_mut() {
         t.refresh = Some(refresh_stats);

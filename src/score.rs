@@ -327,8 +327,15 @@ impl CrossSampleReport {
             seed,
             classes_sampled: sampled.len(),
             classes_exact: classes - sampled.len(),
-            estimated_error_max: sampled.iter().map(|c| c.estimated_error).fold(0.0, f64::max),
-            estimated_error_mean: if rows > 0 { weighted / rows as f64 } else { 0.0 },
+            estimated_error_max: sampled
+                .iter()
+                .map(|c| c.estimated_error)
+                .fold(0.0, f64::max),
+            estimated_error_mean: if rows > 0 {
+                weighted / rows as f64
+            } else {
+                0.0
+            },
             per_class: sampled.to_vec(),
         }
     }
@@ -709,7 +716,10 @@ mod tests {
         for h in hits {
             assert!((850..1150).contains(&h), "{h}");
         }
-        assert_ne!(cross_sample_rows(100, 10, 1, 0), cross_sample_rows(100, 10, 1, 1));
+        assert_ne!(
+            cross_sample_rows(100, 10, 1, 0),
+            cross_sample_rows(100, 10, 1, 1)
+        );
         assert_eq!(cross_sample_rows(7, 9, 0, 0), (0..7).collect::<Vec<_>>());
     }
 
@@ -726,7 +736,10 @@ mod tests {
         let exact: Vec<f64> = (0..n)
             .map(|i| {
                 (0..n)
-                    .map(|j| phi64(dot64(&row(&u, i), &row(&v, j))) + phi64(dot64(&row(&u, j), &row(&v, i))))
+                    .map(|j| {
+                        phi64(dot64(&row(&u, i), &row(&v, j)))
+                            + phi64(dot64(&row(&u, j), &row(&v, i)))
+                    })
                     .sum()
             })
             .collect();
@@ -737,17 +750,44 @@ mod tests {
             let us: Vec<f32> = sample.iter().flat_map(|&j| row(&u, j)).collect();
             let vs: Vec<f32> = sample.iter().flat_map(|&j| row(&v, j)).collect();
             // Two blocks, so a block's sampled rows are found by offset.
-            let mut got = sampled_sums(&u[..25 * d], &v[..25 * d], &us, &vs, d, tau, 0..25, &sample, n);
-            got.extend(sampled_sums(&u[25 * d..], &v[25 * d..], &us, &vs, d, tau, 25..n, &sample, n));
+            let mut got = sampled_sums(
+                &u[..25 * d],
+                &v[..25 * d],
+                &us,
+                &vs,
+                d,
+                tau,
+                0..25,
+                &sample,
+                n,
+            );
+            got.extend(sampled_sums(
+                &u[25 * d..],
+                &v[25 * d..],
+                &us,
+                &vs,
+                d,
+                tau,
+                25..n,
+                &sample,
+                n,
+            ));
             for i in 0..n {
                 let others: Vec<usize> = sample.iter().copied().filter(|&j| j != i).collect();
                 let pairs: f64 = others
                     .iter()
-                    .map(|&j| phi64(dot64(&row(&u, i), &row(&v, j))) + phi64(dot64(&row(&u, j), &row(&v, i))))
+                    .map(|&j| {
+                        phi64(dot64(&row(&u, i), &row(&v, j)))
+                            + phi64(dot64(&row(&u, j), &row(&v, i)))
+                    })
                     .sum();
                 let want = 2.0 * phi64(dot64(&row(&u, i), &row(&v, i)))
                     + (n - 1) as f64 * pairs / others.len() as f64;
-                assert!((got[i] - want).abs() < 1e-4, "row {i}: {} vs {want}", got[i]);
+                assert!(
+                    (got[i] - want).abs() < 1e-4,
+                    "row {i}: {} vs {want}",
+                    got[i]
+                );
                 mean[i] += got[i] / seeds as f64;
             }
         }

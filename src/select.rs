@@ -530,22 +530,47 @@ impl ClassGreedy {
     }
 }
 
+/// Rows per GEMM of [`redundancy`]: every GEMM has this shape (short
+/// blocks are padded with zero rows), because faer picks its kernel, and so
+/// the rounding of an entry, by the shape. A row's redundancy then does not
+/// depend on the rows computed with it, so the lazy refresh reproduces the
+/// eager one to the last bit.
+const REDUNDANCY_ROWS: usize = 64;
+
 /// `sum_{j in picks} phi(<u_i, v_j>) + phi(<u_j, v_i>)` for every row `i`
-/// of `u`, `v` against the picks' `un`, `vn`: two GEMMs.
-fn redundancy(u: &[f32], v: &[f32], un: &[f32], vn: &[f32], d: usize, tau: Option<f32>) -> Vec<f64> {
+/// of `u`, `v` against the picks' `un`, `vn`: two GEMMs per block of
+/// [`REDUNDANCY_ROWS`] rows.
+fn redundancy(
+    u: &[f32],
+    v: &[f32],
+    un: &[f32],
+    vn: &[f32],
+    d: usize,
+    tau: Option<f32>,
+) -> Vec<f64> {
     let rows = u.len() / d.max(1);
     let r = un.len() / d.max(1);
-    let mut a = vec![0.0f32; rows * r];
-    let mut b = vec![0.0f32; rows * r];
-    gemm_abt(u, vn, d, &mut a); // <u_i, v_j>
-    gemm_abt(v, un, d, &mut b); // <u_j, v_i>
+    let block = REDUNDANCY_ROWS;
     let mut out = vec![0.0f64; rows];
-    threshold_row_sums(&a, r, tau, &mut out);
-    threshold_row_sums(&b, r, tau, &mut out);
+    let (mut pu, mut pv) = (vec![0.0f32; block * d], vec![0.0f32; block * d]);
+    let mut a = vec![0.0f32; block * r];
+    let mut b = vec![0.0f32; block * r];
+    for (s, o) in out.chunks_mut(block).enumerate() {
+        let len = o.len();
+        let range = s * block * d..(s * block + len) * d;
+        pu[..len * d].copy_from_slice(&u[range.clone()]);
+        pv[..len * d].copy_from_slice(&v[range]);
+        pu[len * d..].fill(0.0);
+        pv[len * d..].fill(0.0);
+        gemm_abt(&pu, vn, d, &mut a); // <u_i, v_j>
+        gemm_abt(&pv, un, d, &mut b); // <u_j, v_i>
+        threshold_row_sums(&a[..len * r], r, tau, o);
+        threshold_row_sums(&b[..len * r], r, tau, o);
+    }
     out
 }
 
-/// [`redundancy`] over stripes of rows in parallel.
+/// [`redundancy`] over blocks of rows in parallel.
 fn stripes_redundancy(
     u: &[f32],
     v: &[f32],
@@ -554,17 +579,60 @@ fn stripes_redundancy(
     d: usize,
     tau: Option<f32>,
 ) -> Vec<f64> {
-    const STRIPE: usize = 64;
+    let stripe = REDUNDANCY_ROWS;
     let rows = u.len() / d.max(1);
-    (0..rows.div_ceil(STRIPE))
+    (0..rows.div_ceil(stripe))
         .into_par_iter()
         .flat_map_iter(|s| {
-            let r = s * STRIPE * d..((s + 1) * STRIPE).min(rows) * d;
+            let r = s * stripe * d..((s + 1) * stripe).min(rows) * d;
             redundancy(&u[r.clone()], &v[r], un, vn, d, tau)
         })
         .collect()
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// A row's redundancy is the same bits whatever rows are computed with
+    /// it, which the lazy refresh's identity with the eager one rests on.
+    #[test]
+    fn redundancy_of_a_row_does_not_depend_on_its_neighbours() {
+        let (rows, d) = (150, 24);
+        let mut g = Rng::new(9);
+        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| g.normal() as f32).collect() };
+        let (u, v) = (random(rows * d), random(rows * d));
+        for r in [1, 3, 17, 50] {
+            let (un, vn) = (random(r * d), random(r * d));
+            let all = redundancy(&u, &v, &un, &vn, d, Some(0.0));
+            // Every row alone, and the rows in reverse order, in stripes.
+            let rev: Vec<usize> = (0..rows).rev().collect();
+            let gather = |x: &[f32]| -> Vec<f32> {
+                rev.iter()
+                    .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
+                    .collect()
+            };
+            let reversed = stripes_redundancy(&gather(&u), &gather(&v), &un, &vn, d, Some(0.0));
+            for i in 0..rows {
+                let one = redundancy(
+                    &u[i * d..(i + 1) * d],
+                    &v[i * d..(i + 1) * d],
+                    &un,
+                    &vn,
+                    d,
+                    Some(0.0),
+                );
+                assert_eq!(one[0].to_bits(), all[i].to_bits(), "r {r} row {i}");
+                assert_eq!(
+                    reversed[rows - 1 - i].to_bits(),
+                    all[i].to_bits(),
+                    "r {r} row {i}"
+                );
+            }
+        }
+    }
+}
 /// A class's next candidate in the merge heap.
 struct Head {
     score: f64,

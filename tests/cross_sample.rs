@@ -60,8 +60,8 @@ fn run_all(c: &Case, out: &str, extra: &[&str]) -> (Vec<CsvRow>, serde_json::Val
     clipcov_ok(&args);
     let mut rows = read_subset_csv(&out.join("clipcov/subset.csv"));
     rows.sort_by_key(|r| r.row);
-    let manifest = serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-        .unwrap();
+    let manifest =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     (rows, manifest)
 }
 
@@ -82,9 +82,19 @@ fn exact_cross(c: &Case) -> Vec<f64> {
         .map(|(k, e)| (*k, e.iter().map(|&x| x as f64).collect()))
         .collect();
     let to64 = |x: &[Vec<f32>]| -> Vec<Vec<f64>> {
-        x.iter().map(|r| r.iter().map(|&a| a as f64).collect()).collect()
+        x.iter()
+            .map(|r| r.iter().map(|&a| a as f64).collect())
+            .collect()
     };
-    let r = reference(&to64(&c.data.u), &to64(&c.data.v), &prompts, Some(0.0), 1, [1.0, 2.0, 0.5, 1.0], 0);
+    let r = reference(
+        &to64(&c.data.u),
+        &to64(&c.data.v),
+        &prompts,
+        Some(0.0),
+        1,
+        [1.0, 2.0, 0.5, 1.0],
+        0,
+    );
     r.terms.iter().map(|t| t[1]).collect()
 }
 
@@ -116,7 +126,12 @@ fn sampled_cross_is_the_stated_estimator() {
     let classes = got.iter().map(|r| r.class).max().unwrap() as usize + 1;
     // Members of each class in canonical order: the class's local indices.
     let members: Vec<Vec<usize>> = (0..classes)
-        .map(|k| got.iter().filter(|r| r.class == k as i64).map(|r| r.row as usize).collect())
+        .map(|k| {
+            got.iter()
+                .filter(|r| r.class == k as i64)
+                .map(|r| r.row as usize)
+                .collect()
+        })
         .collect();
     let phi = |s: f64| if s > 0.0 { s } else { 0.0 };
     let mut sampled_classes = 0;
@@ -125,7 +140,10 @@ fn sampled_cross_is_the_stated_estimator() {
         let n = rows.len();
         if n <= m {
             for &i in rows {
-                assert!((got[i].terms[1] - exact[i]).abs() < 1e-5, "exact class {k} row {i}");
+                assert!(
+                    (got[i].terms[1] - exact[i]).abs() < 1e-5,
+                    "exact class {k} row {i}"
+                );
             }
             continue;
         }
@@ -153,7 +171,10 @@ fn sampled_cross_is_the_stated_estimator() {
             }
         }
     }
-    assert!(sampled_classes >= 2, "the data has classes larger than the sample");
+    assert!(
+        sampled_classes >= 2,
+        "the data has classes larger than the sample"
+    );
     assert!(differs > 100, "the sample changes cross ({differs} rows)");
     let k = &stage(&manifest, "score").unwrap()["kernels"];
     assert_eq!(k["cross"], "sampled(50, seed 7)");
@@ -167,7 +188,11 @@ fn sampled_cross_is_the_stated_estimator() {
 #[test]
 fn auto_sample_meets_its_stated_error() {
     let c = case("cross-auto");
-    let (got, manifest) = run_all(&c, "auto", &["--cross-sample", "auto", "--cross-error", "0.01"]);
+    let (got, manifest) = run_all(
+        &c,
+        "auto",
+        &["--cross-sample", "auto", "--cross-error", "0.01"],
+    );
     let exact = exact_cross(&c);
     let report = &stage(&manifest, "score").unwrap()["kernels"]["cross_sample"];
     let per_class = report["per_class"].as_array().unwrap();
@@ -211,8 +236,14 @@ fn estimator_is_part_of_the_score_key() {
     assert_eq!(score_stage(&[]), "reuse");
     assert_eq!(score_stage(&["--cross-sample", "50"]), "score");
     assert_eq!(score_stage(&["--cross-sample", "50"]), "reuse");
-    assert_eq!(score_stage(&["--cross-sample", "50", "--seed", "3"]), "score");
-    assert_eq!(score_stage(&["--cross-sample", "60", "--seed", "3"]), "score");
+    assert_eq!(
+        score_stage(&["--cross-sample", "50", "--seed", "3"]),
+        "score"
+    );
+    assert_eq!(
+        score_stage(&["--cross-sample", "60", "--seed", "3"]),
+        "score"
+    );
     assert_eq!(score_stage(&[]), "score");
 }
 

@@ -437,11 +437,9 @@ fn check_zipf(name: &str, tau: &str, refresh: &str, f16_in: bool) {
         );
     }
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(
-        manifest["parameters"]["refresh_period"]["R"],
-        refresh_n,
+        manifest["parameters"]["refresh_period"]["R"], refresh_n,
         "{name}: the manifest records the period used"
     );
 }
@@ -503,8 +501,7 @@ fn run_mode(
     args.extend_from_slice(extra);
     clipcov_ok(&args);
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let select = manifest["stages"]
         .as_array()
         .unwrap()
@@ -555,7 +552,10 @@ fn check_lazy_vs_eager(name: &str, refresh: &str, weights: &str, tau: &str, f16_
         eager_work["pair_evaluations"], eager_work["eager_pair_evaluations"],
         "{name}"
     );
-    assert!(eager_work["refreshes"].as_u64().unwrap() > 10, "{name}: refreshes happen");
+    assert!(
+        eager_work["refreshes"].as_u64().unwrap() > 3,
+        "{name}: refreshes happen"
+    );
     let lazy_ok = tau.parse::<f64>().is_ok_and(|t| t >= 0.0) && !weights.starts_with('-');
     if lazy_ok {
         assert_eq!(lazy_work["mode"], "lazy", "{name}");
