@@ -590,49 +590,6 @@ fn stripes_redundancy(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rng::Rng;
-
-    /// A row's redundancy is the same bits whatever rows are computed with
-    /// it, which the lazy refresh's identity with the eager one rests on.
-    #[test]
-    fn redundancy_of_a_row_does_not_depend_on_its_neighbours() {
-        let (rows, d) = (150, 24);
-        let mut g = Rng::new(9);
-        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| g.normal() as f32).collect() };
-        let (u, v) = (random(rows * d), random(rows * d));
-        for r in [1, 3, 17, 50] {
-            let (un, vn) = (random(r * d), random(r * d));
-            let all = redundancy(&u, &v, &un, &vn, d, Some(0.0));
-            // Every row alone, and the rows in reverse order, in stripes.
-            let rev: Vec<usize> = (0..rows).rev().collect();
-            let gather = |x: &[f32]| -> Vec<f32> {
-                rev.iter()
-                    .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
-                    .collect()
-            };
-            let reversed = stripes_redundancy(&gather(&u), &gather(&v), &un, &vn, d, Some(0.0));
-            for i in 0..rows {
-                let one = redundancy(
-                    &u[i * d..(i + 1) * d],
-                    &v[i * d..(i + 1) * d],
-                    &un,
-                    &vn,
-                    d,
-                    Some(0.0),
-                );
-                assert_eq!(one[0].to_bits(), all[i].to_bits(), "r {r} row {i}");
-                assert_eq!(
-                    reversed[rows - 1 - i].to_bits(),
-                    all[i].to_bits(),
-                    "r {r} row {i}"
-                );
-            }
-        }
-    }
-}
 /// A class's next candidate in the merge heap.
 struct Head {
     score: f64,
@@ -731,4 +688,48 @@ pub fn select_with_stats(
         stats.eager_pair_evaluations += g.stats.eager_pair_evaluations;
     }
     (picks, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// A row's redundancy is the same bits whatever rows are computed with
+    /// it, which the lazy refresh's identity with the eager one rests on.
+    #[test]
+    fn redundancy_of_a_row_does_not_depend_on_its_neighbours() {
+        let (rows, d) = (150, 24);
+        let mut g = Rng::new(9);
+        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| g.normal() as f32).collect() };
+        let (u, v) = (random(rows * d), random(rows * d));
+        for r in [1, 3, 17, 50] {
+            let (un, vn) = (random(r * d), random(r * d));
+            let all = redundancy(&u, &v, &un, &vn, d, Some(0.0));
+            // Every row alone, and the rows in reverse order, in stripes.
+            let rev: Vec<usize> = (0..rows).rev().collect();
+            let gather = |x: &[f32]| -> Vec<f32> {
+                rev.iter()
+                    .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
+                    .collect()
+            };
+            let reversed = stripes_redundancy(&gather(&u), &gather(&v), &un, &vn, d, Some(0.0));
+            for i in 0..rows {
+                let one = redundancy(
+                    &u[i * d..(i + 1) * d],
+                    &v[i * d..(i + 1) * d],
+                    &un,
+                    &vn,
+                    d,
+                    Some(0.0),
+                );
+                assert_eq!(one[0].to_bits(), all[i].to_bits(), "r {r} row {i}");
+                assert_eq!(
+                    reversed[rows - 1 - i].to_bits(),
+                    all[i].to_bits(),
+                    "r {r} row {i}"
+                );
+            }
+        }
+    }
 }
