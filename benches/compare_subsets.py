@@ -4,7 +4,7 @@
   python3 benches/compare_subsets.py A.csv B.csv
 
 Prints JSON: sizes, jaccard of the id sets, Spearman correlation of `rank`
-over the intersection, max |A - B| of each float term over the intersection
+over the intersection, max and mean |A - B| of each float term over the intersection
 (matched by id), and the first rank at which the two orders differ.
 """
 import csv
@@ -59,13 +59,15 @@ def main():
     if first is None and len(order_a) != len(order_b):
         first = min(len(order_a), len(order_b))
     out["first_rank_differing"] = first
-    diffs = {}
+    diffs, means = {}, {}
     for t in TERMS:
         if common and t in A[common[0]] and t in B[common[0]]:
             a = np.array([float(A[i][t]) for i in common])
             b = np.array([float(B[i][t]) for i in common])
             diffs[t] = float(np.max(np.abs(a - b)))
+            means[t] = float(np.mean(np.abs(a - b)))
     out["max_abs_diff"] = diffs
+    out["mean_abs_diff"] = means
     # A cross-check of what the classes say, when both have them.
     if common and "class" in A[common[0]] and "class" in B[common[0]]:
         out["class_mismatches"] = sum(A[i]["class"] != B[i]["class"] for i in common)

@@ -37,6 +37,9 @@ pub struct StageTiming {
     /// The score stage's kernels: work and time of each.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernels: Option<crate::score::ScoreStats>,
+    /// The select stage's refreshes: rows and pairs re-evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<crate::select::RefreshStats>,
 }
 
 /// One output file.

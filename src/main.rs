@@ -13,6 +13,7 @@ use clipcov::pipeline::{self, ClassSource, SelectConfig};
 use clipcov::pipeline_file::PipelineFile;
 use clipcov::progress::{self, LogFormat};
 use clipcov::remote;
+use clipcov::score::CrossSample;
 use clipcov::select::Refresh;
 use clipcov::synth::{self, SynthOptions};
 use clipcov::Result;
@@ -119,6 +120,16 @@ struct SelectArgs {
     /// Refresh period R of the greedy: 'auto' (0.705 x the picks per class) or a number (200 = the notebook).
     #[arg(long, default_value = "auto")]
     refresh: String,
+    /// lazy (default; eager where lazy is not exact) or eager: same picks.
+    #[arg(long, hide = true, default_value = "lazy")]
+    refresh_mode: String,
+    /// cross term: 'exact', or estimated in classes of more than M rows from a
+    /// seeded (--seed) uniform sample of M rows, or 'auto' (M from --cross-error).
+    #[arg(long, default_value = "exact")]
+    cross_sample: String,
+    /// Target standard error of cross_i for --cross-sample auto.
+    #[arg(long, default_value_t = 1e-3)]
+    cross_error: f64,
     /// w_cross,w_easy,w_label,w_between.
     #[arg(long, default_value = "1,2,0.5,1")]
     weights: String,
@@ -155,6 +166,9 @@ impl SelectArgs {
         let mut cfg = self.data.config(classes)?;
         cfg.tau = pipeline::parse_tau(&self.tau)?;
         cfg.refresh = refresh;
+        cfg.refresh_mode = self.refresh_mode.parse().map_err(Error::Usage)?;
+        cfg.cross =
+            CrossSample::parse(&self.cross_sample, self.cross_error).map_err(Error::Usage)?;
         cfg.weights = pipeline::parse_weights(&self.weights)?;
         cfg.chunk_rows = self.chunk_rows;
         cfg.assign_text = self.assign == "text";

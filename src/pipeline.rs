@@ -20,8 +20,8 @@ use crate::ingest::{self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions
 use crate::memory::{self, Plan, RssMonitor};
 use crate::prefilter::Predicate;
 use crate::resume::{self, Journal};
-use crate::score::{self, ScoreOptions, ScoreStats, Tau, TERMS};
-use crate::select::{self, Pick, Refresh, SelectOptions, Weights};
+use crate::score::{self, CrossSample, ScoreOptions, ScoreStats, Tau, TERMS};
+use crate::select::{self, Pick, Refresh, RefreshMode, SelectOptions, Weights};
 use crate::store::{Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
 
 /// Where latent classes come from.
@@ -100,6 +100,11 @@ pub struct SelectConfig {
     pub out: PathBuf,
     pub tau: Tau,
     pub refresh: Refresh,
+    /// Lazy (default where exact) or eager refresh: same picks, less work.
+    pub refresh_mode: RefreshMode,
+    /// `--cross-sample`: the estimator of `cross` (seeded by `seed`).
+    #[serde(serialize_with = "serialize_cross")]
+    pub cross: CrossSample,
     pub weights: Weights,
     pub memory_limit_bytes: u64,
     pub threads: usize,
@@ -132,6 +137,22 @@ pub struct SelectConfig {
     /// keeps are staged (src/prefilter.rs).
     #[serde(rename = "where")]
     pub filter: Option<String>,
+}
+
+fn serialize_cross<S: serde::Serializer>(
+    c: &CrossSample,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match c {
+        CrossSample::Exact => s.serialize_str("exact"),
+        CrossSample::Fixed(m) => s.serialize_u64(*m as u64),
+        CrossSample::Auto { error } => {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(Some(1))?;
+            map.serialize_entry("auto", &serde_json::json!({ "error": error }))?;
+            map.end()
+        }
+    }
 }
 
 /// What a finished run reports.
@@ -207,6 +228,7 @@ fn stage<T>(
         bytes_read: bytes,
         gb_per_second: if s > 0.0 { bytes as f64 / s / 1e9 } else { 0.0 },
         kernels: None,
+        refresh: None,
     });
     Ok(v)
 }
@@ -537,8 +559,28 @@ pub fn clipcov_picks(
     let opts = ScoreOptions {
         tau: cfg.tau,
         tile_rows: staged.tile_rows,
+        cross: cfg.cross,
+        seed: cfg.seed,
+        memory_limit_bytes: cfg.memory_limit_bytes,
     };
-    let key = resume::key_of(&(&staged.key, cfg.tau.to_string(), staged.tile_rows));
+    // The estimator is part of the key: a store scored exactly is never
+    // reused for a sampled run, nor the other way round (`auto`'s sample
+    // sizes also depend on the memory limit and the threads).
+    let estimator = match cfg.cross {
+        CrossSample::Auto { .. } => format!(
+            "{} limit {} threads {}",
+            cfg.cross.describe(cfg.tau, cfg.seed),
+            cfg.memory_limit_bytes,
+            rayon::current_num_threads()
+        ),
+        _ => cfg.cross.describe(cfg.tau, cfg.seed),
+    };
+    let key = resume::key_of(&(
+        &staged.key,
+        cfg.tau.to_string(),
+        staged.tile_rows,
+        estimator,
+    ));
     let mut journal = Journal::load(&store.dir);
     let reused = if cfg.fresh {
         None
@@ -557,7 +599,7 @@ pub fn clipcov_picks(
             let stats = stage(timings, "score", n, store_bytes, || {
                 score::score(store, &staged.class_emb, &opts, &store.dir)
             })?;
-            let report = serde_json::to_value(stats).unwrap_or_default();
+            let report = serde_json::to_value(&stats).unwrap_or_default();
             journal.record(&store.dir, "score", &key, &["terms.bin"], report)?;
             stats
         }
@@ -573,10 +615,18 @@ pub fn clipcov_picks(
         budget,
         tau: cfg.tau,
         tile_rows: staged.tile_rows,
+        mode: cfg.refresh_mode,
     };
-    let picks = stage(timings, "select", n, n * (TERMS as u64) * 8, || {
-        Ok(select::select(store, terms.as_slice(), &sel_opts))
+    let (picks, refresh_stats) = stage(timings, "select", n, n * (TERMS as u64) * 8, || {
+        Ok(select::select_with_stats(
+            store,
+            terms.as_slice(),
+            &sel_opts,
+        ))
     })?;
+    if let Some(t) = timings.last_mut() {
+        t.refresh = Some(refresh_stats);
+    }
     Ok((picks, terms))
 }
 

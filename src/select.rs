@@ -8,6 +8,15 @@
 //! of an argmax per pick. Classes are filled in parallel; a class is
 //! refreshed (with a GEMM against its `R` new picks) only when the merge
 //! needs its next pick.
+//!
+//! The lazy refresh (the default where it is exact): with `tau >= 0` and
+//! `w_cross >= 0` a refresh only lowers a row's score by its redundancy
+//! (`>= 0`) and by the class saturation (the same for every row of the
+//! class). A refresh then only records its picks and its saturation; a row
+//! is brought up to date, replaying the missed refreshes in order with the
+//! eager arithmetic, only when its stale score minus the saturation since
+//! could still place it among the class's next `R` picks (lazy greedy,
+//! Minoux 1978). The picks are the eager refresh's.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -16,7 +25,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::kernels::dense::{dot_mixed, gemm_abt, threshold_row_sums};
-use crate::kernels::topk::top_k;
+use crate::kernels::topk::{better_first, top_k};
 use crate::score::{Tau, BETWEEN, CROSS, EASY, LABEL, TERMS};
 use crate::store::Store;
 
@@ -115,6 +124,61 @@ impl<'de> serde::Deserialize<'de> for Refresh {
     }
 }
 
+/// How a refresh reaches the class's unselected rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshMode {
+    /// Re-evaluate only the rows that could be among the next picks; used
+    /// when exact (`tau >= 0`, `w_cross >= 0`), eager otherwise.
+    #[default]
+    Lazy,
+    /// Update every unselected row of the class at each refresh.
+    Eager,
+}
+
+impl std::str::FromStr for RefreshMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "lazy" => Ok(RefreshMode::Lazy),
+            "eager" => Ok(RefreshMode::Eager),
+            _ => Err(format!(
+                "invalid --refresh-mode '{s}': expected 'lazy' or 'eager'"
+            )),
+        }
+    }
+}
+
+impl RefreshMode {
+    /// The mode actually used: lazy only where its bounds hold (every
+    /// decrement of the redundancy is `>= 0`).
+    pub fn effective(self, tau: Tau, w: &Weights) -> RefreshMode {
+        match (self, tau) {
+            (RefreshMode::Lazy, Tau::Threshold(t)) if t >= 0.0 && w.cross >= 0.0 => {
+                RefreshMode::Lazy
+            }
+            _ => RefreshMode::Eager,
+        }
+    }
+}
+
+/// The work of the refreshes, for the manifest.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RefreshStats {
+    /// `lazy` or `eager`, as run.
+    pub mode: &'static str,
+    /// Refreshes (rounds) over all classes.
+    pub refreshes: u64,
+    /// Row updates done: one per row and refresh applied to it.
+    pub row_updates: u64,
+    /// Similarity pairs (row, pick) evaluated by the refreshes.
+    pub pair_evaluations: u64,
+    /// What the eager refresh evaluates on the same run: `n_k` rows against
+    /// each refresh's picks, about `picks_k * n_k` a class.
+    pub eager_pair_evaluations: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct SelectOptions {
     pub weights: Weights,
@@ -124,6 +188,8 @@ pub struct SelectOptions {
     pub tau: Tau,
     /// Rows per stripe of the refresh GEMMs.
     pub tile_rows: usize,
+    /// Lazy or eager refresh (lazy falls back to eager where not exact).
+    pub mode: RefreshMode,
 }
 
 /// One selected row.
@@ -134,6 +200,60 @@ pub struct Pick {
     pub class: usize,
     /// Score at the time of the pick.
     pub score: f64,
+}
+
+/// One refresh of a class, as the lazy refresh records it.
+struct Round {
+    /// The picks since the previous refresh (`new_k`), local indices.
+    picks: Vec<usize>,
+    /// The class saturation it subtracts from every unselected row.
+    saturation: f64,
+}
+
+/// A row's stale score in the lazy heap: `key = score + saturation of the
+/// refreshes before the row's last update`, so `key - saturation so far` is
+/// an upper bound of its fresh score, and the order of keys is the order
+/// of bounds.
+struct Bound {
+    key: f64,
+    i: usize,
+}
+
+impl PartialEq for Bound {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Bound {}
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Bound {
+    // Max-heap: larger bound first, then the smaller index (the spec's ties).
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key
+            .total_cmp(&other.key)
+            .then_with(|| other.i.cmp(&self.i))
+    }
+}
+
+/// The lazy refresh's state of one class.
+struct Lazy {
+    /// Refreshes already applied to `scores[i]`.
+    seen: Vec<u32>,
+    /// Unselected rows not in the queue, by bound.
+    heap: BinaryHeap<Bound>,
+    rounds: Vec<Round>,
+    /// `saturation_before[t]`: the saturation of refreshes `0..t`.
+    saturation_before: Vec<f64>,
+}
+
+/// Rounding slack on a bound: the bound and the replayed score sum the same
+/// saturations in different orders.
+fn slack(key: f64, saturation: f64) -> f64 {
+    1e-9 * (1.0 + key.abs() + saturation.abs())
 }
 
 /// One class's greedy.
@@ -152,10 +272,13 @@ struct ClassGreedy {
     /// `w_label * sum_{j in new_k} label_j`: the picks since the last refresh
     /// only, as the authors' notebook sums it.
     label_saturation: f64,
+    /// The lazy refresh's state; `None` refreshes eagerly.
+    lazy: Option<Lazy>,
+    stats: RefreshStats,
 }
 
 impl ClassGreedy {
-    fn new(class: usize, start: usize, terms: &[f64], w: &Weights) -> Self {
+    fn new(class: usize, start: usize, terms: &[f64], w: &Weights, lazy: bool) -> Self {
         let scores: Vec<f64> = terms
             .chunks_exact(TERMS)
             .map(|t| {
@@ -163,6 +286,16 @@ impl ClassGreedy {
             })
             .collect();
         let n = scores.len();
+        let lazy = lazy.then(|| Lazy {
+            seen: vec![0; n],
+            heap: scores
+                .iter()
+                .enumerate()
+                .map(|(i, &key)| Bound { key, i })
+                .collect(),
+            rounds: Vec::new(),
+            saturation_before: vec![0.0],
+        });
         ClassGreedy {
             class,
             start,
@@ -173,11 +306,16 @@ impl ClassGreedy {
             new: Vec::new(),
             cross_saturation: 0.0,
             label_saturation: 0.0,
+            lazy,
+            stats: RefreshStats::default(),
         }
     }
 
     /// Queues the next period: the top `R` unselected rows.
-    fn fill(&mut self, refresh: usize) {
+    fn fill(&mut self, store: &Store, opts: &SelectOptions, refresh: usize) {
+        if self.lazy.is_some() {
+            return self.fill_lazy(store, opts, refresh);
+        }
         let candidates: Vec<(f64, usize)> = self
             .scores
             .iter()
@@ -187,6 +325,103 @@ impl ClassGreedy {
             .map(|(i, (s, _))| (*s, i))
             .collect();
         self.queue = top_k(candidates, refresh).into();
+    }
+
+    /// [`Self::fill`] for the lazy refresh: brings rows up to date from the
+    /// top of the heap until the next `R` picks are certain, that is their
+    /// fresh scores beat every remaining bound.
+    fn fill_lazy(&mut self, store: &Store, opts: &SelectOptions, refresh: usize) {
+        let need = refresh.min(self.remaining);
+        let lz = self.lazy.as_mut().expect("lazy state");
+        let now = lz.rounds.len();
+        let done = lz.saturation_before[now];
+        // Rows popped per batch: enough for a GEMM, few enough not to bring
+        // far more rows up to date than the period needs.
+        let batch_rows = (2 * need).clamp(16, 512);
+        let mut fresh: Vec<(f64, usize)> = Vec::new();
+        loop {
+            let kth = (need > 0 && fresh.len() >= need).then(|| {
+                fresh.select_nth_unstable_by(need - 1, |a, b| better_first(*a, *b));
+                fresh[need - 1].0
+            });
+            let lz = self.lazy.as_mut().expect("lazy state");
+            // A bound that cannot reach the need-th fresh score: certain.
+            let beaten = |b: &Bound| kth.is_some_and(|k| k > b.key - done + slack(b.key, done));
+            match lz.heap.peek() {
+                None => break,
+                Some(b) if beaten(b) => break,
+                _ => {}
+            }
+            let mut batch = Vec::new();
+            let mut popped = 0;
+            while popped < batch_rows {
+                match lz.heap.peek() {
+                    Some(b) if !beaten(b) => {}
+                    _ => break,
+                }
+                let b = lz.heap.pop().expect("peeked");
+                popped += 1;
+                if lz.seen[b.i] as usize == now {
+                    fresh.push((self.scores[b.i], b.i));
+                } else {
+                    batch.push(b.i);
+                }
+            }
+            self.catch_up(&mut batch, store, opts);
+            fresh.extend(batch.iter().map(|&i| (self.scores[i], i)));
+        }
+        fresh.sort_unstable_by(|a, b| better_first(*a, *b));
+        let rest = fresh.split_off(need.min(fresh.len()));
+        let lz = self.lazy.as_mut().expect("lazy state");
+        for (s, i) in rest {
+            lz.heap.push(Bound { key: s + done, i });
+        }
+        self.queue = fresh.into();
+    }
+
+    /// Replays on the rows `batch` the refreshes they missed, in order and
+    /// with the eager refresh's arithmetic.
+    fn catch_up(&mut self, batch: &mut [usize], store: &Store, opts: &SelectOptions) {
+        if batch.is_empty() {
+            return;
+        }
+        let d = store.d();
+        let n = self.scores.len();
+        let tau = opts.tau.as_f32();
+        let w = &opts.weights;
+        let inv_n = 1.0 / n as f64;
+        let o = self.start;
+        let lz = self.lazy.as_mut().expect("lazy state");
+        let now = lz.rounds.len();
+        // Oldest first: the rows that missed refresh t are a prefix.
+        batch.sort_by_key(|&i| lz.seen[i]);
+        let order = store.order.as_slice();
+        let file_rows = |idx: &[usize]| -> Vec<u64> { idx.iter().map(|&i| order[o + i]).collect() };
+        let rows = file_rows(batch);
+        let (mut bu, mut bv, mut pu, mut pv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let u = store.emb.image_gather(&rows, &mut bu);
+        let v = store.emb.text_gather(&rows, &mut bv);
+        let mut prefix = 0;
+        for t in lz.seen[batch[0]] as usize..now {
+            while prefix < batch.len() && lz.seen[batch[prefix]] as usize <= t {
+                prefix += 1;
+            }
+            let round = &lz.rounds[t];
+            let picks = file_rows(&round.picks);
+            let un = store.emb.image_gather(&picks, &mut pu);
+            let vn = store.emb.text_gather(&picks, &mut pv);
+            let red = stripes_redundancy(&u[..prefix * d], &v[..prefix * d], un, vn, d, tau);
+            for (&i, r) in batch[..prefix].iter().zip(&red) {
+                let s = &mut self.scores[i];
+                *s -= w.cross * inv_n * r;
+                *s -= round.saturation;
+            }
+            self.stats.row_updates += prefix as u64;
+            self.stats.pair_evaluations += (prefix * round.picks.len()) as u64;
+        }
+        for &i in batch.iter() {
+            lz.seen[i] = now as u32;
+        }
     }
 
     fn head(&self) -> Option<(f64, usize)> {
@@ -211,6 +446,24 @@ impl ClassGreedy {
         let d = store.d();
         let o = self.start;
         let new = std::mem::take(&mut self.new);
+        let w = &opts.weights;
+        let inv_n = 1.0 / n as f64;
+        let sat = inv_n * (self.cross_saturation + self.label_saturation);
+        self.label_saturation = 0.0;
+        self.stats.refreshes += 1;
+        self.stats.eager_pair_evaluations += (n * new.len()) as u64;
+        if let Some(lz) = self.lazy.as_mut() {
+            // Recorded only; rows catch up when they could be picked.
+            let before = lz.saturation_before[lz.rounds.len()];
+            lz.saturation_before.push(before + sat);
+            lz.rounds.push(Round {
+                picks: new,
+                saturation: sat,
+            });
+            return;
+        }
+        self.stats.row_updates += self.remaining as u64;
+        self.stats.pair_evaluations += (n * new.len()) as u64;
         // Embeddings of the new picks, gathered.
         let (mut un, mut vn) = (
             Vec::with_capacity(new.len() * d),
@@ -239,23 +492,11 @@ impl ClassGreedy {
             }
             Tau::Threshold(t) => {
                 let tau = Some(t as f32);
-                let r = new.len();
-                self.per_stripe(store, opts.tile_rows, |u, v, rows| {
-                    let mut a = vec![0.0f32; rows * r];
-                    let mut b = vec![0.0f32; rows * r];
-                    gemm_abt(u, &vn, d, &mut a); // <u_i, v_j>
-                    gemm_abt(v, &un, d, &mut b); // <u_j, v_i>
-                    let mut out = vec![0.0f64; rows];
-                    threshold_row_sums(&a, r, tau, &mut out);
-                    threshold_row_sums(&b, r, tau, &mut out);
-                    out
+                self.per_stripe(store, opts.tile_rows, |u, v, _| {
+                    redundancy(u, v, &un, &vn, d, tau)
                 })
             }
         };
-        let w = &opts.weights;
-        let inv_n = 1.0 / n as f64;
-        let sat = inv_n * (self.cross_saturation + self.label_saturation);
-        self.label_saturation = 0.0;
         for ((s, taken), red) in self.scores.iter_mut().zip(&self.taken).zip(&redundancy) {
             if !taken {
                 *s -= w.cross * inv_n * red;
@@ -289,6 +530,66 @@ impl ClassGreedy {
     }
 }
 
+/// Rows per GEMM of [`redundancy`]: every GEMM has this shape (short
+/// blocks are padded with zero rows), because faer picks its kernel, and so
+/// the rounding of an entry, by the shape. A row's redundancy then does not
+/// depend on the rows computed with it, so the lazy refresh reproduces the
+/// eager one to the last bit.
+const REDUNDANCY_ROWS: usize = 64;
+
+/// `sum_{j in picks} phi(<u_i, v_j>) + phi(<u_j, v_i>)` for every row `i`
+/// of `u`, `v` against the picks' `un`, `vn`: two GEMMs per block of
+/// [`REDUNDANCY_ROWS`] rows.
+fn redundancy(
+    u: &[f32],
+    v: &[f32],
+    un: &[f32],
+    vn: &[f32],
+    d: usize,
+    tau: Option<f32>,
+) -> Vec<f64> {
+    let rows = u.len() / d.max(1);
+    let r = un.len() / d.max(1);
+    let block = REDUNDANCY_ROWS;
+    let mut out = vec![0.0f64; rows];
+    let (mut pu, mut pv) = (vec![0.0f32; block * d], vec![0.0f32; block * d]);
+    let mut a = vec![0.0f32; block * r];
+    let mut b = vec![0.0f32; block * r];
+    for (s, o) in out.chunks_mut(block).enumerate() {
+        let len = o.len();
+        let range = s * block * d..(s * block + len) * d;
+        pu[..len * d].copy_from_slice(&u[range.clone()]);
+        pv[..len * d].copy_from_slice(&v[range]);
+        pu[len * d..].fill(0.0);
+        pv[len * d..].fill(0.0);
+        gemm_abt(&pu, vn, d, &mut a); // <u_i, v_j>
+        gemm_abt(&pv, un, d, &mut b); // <u_j, v_i>
+        threshold_row_sums(&a[..len * r], r, tau, o);
+        threshold_row_sums(&b[..len * r], r, tau, o);
+    }
+    out
+}
+
+/// [`redundancy`] over blocks of rows in parallel.
+fn stripes_redundancy(
+    u: &[f32],
+    v: &[f32],
+    un: &[f32],
+    vn: &[f32],
+    d: usize,
+    tau: Option<f32>,
+) -> Vec<f64> {
+    let stripe = REDUNDANCY_ROWS;
+    let rows = u.len() / d.max(1);
+    (0..rows.div_ceil(stripe))
+        .into_par_iter()
+        .flat_map_iter(|s| {
+            let r = s * stripe * d..((s + 1) * stripe).min(rows) * d;
+            redundancy(&u[r.clone()], &v[r], un, vn, d, tau)
+        })
+        .collect()
+}
+
 /// A class's next candidate in the merge heap.
 struct Head {
     score: f64,
@@ -318,15 +619,26 @@ impl Ord for Head {
 
 /// Runs the selection; `terms` is the score stage's `[rows, 4]` array.
 pub fn select(store: &Store, terms: &[f64], opts: &SelectOptions) -> Vec<Pick> {
+    select_with_stats(store, terms, opts).0
+}
+
+/// [`select`], with the work its refreshes did.
+pub fn select_with_stats(
+    store: &Store,
+    terms: &[f64],
+    opts: &SelectOptions,
+) -> (Vec<Pick>, RefreshStats) {
     let budget = opts.budget.min(store.rows());
     let refresh = opts.refresh.max(1);
     let w = opts.weights;
+    let lazy = opts.mode.effective(opts.tau, &w) == RefreshMode::Lazy;
     let mut classes: Vec<ClassGreedy> = (0..store.meta.classes())
         .into_par_iter()
         .map(|k| {
             let r = store.meta.class_range(k);
-            let mut g = ClassGreedy::new(k, r.start, &terms[r.start * TERMS..r.end * TERMS], &w);
-            g.fill(refresh);
+            let t = &terms[r.start * TERMS..r.end * TERMS];
+            let mut g = ClassGreedy::new(k, r.start, t, &w, lazy);
+            g.fill(store, opts, refresh);
             g
         })
         .collect();
@@ -358,12 +670,66 @@ pub fn select(store: &Store, terms: &[f64], opts: &SelectOptions) -> Vec<Pick> {
             // c_k is now a multiple of R: refresh, then queue the next period.
             if picks.len() < budget {
                 g.refresh(store, opts);
-                g.fill(refresh);
+                g.fill(store, opts, refresh);
             }
         }
         if let Some(h) = head_of(g) {
             heap.push(h);
         }
     }
-    picks
+    let mut stats = RefreshStats {
+        mode: if lazy { "lazy" } else { "eager" },
+        ..RefreshStats::default()
+    };
+    for g in &classes {
+        stats.refreshes += g.stats.refreshes;
+        stats.row_updates += g.stats.row_updates;
+        stats.pair_evaluations += g.stats.pair_evaluations;
+        stats.eager_pair_evaluations += g.stats.eager_pair_evaluations;
+    }
+    (picks, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// A row's redundancy is the same bits whatever rows are computed with
+    /// it, which the lazy refresh's identity with the eager one rests on.
+    #[test]
+    fn redundancy_of_a_row_does_not_depend_on_its_neighbours() {
+        let (rows, d) = (150, 24);
+        let mut g = Rng::new(9);
+        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| g.normal() as f32).collect() };
+        let (u, v) = (random(rows * d), random(rows * d));
+        for r in [1, 3, 17, 50] {
+            let (un, vn) = (random(r * d), random(r * d));
+            let all = redundancy(&u, &v, &un, &vn, d, Some(0.0));
+            // Every row alone, and the rows in reverse order, in stripes.
+            let rev: Vec<usize> = (0..rows).rev().collect();
+            let gather = |x: &[f32]| -> Vec<f32> {
+                rev.iter()
+                    .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
+                    .collect()
+            };
+            let reversed = stripes_redundancy(&gather(&u), &gather(&v), &un, &vn, d, Some(0.0));
+            for i in 0..rows {
+                let one = redundancy(
+                    &u[i * d..(i + 1) * d],
+                    &v[i * d..(i + 1) * d],
+                    &un,
+                    &vn,
+                    d,
+                    Some(0.0),
+                );
+                assert_eq!(one[0].to_bits(), all[i].to_bits(), "r {r} row {i}");
+                assert_eq!(
+                    reversed[rows - 1 - i].to_bits(),
+                    all[i].to_bits(),
+                    "r {r} row {i}"
+                );
+            }
+        }
+    }
 }

@@ -437,11 +437,9 @@ fn check_zipf(name: &str, tau: &str, refresh: &str, f16_in: bool) {
         );
     }
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(
-        manifest["parameters"]["refresh_period"]["R"],
-        refresh_n,
+        manifest["parameters"]["refresh_period"]["R"], refresh_n,
         "{name}: the manifest records the period used"
     );
 }
@@ -477,4 +475,140 @@ fn auto_refresh_rule() {
     assert_eq!(auto_refresh(283_781, 1000), 200);
     assert_eq!(auto_refresh(10, 500), 1);
     assert_eq!(auto_refresh(1000, 50), 14);
+}
+
+/// Runs `select` on `data` with `--refresh-mode mode`; the subset and the
+/// select stage's refresh report.
+fn run_mode(
+    dir: &Dir,
+    data_dir: &std::path::Path,
+    prompts: &std::path::Path,
+    mode: &str,
+    extra: &[&str],
+) -> (Vec<CsvRow>, serde_json::Value) {
+    let out = dir.join(&format!("out-{mode}"));
+    let mut args = vec![
+        "select",
+        "--data",
+        s(data_dir),
+        "--prompts",
+        s(prompts),
+        "--out",
+        s(&out),
+        "--refresh-mode",
+        mode,
+    ];
+    args.extend_from_slice(extra);
+    clipcov_ok(&args);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let select = manifest["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "select")
+        .expect("a select stage")["refresh"]
+        .clone();
+    (read_subset_csv(&out.join("clipcov/subset.csv")), select)
+}
+
+/// The lazy refresh against the eager one through the CLI: the same rows,
+/// ranks and classes, scores within 1e-9, and fewer pairs evaluated.
+fn check_lazy_vs_eager(name: &str, refresh: &str, weights: &str, tau: &str, f16_in: bool) {
+    let dir = Dir::new(name);
+    let data = make_zipf_data(1500, 16, 7, 1.1, 31);
+    let (data_dir, prompts) = write_data(&dir.path, &data, 2, f16_in);
+    let (weights_flag, tau_flag) = (format!("--weights={weights}"), format!("--tau={tau}"));
+    let flags = [
+        "--fraction",
+        "0.4",
+        "--refresh",
+        refresh,
+        &weights_flag,
+        &tau_flag,
+        "--tile-rows",
+        "40",
+    ];
+    let (lazy, lazy_work) = run_mode(&dir, &data_dir, &prompts, "lazy", &flags);
+    let (eager, eager_work) = run_mode(&dir, &data_dir, &prompts, "eager", &flags);
+    assert_eq!(lazy.len(), eager.len(), "{name}: subset size");
+    for (l, e) in lazy.iter().zip(&eager) {
+        assert_eq!(
+            (l.rank, l.row, &l.id, l.class),
+            (e.rank, e.row, &e.id, e.class),
+            "{name}: rank {}",
+            e.rank
+        );
+        assert!(
+            (l.score - e.score).abs() <= 1e-9,
+            "{name}: rank {} score {} vs {}",
+            e.rank,
+            l.score,
+            e.score
+        );
+    }
+    assert_eq!(eager_work["mode"], "eager", "{name}");
+    assert_eq!(
+        eager_work["pair_evaluations"], eager_work["eager_pair_evaluations"],
+        "{name}"
+    );
+    assert!(
+        eager_work["refreshes"].as_u64().unwrap() > 3,
+        "{name}: refreshes happen"
+    );
+    let lazy_ok = tau.parse::<f64>().is_ok_and(|t| t >= 0.0) && !weights.starts_with('-');
+    if lazy_ok {
+        assert_eq!(lazy_work["mode"], "lazy", "{name}");
+        assert_eq!(
+            lazy_work["eager_pair_evaluations"], eager_work["eager_pair_evaluations"],
+            "{name}: the same refreshes"
+        );
+        let (l, e) = (
+            lazy_work["pair_evaluations"].as_u64().unwrap(),
+            eager_work["pair_evaluations"].as_u64().unwrap(),
+        );
+        assert!(l < e, "{name}: lazy evaluated {l} pairs, eager {e}");
+    } else {
+        // Not exact there: the lazy request runs eagerly.
+        assert_eq!(lazy_work["mode"], "eager", "{name}");
+    }
+}
+
+#[test]
+fn lazy_refresh_3() {
+    check_lazy_vs_eager("lazy-r3", "3", "1,2,0.5,1", "0", false);
+}
+
+#[test]
+fn lazy_refresh_17_f16() {
+    check_lazy_vs_eager("lazy-r17", "17", "1,2,0.5,1", "0", true);
+}
+
+#[test]
+fn lazy_refresh_50_positive_tau() {
+    check_lazy_vs_eager("lazy-r50", "50", "1,2,0.5,1", "0.2", false);
+}
+
+#[test]
+fn lazy_refresh_auto() {
+    check_lazy_vs_eager("lazy-auto", "auto", "1,2,0.5,1", "0", false);
+}
+
+#[test]
+fn lazy_refresh_1() {
+    check_lazy_vs_eager("lazy-r1", "1", "1,2,0.5,1", "0", false);
+}
+
+/// A large negative label weight: the class saturation changes sign from
+/// one refresh to the next, which the bounds carry as a uniform offset.
+#[test]
+fn lazy_refresh_negative_saturation() {
+    check_lazy_vs_eager("lazy-neg-label", "5", "1,2,-4,1", "0", false);
+}
+
+#[test]
+fn lazy_falls_back_to_eager() {
+    check_lazy_vs_eager("lazy-neg-cross", "5", "-1,2,0.5,1", "0", false);
+    check_lazy_vs_eager("lazy-none", "5", "1,2,0.5,1", "none", false);
+    check_lazy_vs_eager("lazy-neg-tau", "5", "1,2,0.5,1", "-0.1", false);
 }

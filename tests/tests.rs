@@ -7,6 +7,8 @@ mod util;
 
 // The ClipCov pipeline against a literal float64 implementation of the spec.
 mod parity;
+// --cross-sample: the sampled cross term against its estimator in float64.
+mod cross_sample;
 // Bad input: exit status, one-line message, nothing left behind.
 mod bad_input;
 // Same input, same bytes; the demo and synth commands.

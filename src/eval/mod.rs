@@ -559,6 +559,8 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         out: work.clone(),
         tau: Tau::Threshold(0.0),
         refresh: Refresh::Auto,
+        refresh_mode: Default::default(),
+        cross: Default::default(),
         weights: Weights::default(),
         memory_limit_bytes: parse_size(&a.memory_limit)?,
         threads,

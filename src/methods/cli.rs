@@ -263,6 +263,8 @@ impl DataArgs {
             publish_to,
             tau: Tau::Threshold(0.0),
             refresh: Refresh::Auto,
+            refresh_mode: Default::default(),
+            cross: Default::default(),
             weights: Weights::default(),
             memory_limit_bytes: parse_size(&self.memory_limit)?,
             threads,
@@ -364,6 +366,7 @@ pub fn timing(stage: &str, seconds: f64, rows: u64) -> StageTiming {
         bytes_read: 0,
         gb_per_second: 0.0,
         kernels: None,
+        refresh: None,
     }
 }
 
