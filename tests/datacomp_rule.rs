@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use clipcov::rng::Rng;
 
-use crate::util::{clipcov, clipcov_ok, emb_array, s, write_batch, Dir};
+use crate::util::{clipcov, clipcov_ok, emb_array, error_text, s, write_batch, Dir};
 
 type Rows = Vec<Vec<f32>>;
 
@@ -102,7 +102,7 @@ fn run(args: &str) {
 /// Runs clipcov, asserts the exit status, returns stderr.
 fn fails(args: &str, code: i32) -> String {
     let out = clipcov(&args.split_whitespace().collect::<Vec<_>>());
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = error_text(&out);
     assert_eq!(out.status.code(), Some(code), "clipcov {args}: {err}");
     err
 }

@@ -9,7 +9,7 @@ use crate::util::*;
 /// Runs `clipcov` expecting exit `code`; returns stderr.
 fn fails(args: &[&str], code: i32) -> String {
     let o = clipcov(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let err = error_text(&o);
     assert_eq!(
         o.status.code(),
         Some(code),

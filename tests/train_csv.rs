@@ -339,7 +339,7 @@ fn refs(v: &[String]) -> Vec<&str> {
 /// subset, train.csv, manifest or temporary file was left; returns it.
 fn fails(out: &Path, args: &[&str], code: i32) -> String {
     let o = clipcov(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let err = error_text(&o);
     assert_eq!(o.status.code(), Some(code), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
     if out.exists() {
