@@ -225,7 +225,7 @@ fn selection_from_s3_matches_disk_byte_for_byte() {
         &["--work", s(&work)],
     );
     assert!(
-        stdout.contains(&format!("uploaded 5 files to {results}")),
+        stdout.contains(&format!("uploaded 6 files to {results}")),
         "{stdout}"
     );
     for f in ["clipcov/subset.parquet", "clipcov/subset.csv"] {
@@ -241,6 +241,10 @@ fn selection_from_s3_matches_disk_byte_for_byte() {
         m["outputs"][0]["url"],
         format!("{results}/clipcov/subset.parquet")
     );
+    // The method's own manifest (one per method folder) is published too.
+    let per_method: serde_json::Value =
+        serde_json::from_slice(&server.get("runs/nightly/clipcov/manifest.json")).unwrap();
+    assert_eq!(per_method["method"], "clipcov");
     // Working state stays local.
     assert!(work.join("store").is_dir());
     assert!(!dir
