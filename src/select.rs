@@ -214,28 +214,48 @@ struct Round {
 /// refreshes before the row's last update`, so `key - saturation so far` is
 /// an upper bound of its fresh score, and the order of keys is the order
 /// of bounds.
-struct Bound {
-    key: f64,
-    i: usize,
+type Bound = Ranked<()>;
+
+/// A max-heap entry in the spec's order: the larger score first, ties to
+/// the smaller index. `item` rides along.
+struct Ranked<T> {
+    score: f64,
+    index: u64,
+    item: T,
 }
 
-impl PartialEq for Bound {
+impl<T> PartialEq for Ranked<T> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
-impl Eq for Bound {}
-impl PartialOrd for Bound {
+impl<T> Eq for Ranked<T> {}
+impl<T> PartialOrd for Ranked<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Bound {
-    // Max-heap: larger bound first, then the smaller index (the spec's ties).
+impl<T> Ord for Ranked<T> {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.key
-            .total_cmp(&other.key)
-            .then_with(|| other.i.cmp(&self.i))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.index.cmp(&self.index))
+    }
+}
+
+impl Bound {
+    fn new(key: f64, i: usize) -> Bound {
+        Ranked {
+            score: key,
+            index: i as u64,
+            item: (),
+        }
+    }
+    fn key(&self) -> f64 {
+        self.score
+    }
+    fn i(&self) -> usize {
+        self.index as usize
     }
 }
 
@@ -291,7 +311,7 @@ impl ClassGreedy {
             heap: scores
                 .iter()
                 .enumerate()
-                .map(|(i, &key)| Bound { key, i })
+                .map(|(i, &key)| Bound::new(key, i))
                 .collect(),
             rounds: Vec::new(),
             saturation_before: vec![0.0],
@@ -346,7 +366,7 @@ impl ClassGreedy {
             });
             let lz = self.lazy.as_mut().expect("lazy state");
             // A bound that cannot reach the need-th fresh score: certain.
-            let beaten = |b: &Bound| kth.is_some_and(|k| k > b.key - done + slack(b.key, done));
+            let beaten = |b: &Bound| kth.is_some_and(|k| k > b.key() - done + slack(b.key(), done));
             match lz.heap.peek() {
                 None => break,
                 Some(b) if beaten(b) => break,
@@ -361,10 +381,10 @@ impl ClassGreedy {
                 }
                 let b = lz.heap.pop().expect("peeked");
                 popped += 1;
-                if lz.seen[b.i] as usize == now {
-                    fresh.push((self.scores[b.i], b.i));
+                if lz.seen[b.i()] as usize == now {
+                    fresh.push((self.scores[b.i()], b.i()));
                 } else {
-                    batch.push(b.i);
+                    batch.push(b.i());
                 }
             }
             self.catch_up(&mut batch, store, opts);
@@ -374,7 +394,7 @@ impl ClassGreedy {
         let rest = fresh.split_off(need.min(fresh.len()));
         let lz = self.lazy.as_mut().expect("lazy state");
         for (s, i) in rest {
-            lz.heap.push(Bound { key: s + done, i });
+            lz.heap.push(Bound::new(s + done, i));
         }
         self.queue = fresh.into();
     }
@@ -590,32 +610,9 @@ fn stripes_redundancy(
         .collect()
 }
 
-/// A class's next candidate in the merge heap.
-struct Head {
-    score: f64,
-    row: u64,
-    class: usize,
-}
-
-impl PartialEq for Head {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Head {}
-impl PartialOrd for Head {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Head {
-    // Max-heap: larger score first, then the smaller row index.
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then_with(|| other.row.cmp(&self.row))
-    }
-}
+/// A class's next candidate in the merge heap: its score, its row index
+/// and the class.
+type Head = Ranked<usize>;
 
 /// Runs the selection; `terms` is the score stage's `[rows, 4]` array.
 pub fn select(store: &Store, terms: &[f64], opts: &SelectOptions) -> Vec<Pick> {
@@ -646,8 +643,8 @@ pub fn select_with_stats(
     let head_of = |g: &ClassGreedy| {
         g.head().map(|(score, i)| Head {
             score,
-            row: store.row_index(g.start + i),
-            class: g.class,
+            index: store.row_index(g.start + i),
+            item: g.class,
         })
     };
     for g in &classes {
@@ -658,7 +655,7 @@ pub fn select_with_stats(
     let mut picks = Vec::with_capacity(budget);
     while picks.len() < budget {
         let Some(top) = heap.pop() else { break };
-        let g = &mut classes[top.class];
+        let g = &mut classes[top.item];
         let class_terms = &terms[g.start * TERMS..(g.start + g.scores.len()) * TERMS];
         let (score, i) = g.take(class_terms, &w);
         picks.push(Pick {
