@@ -39,5 +39,6 @@ pub mod score;
 pub mod select;
 pub mod store;
 pub mod synth;
+pub mod synth_local;
 
 pub use error::{Error, Result};
