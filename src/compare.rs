@@ -74,12 +74,12 @@ fn parse_fractions(s: &str) -> Result<Vec<f64>> {
     let mut out = Vec::new();
     for x in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
         let f: f64 = x.parse().map_err(|_| {
-            Error::Usage(format!("--fractions: '{x}' is not a number; give e.g. 0.02,0.05,0.1"))
+            Error::Usage(format!(
+                "--fractions: '{x}' is not a number; give e.g. 0.02,0.05,0.1"
+            ))
         })?;
         if !(f > 0.0 && f <= 1.0) {
-            return Err(Error::Usage(format!(
-                "--fractions: {f} is not in (0, 1]"
-            )));
+            return Err(Error::Usage(format!("--fractions: {f} is not in (0, 1]")));
         }
         out.push(f);
     }

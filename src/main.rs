@@ -174,7 +174,11 @@ impl LocalArgs {
             local_dims: self.local_dims.unwrap_or(def.local_dims).max(1),
             weak_share: share("weak-captions", self.weak_captions, def.weak_share)?,
             weak_at: self.weak_at.unwrap_or(def.weak_at),
-            sibling_mismatch: share("sibling-mismatch", self.sibling_mismatch, def.sibling_mismatch)?,
+            sibling_mismatch: share(
+                "sibling-mismatch",
+                self.sibling_mismatch,
+                def.sibling_mismatch,
+            )?,
             viral_pool: self.viral_pool.unwrap_or(def.viral_pool).max(1),
             spam_rate: share("spam-rate", self.spam_rate, def.spam_rate)?,
             spam_topics: self.spam_topics.unwrap_or(def.spam_topics).max(1),

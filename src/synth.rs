@@ -497,7 +497,8 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
             let text = m.class_table(&class_rows);
             atomic_write(&path, |w| {
                 use std::io::Write;
-                w.write_all(text.as_bytes()).map_err(|e| Error::io(&path, e))
+                w.write_all(text.as_bytes())
+                    .map_err(|e| Error::io(&path, e))
             })?;
             Some(path)
         }

@@ -51,7 +51,10 @@ fn read_rows(data: &Path) -> Rows {
             .unwrap();
         for b in r {
             let b = b.unwrap();
-            for (name, dst) in [("image_embedding", &mut out.u), ("text_embedding", &mut out.v)] {
+            for (name, dst) in [
+                ("image_embedding", &mut out.u),
+                ("text_embedding", &mut out.v),
+            ] {
                 let col = b.column_by_name(name).unwrap().as_fixed_size_list();
                 for i in 0..b.num_rows() {
                     let row = col.value(i);
@@ -143,7 +146,10 @@ fn class_local_synth_writes_its_model_and_class_table() {
     assert!(table.iter().filter(|t| t.2 != t.0).count() > 20);
     let largest = table.iter().find(|t| t.2 == 0).unwrap();
     let smallest = table.iter().find(|t| t.2 == 39).unwrap();
-    assert!(largest.3 > 5 * smallest.3.max(1), "{largest:?} {smallest:?}");
+    assert!(
+        largest.3 > 5 * smallest.3.max(1),
+        "{largest:?} {smallest:?}"
+    );
 
     // Kinds: every one present; junk and spam have no class.
     let kinds: BTreeSet<&str> = rows.kind.iter().map(String::as_str).collect();
@@ -192,7 +198,10 @@ fn class_local_synth_writes_its_model_and_class_table() {
     let mut labels = BTreeMap::new();
     for b in r {
         let b = b.unwrap();
-        let l = b.column_by_name("label").unwrap().as_primitive::<Int32Type>();
+        let l = b
+            .column_by_name("label")
+            .unwrap()
+            .as_primitive::<Int32Type>();
         for &x in l.values() {
             *labels.entry(x).or_insert(0) += 1;
         }
@@ -345,10 +354,17 @@ fn eval_counts_clean_picks_of_known_classes_and_the_balanced_covariance() {
     // tail and weak and strong; a macro mean lies between its parts.
     let z = &m["zero_shot_split"];
     let mac = m["zero_shot_macro"].as_f64().unwrap();
-    for (a, b) in [("covered", "uncovered"), ("head", "tail"), ("weak", "strong")] {
+    for (a, b) in [
+        ("covered", "uncovered"),
+        ("head", "tail"),
+        ("weak", "strong"),
+    ] {
         let (x, y) = (z[a].as_f64(), z[b].as_f64());
         if let (Some(x), Some(y)) = (x, y) {
-            assert!(x.min(y) - 1e-9 <= mac && mac <= x.max(y) + 1e-9, "{a} {b} {z}");
+            assert!(
+                x.min(y) - 1e-9 <= mac && mac <= x.max(y) + 1e-9,
+                "{a} {b} {z}"
+            );
         }
     }
     assert!(z["weak"].is_f64() && z["strong"].is_f64(), "{z}");
@@ -490,12 +506,26 @@ fn every_default_method_keeps_a_rank_prefix_at_a_smaller_fraction() {
             ]);
         } else {
             clipcov_ok(&[
-                "baseline", method, "--data", s(&data), "--fraction", f, "--out", s(&out),
+                "baseline",
+                method,
+                "--data",
+                s(&data),
+                "--fraction",
+                f,
+                "--out",
+                s(&out),
             ]);
         }
         ranked_rows(&out.join(method).join("subset.csv"))
     };
-    for method in ["clipcov", "random", "clip_score", "semdedup", "ssp", "neg_clip_loss"] {
+    for method in [
+        "clipcov",
+        "random",
+        "clip_score",
+        "semdedup",
+        "ssp",
+        "neg_clip_loss",
+    ] {
         let small = run(method, "0.02");
         let large = run(method, "0.05");
         assert_eq!((small.len(), large.len()), (80, 200), "{method}");
@@ -536,7 +566,10 @@ fn compare_fractions_evaluates_rank_prefixes_with_paired_intervals() {
     ];
     args.extend(proxy);
     let printed = clipcov_ok(&args);
-    assert!(printed.contains("Eval at fraction 0.05 (B = 200)"), "{printed}");
+    assert!(
+        printed.contains("Eval at fraction 0.05 (B = 200)"),
+        "{printed}"
+    );
     let c: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("compare.json")).unwrap()).unwrap();
     let budgets = c["budgets"].as_array().unwrap();
@@ -560,7 +593,10 @@ fn compare_fractions_evaluates_rank_prefixes_with_paired_intervals() {
         assert_eq!(small["subset"], "prefix", "{name}");
         assert_eq!(small["rows"], 200, "{name}");
         // The largest budget is the run itself.
-        assert_eq!(large["zero_shot_top1"], c["methods"][name]["zero_shot_top1"]);
+        assert_eq!(
+            large["zero_shot_top1"],
+            c["methods"][name]["zero_shot_top1"]
+        );
         if name == "clipcov" {
             assert!(small.get("paired").is_none());
             continue;
@@ -571,7 +607,10 @@ fn compare_fractions_evaluates_rank_prefixes_with_paired_intervals() {
         assert_eq!(p["reference"], "clipcov");
         let want = small["zero_shot_top1"].as_f64().unwrap()
             - at(0, "clipcov")["zero_shot_top1"].as_f64().unwrap();
-        assert!((p["top1_diff"].as_f64().unwrap() - want).abs() < 1e-9, "{name} {p}");
+        assert!(
+            (p["top1_diff"].as_f64().unwrap() - want).abs() < 1e-9,
+            "{name} {p}"
+        );
         let ci = p["top1_diff_ci"].as_array().unwrap();
         assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap());
     }
@@ -638,4 +677,40 @@ fn compare_fractions_evaluates_rank_prefixes_with_paired_intervals() {
         s(&dir.join("x")),
     ]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn the_shared_model_writes_the_same_bytes_as_before_class_local() {
+    // Hashes of the shared model's files as written before the class-local
+    // model was added (the default model must not change).
+    use sha2::{Digest, Sha256};
+    let dir = Dir::new("cov-golden");
+    let ds = dir.join("ds");
+    synth_at(
+        &ds,
+        "--rows 30000 --classes 20 --dim 16 --shards 2 --seed 7",
+    );
+    for (file, want) in [
+        (
+            "data/part-00000.parquet",
+            "803cb20972af7b8e1f0e362e6ab2beb9d7accce09d10279ee1cd84a849bf0b7b",
+        ),
+        (
+            "data/part-00001.parquet",
+            "3e81929af458724ca8fbe9ffeca129682dd333bf9f55fc73bb4aad5072c64053",
+        ),
+        (
+            "eval.parquet",
+            "7d23189daf927d8ee7b8ff96d7b86432042a09f1847db37819272bdeea2f579b",
+        ),
+        (
+            "prompts.parquet",
+            "6dd4f24cf00de5555042ab7c09deeb52f42907f2c7692c354f2fef4a6431cb4d",
+        ),
+    ] {
+        let got = Sha256::digest(std::fs::read(ds.join(file)).unwrap());
+        let got: String = got.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, want, "{file}");
+    }
+    assert!(!ds.join("classes.csv").exists());
 }

@@ -14,7 +14,13 @@ pub const RESAMPLES: usize = 1000;
 
 /// Mean of `values` (micro) or, with `macro_avg`, the mean over classes
 /// present of each class's mean, over the images `idx`.
-pub fn statistic(values: &[f64], labels: &[usize], classes: usize, macro_avg: bool, idx: &[usize]) -> f64 {
+pub fn statistic(
+    values: &[f64],
+    labels: &[usize],
+    classes: usize,
+    macro_avg: bool,
+    idx: &[usize],
+) -> f64 {
     if !macro_avg {
         return idx.iter().map(|&i| values[i]).sum::<f64>() / idx.len().max(1) as f64;
     }
@@ -51,7 +57,8 @@ pub fn interval(
     let mut idx = vec![0usize; m];
     let mut stats: Vec<f64> = (0..resamples)
         .map(|_| {
-            idx.iter_mut().for_each(|i| *i = rng.below(m as u64) as usize);
+            idx.iter_mut()
+                .for_each(|i| *i = rng.below(m as u64) as usize);
             statistic(values, labels, classes, macro_avg, &idx)
         })
         .collect();

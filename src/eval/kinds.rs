@@ -124,9 +124,11 @@ pub fn read_true_class(files: &[SourceFile]) -> Result<Option<Vec<i64>>> {
             if i == 0 {
                 return Ok(None);
             }
-            return Err(Error::column(path, TRUE_CLASS_COLUMN, "missing column").with_hint(
-                "the first shard has a true_class column; give every shard one, or none",
-            ));
+            return Err(
+                Error::column(path, TRUE_CLASS_COLUMN, "missing column").with_hint(
+                    "the first shard has a true_class column; give every shard one, or none",
+                ),
+            );
         };
         let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
         let reader = builder

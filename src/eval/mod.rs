@@ -235,7 +235,6 @@ pub struct ZeroShotSplit {
     pub strong: Option<f64>,
 }
 
-
 /// Pairs at store positions, read from the memory-mapped store.
 struct StorePairs<'a> {
     store: &'a Store,
@@ -553,8 +552,7 @@ impl<'a> Evaluator<'a> {
                     top5: ranks.iter().filter(|&&r| r < 5).count() as f64 / m,
                     r1,
                     loss_start: t.losses[..tenth].iter().sum::<f64>() / tenth as f64,
-                    loss_end: t.losses[t.losses.len() - tenth..].iter().sum::<f64>()
-                        / tenth as f64,
+                    loss_end: t.losses[t.losses.len() - tenth..].iter().sum::<f64>() / tenth as f64,
                     heldout_loss,
                     hits: ranks.iter().map(|&r| r == 0).collect(),
                 })
@@ -833,7 +831,11 @@ pub fn text_report(m: &EvalMetrics) -> String {
         "pairs                    {} trained, {} held out",
         m.train_pairs, m.heldout_pairs
     );
-    let _ = writeln!(s, "counted picks            {}", m.coverage_counts.describe());
+    let _ = writeln!(
+        s,
+        "counted picks            {}",
+        m.coverage_counts.describe()
+    );
     let _ = writeln!(s, "clean_classes_covered    {}", m.clean_classes_covered);
     let _ = writeln!(s, "clean_class_entropy      {:.4}", m.clean_class_entropy);
     if let Some(e) = m.cov_rel_error_balanced {
