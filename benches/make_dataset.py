@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a small synthetic canonical dataset for clipcov (formats.md).
+"""Write a small synthetic canonical dataset for clipcov (docs/formats.md).
 
 Layout written to --out:
   data/shard-00000.parquet ...   columns id (utf8), image_embedding,

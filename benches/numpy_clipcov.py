@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""NumPy reference implementation of ClipCov selection (shared/spec/clipcov.md).
+"""NumPy reference implementation of ClipCov selection (docs/algorithm.md).
 
 Two roles:
   * the independent float64 reference that the Rust tool is checked against;
@@ -8,7 +8,7 @@ Two roles:
 
 Usage:
   python3 benches/numpy_clipcov.py --data DIR --prompts FILE \
-      (--fraction F | --budget B) [--tau 0|none|<x>] [--refresh 200] \
+      (--fraction F | --budget B) [--tau 0|none|<x>] [--refresh auto|N] \
       [--weights w_cross,w_easy,w_label,w_between] [--dtype float64|float32] \
       [--image-col image_embedding] [--text-col text_embedding] [--id-col id] \
       [--assign image|text] [--naive] --out OUT.csv
@@ -343,8 +343,8 @@ class Greedy:
         w_cross, _, w_label, _ = self.w
         m = st.members
         unsel = m[~self.selected[m]]
+        new = np.array(st.new)
         if len(unsel):
-            new = np.array(st.new)
             red = np.empty(len(unsel), self.s.dtype)
             if self.tau is None:  # linear form: sum_j <u_i,v_j> = <u_i, sum_j v_j>
                 sv, su = self.V[new].sum(axis=0), self.U[new].sum(axis=0)
@@ -356,8 +356,11 @@ class Greedy:
                     A = phi_inplace(self.U[blk] @ Vn.T, self.tau)   # phi(<u_i, v_j>)
                     A += phi_inplace(self.V[blk] @ Un.T, self.tau)  # phi(<u_j, v_i>)
                     red[lo:hi] = A.sum(axis=1)
-            sel = np.array(st.sel)
-            sat = (w_cross * self.cross[sel] + w_label * self.label[sel]).sum()
+            # Cross saturation over all the class's picks (sel_k), label
+            # saturation over the picks since the last refresh (new_k), as in
+            # the authors' notebook.
+            sat = (w_cross * self.cross[np.array(st.sel)].sum()
+                   + w_label * self.label[new].sum())
             self.s[unsel] -= w_cross * (red / st.n)   # redundancy with new picks
             self.s[unsel] -= sat / st.n               # class saturation
         st.new = []
@@ -433,7 +436,8 @@ def main():
     g.add_argument("--fraction", type=float)
     g.add_argument("--budget", type=int)
     ap.add_argument("--tau", type=parse_tau, default=0.0, help="threshold, or 'none' (default 0)")
-    ap.add_argument("--refresh", type=int, default=200, help="refresh period R (default 200)")
+    ap.add_argument("--refresh", default="auto",
+                    help="refresh period R: 'auto' = max(1, round(0.705 * B / K')) (default), or a number")
     ap.add_argument("--weights", type=parse_weights, default=(1.0, 2.0, 0.5, 1.0),
                     help="w_cross,w_easy,w_label,w_between (default 1,2,0.5,1)")
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
@@ -447,8 +451,8 @@ def main():
                     help="with --tau none, compute cross with the dense blocks instead of the linear form")
     ap.add_argument("--out", required=True, help="output CSV")
     a = ap.parse_args()
-    if a.refresh < 1:
-        ap.error("--refresh must be >= 1")
+    if a.refresh != "auto" and (not a.refresh.isdigit() or int(a.refresh) < 1):
+        ap.error("--refresh must be 'auto' or a whole number >= 1")
     if a.fraction is not None and not (0 <= a.fraction <= 1):
         ap.error("--fraction must be in [0, 1]")
     if a.budget is not None and a.budget < 0:
@@ -488,6 +492,12 @@ def main():
     cross = cross_term(U, V, members, a.tau, dtype, a.dense_none)
     T.lap(f"cross (tau={'none' if a.tau is None else a.tau})")
 
+    if a.refresh == "auto":
+        # Half away from zero, as the spec's round (Python's round() is to even).
+        nonempty = sum(len(m) > 0 for m in members)
+        a.refresh = max(1, math.floor(0.705 * B / max(nonempty, 1) + 0.5))
+    else:
+        a.refresh = int(a.refresh)
     s = w_cross * cross + w_easy * easy + w_label * label - w_between * between
     gr = Greedy(U, V, y, members, s.copy(), cross, label, a.tau, a.weights, a.refresh)
     if a.naive:

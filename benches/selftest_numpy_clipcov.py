@@ -79,7 +79,7 @@ def same_file(a, b):
 # ------------------------------------------------ literal re-implementation
 
 def literal(data_dir, prompts, frac, tau, R, w):
-    """Straight transcription of clipcov.md with Python loops over pairs."""
+    """Straight transcription of docs/algorithm.md with Python loops over pairs."""
     files = sorted((os.path.relpath(os.path.join(dp, f), data_dir)
                     for dp, _, fs in os.walk(data_dir) for f in fs if f.endswith(".parquet")),
                    key=os.fsencode)
@@ -146,7 +146,8 @@ def literal(data_dir, prompts, frac, tau, R, w):
         sel[k].append(i)
         if c[k] % R == 0:
             nk = len(Vk[k])
-            sat = sum(wc * cross[j] + wl * label[j] for j in sel[k])
+            # cross saturation over sel_k, label saturation over new_k (the notebook's rule)
+            sat = sum(wc * cross[j] for j in sel[k]) + sum(wl * label[j] for j in new[k])
             for r in Vk[k]:
                 if r in unsel:
                     s[r] -= wc * sum(phi(dot(U[r], V[j])) + phi(dot(U[j], V[r])) for j in new[k]) / nk

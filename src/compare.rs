@@ -19,14 +19,16 @@ use serde::Serialize;
 use crate::emit::{self, OutputFile};
 use crate::error::{Error, Result};
 use crate::eval::fractions::{self as by_budget, Budgeted, Subset, SubsetOf};
-use crate::eval::{EvalMetrics, Evaluator, ProxyArgs};
+use crate::eval::{plus_minus, EvalMetrics, Evaluator, ProxyArgs};
 use crate::formats::atomic::atomic_write;
+use crate::formats::publish::OutputSet;
 use crate::methods::cli::{
     learner, learner_store, stage_learner, thread_pool, DataArgs, MethodArgs,
 };
 use crate::methods::context::SharedStage;
 use crate::methods::{self, output, Ctx, Method, MethodOptions};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig};
+use crate::select::Refresh;
 
 pub const DEFAULT_METHODS: &str = "clipcov,random,clip_score,semdedup,ssp,neg_clip_loss";
 
@@ -43,9 +45,9 @@ pub struct CompareArgs {
     /// ClipCov: similarity threshold, a number or 'none'.
     #[arg(long, default_value = "0")]
     pub tau: String,
-    /// ClipCov: refresh period R of the greedy.
-    #[arg(long, default_value_t = 200)]
-    pub refresh: usize,
+    /// ClipCov: refresh period R of the greedy, 'auto' or a number.
+    #[arg(long, default_value = "auto")]
+    pub refresh: String,
     /// ClipCov: w_cross,w_easy,w_label,w_between.
     #[arg(long, default_value = "1,2,0.5,1")]
     pub weights: String,
@@ -208,11 +210,16 @@ pub struct Comparison {
 }
 
 /// Whether an entry's subset at a smaller budget is the rank prefix of its
-/// subset at a larger one: true for a greedy or a top-`B` ranking, false
-/// for a threshold rule, whose rows do not follow the budget.
-fn subset_of(e: Entry, opts: &MethodOptions) -> SubsetOf {
+/// subset at a larger one: true for a top-`B` ranking and for ClipCov's
+/// greedy at a fixed refresh period; not for `--refresh auto`, whose period
+/// follows the budget (re-run per budget), nor for a threshold rule, whose
+/// rows do not follow the budget.
+fn subset_of(e: Entry, cfg: &SelectConfig, opts: &MethodOptions) -> SubsetOf {
     match e {
-        Entry::ClipCov => SubsetOf::Prefix,
+        Entry::ClipCov => match cfg.refresh {
+            Refresh::Every(_) => SubsetOf::Prefix,
+            Refresh::Auto => SubsetOf::Rerun,
+        },
         Entry::Baseline(Method::ClipScore) if opts.threshold.is_some() => SubsetOf::Threshold,
         Entry::Baseline(Method::Semdedup) if opts.eps.is_some() => SubsetOf::Threshold,
         Entry::Baseline(Method::DatacompImageBased) => SubsetOf::Threshold,
@@ -233,7 +240,8 @@ fn assess_budgets(
     opts: &MethodOptions,
     a: &CompareArgs,
     fractions: Option<&[f64]>,
-) -> Vec<Budgeted> {
+    rerun: &dyn Fn(Budget) -> Result<Vec<usize>>,
+) -> Result<Vec<Budgeted>> {
     let n = ctx.n();
     let b_max = cfg.budget.rows(n as u64) as usize;
     let budgets: Vec<(Option<f64>, usize)> = match fractions {
@@ -268,14 +276,32 @@ fn assess_budgets(
     } else {
         results[0].method.clone()
     };
-    budgets
+    // Re-runs at the budgets below the largest (ClipCov with auto refresh).
+    let mut reruns: Vec<Vec<Vec<usize>>> = Vec::new();
+    for &(fraction, b) in &budgets {
+        let mut at_b = Vec::new();
+        for &e in entries {
+            if b < b_max && subset_of(e, cfg, opts) == SubsetOf::Rerun {
+                at_b.push(rerun(match fraction {
+                    Some(f) => Budget::Fraction(f),
+                    None => Budget::Count(b as u64),
+                })?);
+            } else {
+                at_b.push(Vec::new());
+            }
+        }
+        reruns.push(at_b);
+    }
+    Ok(budgets
         .into_iter()
-        .map(|(fraction, b)| {
+        .zip(&reruns)
+        .map(|((fraction, b), at_b)| {
             let subsets: Vec<Subset> = entries
                 .iter()
                 .zip(results)
-                .map(|(&e, r)| {
-                    let how = subset_of(e, opts);
+                .zip(at_b)
+                .map(|((&e, r), own)| {
+                    let how = subset_of(e, cfg, opts);
                     let take = |p: &[usize]| -> usize {
                         if how == SubsetOf::Prefix {
                             b.min(p.len())
@@ -283,7 +309,11 @@ fn assess_budgets(
                             p.len()
                         }
                     };
-                    let positions = &r.positions[..take(&r.positions)];
+                    let positions = if how == SubsetOf::Rerun && b < b_max {
+                        &own[..]
+                    } else {
+                        &r.positions[..take(&r.positions)]
+                    };
                     let other_seeds = if e == Entry::Baseline(Method::Random) {
                         extra.iter().map(|p| &p[..take(p)]).collect()
                     } else {
@@ -308,7 +338,7 @@ fn assess_budgets(
             };
             by_budget::assess(ev, fraction, b, &subsets, &reference, &known)
         })
-        .collect()
+        .collect())
 }
 
 /// Writes the methods as an object keyed by method name, in run order,
@@ -414,10 +444,7 @@ pub fn run_compare(mut a: CompareArgs) -> Result<()> {
     let mut cfg = a.data.config(classes)?;
     cfg.tau = pipeline::parse_tau(&a.tau)?;
     cfg.weights = pipeline::parse_weights(&a.weights)?;
-    if a.refresh == 0 {
-        return Err(Error::Usage("--refresh must be at least 1".into()));
-    }
-    cfg.refresh = a.refresh;
+    cfg.refresh = a.refresh.parse().map_err(Error::Usage)?;
     let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     let c = thread_pool(cfg.threads)?.install(|| {
         let r = compare(&entries, &cfg, &opts, &a, eval_opts, fractions.as_deref());
@@ -432,6 +459,15 @@ pub fn run_compare(mut a: CompareArgs) -> Result<()> {
         return Ok(());
     }
     print!("{}", markdown(&c));
+    for r in &c.methods {
+        for f in &r.outputs {
+            println!("  wrote {}", cfg.out.join(&f.path).display());
+        }
+    }
+    if !c.methods.iter().any(|r| r.method == "clipcov") && cfg.out.join("rejects.parquet").exists()
+    {
+        println!("  wrote {}", cfg.out.join("rejects.parquet").display());
+    }
     println!("  wrote {}", cfg.out.join("compare.md").display());
     println!("  wrote {}", cfg.out.join("compare.json").display());
     println!("  wrote {}", cfg.out.join("report.html").display());
@@ -452,6 +488,7 @@ fn compare(
     let staged = pipeline::stage_data(cfg, &cfg.out.join("store"), &mut timings)?;
     let store = &staged.store;
     let ctx = Ctx::new(store, staged.tile_rows);
+    let (_, budget_warning) = cfg.budget.checked_rows(ctx.n() as u64)?;
     let lstaged = if entries.contains(&Entry::Baseline(Method::CRho)) {
         stage_learner(cfg, &a.options, &mut timings)?
     } else {
@@ -468,6 +505,12 @@ fn compare(
         c.len()
     };
 
+    // Every output is staged and published as one set at the end.
+    let mut set = OutputSet::new(&cfg.out)?;
+    for e in entries {
+        set.replace_with_nothing(std::path::Path::new(e.name()).join("datacomp_uids.npy"));
+    }
+    let staging = set.dir().to_path_buf();
     let mut results = Vec::new();
     // ClipCov's picks and terms, for the report.
     let mut clip = None;
@@ -478,7 +521,7 @@ fn compare(
             Entry::ClipCov => {
                 let (picks, terms) = pipeline::clipcov_picks(cfg, &staged, &mut Vec::new())?;
                 let m = emit::emit_clipcov(
-                    &cfg.out,
+                    &staging,
                     store,
                     terms.as_slice(),
                     &picks,
@@ -497,14 +540,21 @@ fn compare(
                 r
             }
             Entry::Baseline(m) => {
-                let sel = methods::run(m, &ctx, opts, &cfg.out, learner.as_ref())?;
+                let sel = methods::run(m, &ctx, opts, &staging, learner.as_ref())?;
+                if sel.picks.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "{} keeps none of the {} rows with these options; loosen them",
+                        m.name(),
+                        ctx.n()
+                    )));
+                }
                 let positions = || sel.picks.iter().map(|p| p.pos);
                 MethodResult {
                     classes_covered: prompts.then(|| covered(&mut positions())),
                     clusters: sel.clusters,
                     clusters_covered: sel.clusters_covered(),
                     outputs: output::write_subset(
-                        &cfg.out,
+                        &staging,
                         &ctx,
                         &sel,
                         &staged.keep(&cfg.keep_columns),
@@ -521,7 +571,7 @@ fn compare(
     let rejects = &staged.ingested.rejects;
     if !entries.contains(&Entry::ClipCov) && !rejects.is_empty() {
         // clipcov's emit writes them otherwise.
-        emit::write_rejects(&cfg.out.join("rejects.parquet"), rejects)?;
+        emit::write_rejects(&staging.join("rejects.parquet"), rejects)?;
     }
     for i in 0..results.len() {
         for j in 0..results.len() {
@@ -545,7 +595,17 @@ fn compare(
             }
             r.eval = Some(e);
         }
-        budgets = assess_budgets(&ev, &ctx, entries, &results, cfg, opts, a, fractions);
+        let rerun = |budget: Budget| -> Result<Vec<usize>> {
+            let cfg = SelectConfig {
+                budget,
+                ..cfg.clone()
+            };
+            let (picks, _) = pipeline::clipcov_picks(&cfg, &staged, &mut Vec::new())?;
+            Ok(picks.iter().map(|p| p.pos).collect())
+        };
+        budgets = assess_budgets(
+            &ev, &ctx, entries, &results, cfg, opts, a, fractions, &rerun,
+        )?;
         eval_stage = Some(SharedStage {
             stage: format!("eval ({} methods)", results.len()),
             seconds: t.elapsed().as_secs_f64(),
@@ -564,19 +624,27 @@ fn compare(
     match &clip {
         Some((picks, terms)) => {
             crate::report::write_clipcov_report(
-                &cfg.out,
+                &staging,
                 "clipcov compare",
                 store,
                 terms.as_slice(),
                 picks,
                 Some((names, matrix)),
+                &pipeline::report_parameters(cfg),
             )?;
         }
         None => crate::report::write(
-            &cfg.out.join("report.html"),
+            &staging.join("report.html"),
             &crate::report::Report {
                 title: "clipcov compare".into(),
-                summary: vec![("rows".into(), ctx.n().to_string())],
+                summary: vec![("rows".into(), ctx.n().to_string())]
+                    .into_iter()
+                    .chain(
+                        pipeline::report_parameters(cfg)
+                            .into_iter()
+                            .filter(|(k, _)| ["data", "budget", "where"].contains(&k.as_str())),
+                    )
+                    .collect(),
                 overlap: Some((names, matrix)),
                 ..Default::default()
             },
@@ -607,6 +675,10 @@ fn compare(
             "prefilter": staged.ingested.prefilter,
             "tau": cfg.tau.to_string(),
             "refresh": cfg.refresh,
+            "refresh_period": cfg.refresh.period(
+                cfg.budget.rows(n as u64) as usize,
+                store.meta.nonempty_classes(),
+            ),
             "weights": cfg.weights,
             "options": opts,
             "learner_data": a.options.learner_data,
@@ -615,6 +687,7 @@ fn compare(
             "d": store.meta.d,
             "store_dtype": store.meta.dtype,
             "eval_set": a.eval_set,
+            "warnings": budget_warning.into_iter().collect::<Vec<_>>(),
             "eval": a.eval_set.as_ref().map(|_| a.proxy.options(cfg.seed).ok()),
             "fractions": fractions,
             "subset_seeds": a.subset_seeds,
@@ -625,13 +698,14 @@ fn compare(
         budgets,
         seconds_total: started.elapsed().as_secs_f64(),
     };
-    emit::write_json(&cfg.out.join("compare.json"), &c)?;
+    emit::write_json(&staging.join("compare.json"), &c)?;
     let md = markdown(&c);
-    let path = cfg.out.join("compare.md");
+    let path = staging.join("compare.md");
     atomic_write(&path, |w| {
         use std::io::Write;
         w.write_all(md.as_bytes()).map_err(|e| Error::io(&path, e))
     })?;
+    set.commit()?;
     Ok(c)
 }
 
@@ -700,19 +774,16 @@ fn eval_table(s: &mut String, c: &Comparison) {
         let Some(e) = &r.eval else { continue };
         let _ = write!(
             s,
-            "| {} | {} | {:.4} | {:.4} | {} | {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.3} ± {:.3} |",
+            "| {} | {} | {:.4} | {:.4} | {} | {:.3} | {} | {} | {} |",
             r.method,
             e.rows,
             e.cov.cov_rel_error,
             e.cov.cov_rel_error_per_class,
             e.cov.classes_covered,
             e.cov.class_entropy,
-            e.zero_shot_top1,
-            e.zero_shot_top1_std,
-            e.zero_shot_top5,
-            e.zero_shot_top5_std,
-            e.retrieval_r1,
-            e.retrieval_r1_std
+            plus_minus(e.zero_shot_top1, e.zero_shot_top1_std, 3),
+            plus_minus(e.zero_shot_top5, e.zero_shot_top5_std, 3),
+            plus_minus(e.retrieval_r1, e.retrieval_r1_std, 3),
         );
         for k in &kinds {
             let v = e.kind_share.as_ref().and_then(|m| m.get(k)).copied();

@@ -3,7 +3,7 @@
 //! Every file is written under a temporary name and renamed when complete;
 //! the manifest, which lists the others with their checksums, comes last.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{StringBuilder, UInt64Builder};
@@ -86,8 +86,78 @@ pub struct Manifest {
     /// `--where`: the predicate, the columns it read, rows before and after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefilter: Option<crate::prefilter::PrefilterReport>,
+    /// `OUT/manifest.json` only: every method folder's manifest in OUT,
+    /// this run's and earlier runs' (several `baseline` runs share an OUT).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<MethodManifest>,
+    /// What the run changed or doubted (a budget capped at the rows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(skip)]
     pub classes_selected: usize,
+}
+
+/// One entry of [`Manifest::methods`].
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodManifest {
+    pub method: String,
+    /// `<method>/manifest.json`, relative to OUT.
+    pub manifest: String,
+    pub selected: u64,
+    pub sha256: String,
+}
+
+/// Writes the run's manifest twice into `staging` (the folder standing in
+/// for `out`): as `<method>/manifest.json`, and as `manifest.json` with
+/// [`Manifest::methods`] listing every method folder of `out` that has a
+/// manifest, this run's included.
+pub fn write_manifests(out: &Path, staging: &Path, m: &mut Manifest) -> Result<()> {
+    let own = Path::new(&m.method).join("manifest.json");
+    m.methods.clear();
+    write_json(&staging.join(&own), m)?;
+    let mut entries = Vec::new();
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .at_path(out)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| *n != m.method && is_method(n))
+        .collect();
+    names.push(m.method.clone());
+    names.sort();
+    for name in names {
+        let rel = Path::new(&name).join("manifest.json");
+        let path = if name == m.method {
+            staging.join(&rel)
+        } else {
+            out.join(&rel)
+        };
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        let selected = serde_json::from_slice::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["rows"]["selected"].as_u64())
+            .unwrap_or(0);
+        entries.push(MethodManifest {
+            method: name,
+            manifest: rel.to_string_lossy().into_owned(),
+            selected,
+            sha256: hex_digest(&text),
+        });
+    }
+    m.methods = entries;
+    write_json(&staging.join("manifest.json"), m)
+}
+
+fn is_method(name: &str) -> bool {
+    name == "clipcov" || crate::methods::Method::from_name(name).is_some()
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Writes `value` as pretty JSON, atomically.
@@ -272,6 +342,14 @@ pub fn finish_manifest(
             o.insert("layout".into(), f.kind.layout().name().into());
         }
         o.insert("budget_rows".into(), budget.into());
+        // The period the greedy used, and the per-class budget that `auto` scales with.
+        o.insert(
+            "refresh_period".into(),
+            serde_json::json!({
+                "per_class_budget": budget as f64 / meta.nonempty_classes().max(1) as f64,
+                "R": cfg.refresh.period(budget, meta.nonempty_classes()),
+            }),
+        );
         o.insert("tile_rows".into(), tile_rows.into());
         o.insert("d".into(), meta.d.into());
         o.insert(
@@ -280,9 +358,7 @@ pub fn finish_manifest(
         );
     }
     m.parameters = params;
-    let nonempty = (0..meta.classes())
-        .filter(|&k| !meta.class_range(k).is_empty())
-        .count();
+    let nonempty = meta.nonempty_classes();
     m.rows = Some(RowCounts {
         read: ing.rows_read,
         skipped: ing.skipped.values().sum(),
@@ -300,13 +376,4 @@ pub fn finish_manifest(
     m.plan = serde_json::to_value(plan).ok();
     m.seconds_total = seconds;
     m
-}
-
-/// Path helper for callers that print where things went.
-pub fn subset_paths(out: &Path) -> [PathBuf; 3] {
-    [
-        out.join("clipcov").join("subset.parquet"),
-        out.join("clipcov").join("subset.csv"),
-        out.join("manifest.json"),
-    ]
 }

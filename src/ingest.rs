@@ -353,7 +353,9 @@ impl BatchCtx<'_> {
                 Dtype::F32 => {
                     u.extend_scaled_f32(1.0 / norms[0], &mut p.image32);
                     v.extend_scaled_f32(1.0 / norms[1], &mut p.text32);
-                    p.scale.extend([1.0f32, 1.0]);
+                    // Stored normalised; the factors recover the input.
+                    p.scale.push((1.0 / norms[0]) as f32);
+                    p.scale.push((1.0 / norms[1]) as f32);
                 }
             }
             p.keep.push(i);

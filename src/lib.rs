@@ -11,7 +11,7 @@
 //!          heap merge)
 //! ```
 //!
-//! Where the spec (`shared/spec/clipcov.md`) lives in the code:
+//! Where the algorithm (`docs/algorithm.md`) lives in the code:
 //! section 1 in [`classes`], section 2 in [`score`], section 3 in [`select`].
 
 pub mod bench;
@@ -22,11 +22,13 @@ pub mod error;
 pub mod eval;
 pub mod formats;
 pub mod ingest;
+pub mod interrupt;
 pub mod kernels;
 pub mod kmeans;
 pub mod lock;
 pub mod memory;
 pub mod methods;
+pub mod outdir;
 pub mod pipeline;
 pub mod pipeline_file;
 pub mod prefilter;

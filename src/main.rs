@@ -13,6 +13,7 @@ use clipcov::pipeline::{self, ClassSource, SelectConfig};
 use clipcov::pipeline_file::PipelineFile;
 use clipcov::progress::{self, LogFormat};
 use clipcov::remote;
+use clipcov::select::Refresh;
 use clipcov::synth::{self, SynthOptions};
 use clipcov::Result;
 
@@ -200,9 +201,9 @@ struct SelectArgs {
     /// Similarity threshold: a number (default 0), or 'none' for the linear-time form.
     #[arg(long, default_value = "0")]
     tau: String,
-    /// Refresh period R of the greedy.
-    #[arg(long, default_value_t = 200)]
-    refresh: usize,
+    /// Refresh period R of the greedy: 'auto' (0.705 x the picks per class) or a number (200 = the notebook).
+    #[arg(long, default_value = "auto")]
+    refresh: String,
     /// w_cross,w_easy,w_label,w_between.
     #[arg(long, default_value = "1,2,0.5,1")]
     weights: String,
@@ -235,12 +236,10 @@ impl SelectArgs {
         if self.data.budget()?.is_none() {
             return Err(Error::Usage("give --fraction F or --budget COUNT".into()));
         }
-        if self.refresh == 0 {
-            return Err(Error::Usage("--refresh must be at least 1".into()));
-        }
+        let refresh = self.refresh.parse().map_err(Error::Usage)?;
         let mut cfg = self.data.config(classes)?;
         cfg.tau = pipeline::parse_tau(&self.tau)?;
-        cfg.refresh = self.refresh;
+        cfg.refresh = refresh;
         cfg.weights = pipeline::parse_weights(&self.weights)?;
         cfg.chunk_rows = self.chunk_rows;
         cfg.assign_text = self.assign == "text";
@@ -278,10 +277,15 @@ fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
         );
     }
     for t in &m.stages {
-        println!(
-            "  {:<8} {:>8.3} s  {:>12.0} rows/s  {:>6.2} GB/s",
-            t.stage, t.seconds, t.rows_per_second, t.gb_per_second
-        );
+        // A stage that reused earlier work or read nothing has no rate.
+        let mut line = format!("  {:<12} {:>8.3} s", t.stage, t.seconds);
+        if t.rows > 0 && !t.stage.starts_with("reuse") && t.rows_per_second > 0.0 {
+            line.push_str(&format!("  {:>12.0} rows/s", t.rows_per_second));
+            if t.bytes_read > 0 {
+                line.push_str(&format!("  {:>6.2} GB/s", t.gb_per_second));
+            }
+        }
+        println!("{line}");
     }
     if let Some(mem) = &m.memory {
         println!(
@@ -290,9 +294,14 @@ fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
             mem.peak_anon_rss_bytes as f64 / 1048576.0
         );
     }
-    for p in clipcov::emit::subset_paths(out) {
-        println!("  wrote {}", p.display());
+    for f in &m.outputs {
+        println!("  wrote {}", out.join(&f.path).display());
     }
+    println!(
+        "  wrote {}",
+        out.join(&m.method).join("manifest.json").display()
+    );
+    println!("  wrote {}", out.join("manifest.json").display());
 }
 
 /// The `[synth]` and `[select]` tables of `pipelines/demo.toml`.
@@ -316,7 +325,7 @@ struct DemoSynth {
 struct DemoSelect {
     fraction: f64,
     tau: String,
-    refresh: usize,
+    refresh: Refresh,
     weights: Vec<f64>,
 }
 
@@ -372,7 +381,7 @@ impl SelectArgs {
         fraction: f64,
         out: PathBuf,
         tau: &str,
-        refresh: usize,
+        refresh: Refresh,
         weights: &str,
     ) -> Self {
         let mut a = SelectArgs::try_parse_from_args(&[
@@ -385,7 +394,7 @@ impl SelectArgs {
         ]);
         a.data.fraction = Some(fraction);
         a.tau = tau.to_string();
-        a.refresh = refresh;
+        a.refresh = refresh.to_string();
         a.weights = weights.to_string();
         a
     }
@@ -510,6 +519,23 @@ fn run_pipeline_file(
                 pf.command,
                 a.flag
             )));
+        }
+    }
+    // A missing input the file names is reported with its key and line.
+    for a in &pf.args {
+        let input = ["data", "prompts", "learner_data", "targets", "eval_set"];
+        let p = std::path::Path::new(&a.value);
+        if input.contains(&a.key.as_str())
+            && last_flag(overrides, &a.flag).is_none()
+            && !remote::is_url(p)
+        {
+            if let Err(e) = std::fs::metadata(p) {
+                let at = pf.locate(&a.flag).unwrap_or_default();
+                return Err(Error::io(
+                    format!("{at} (relative to the file's folder): {}", p.display()),
+                    e,
+                ));
+            }
         }
     }
     let mut argv: Vec<String> = vec!["clipcov".into()];

@@ -15,12 +15,13 @@ use crate::formats::canonical::{Columns, SourceFile};
 use crate::formats::layout::{self, Layout, Model};
 use crate::formats::metadata::Keep;
 use crate::formats::prompts::{read_prompts, Prompts};
+use crate::formats::publish::OutputSet;
 use crate::ingest::{self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested};
 use crate::memory::{self, Plan, RssMonitor};
 use crate::prefilter::Predicate;
 use crate::resume::{self, Journal};
 use crate::score::{self, ScoreOptions, ScoreStats, Tau, TERMS};
-use crate::select::{self, Pick, SelectOptions, Weights};
+use crate::select::{self, Pick, Refresh, SelectOptions, Weights};
 use crate::store::{Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
 
 /// Where latent classes come from.
@@ -54,6 +55,42 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// The budget for `n` staged rows, checked: a budget that keeps no row
+    /// is a usage error naming the numbers; a count above `n` is capped at
+    /// `n`, with the warning returned (and printed) for the manifest.
+    pub fn checked_rows(self, n: u64) -> Result<(u64, Option<String>)> {
+        let rows = self.rows(n);
+        match self {
+            Budget::Count(0) => Err(Error::Usage(
+                "--budget 0 keeps no rows; give a budget of at least 1".into(),
+            )),
+            Budget::Fraction(f) if rows == 0 => Err(Error::Usage(format!(
+                "--fraction {f} of the {n} rows keeps floor({f} x {n}) = 0 rows; give --fraction of at least {} or --budget COUNT",
+                1.0 / n as f64
+            ))),
+            Budget::Count(c) if c > n => {
+                let w = format!(
+                    "--budget {c} is more than the {n} rows staged; keeping all {n}"
+                );
+                warn(&w);
+                Ok((rows, Some(w)))
+            }
+            _ => Ok((rows, None)),
+        }
+    }
+}
+
+/// Prints a warning on stderr (a `warning` event in JSON mode), unless
+/// `--quiet`.
+pub fn warn(message: &str) {
+    if crate::progress::json() {
+        crate::progress::event("warning", serde_json::json!({ "message": message }));
+    } else if !crate::progress::quiet() {
+        eprintln!("clipcov: warning: {message}");
+    }
+}
+
 /// A validated `select` configuration.
 #[derive(Clone, Debug, Serialize)]
 pub struct SelectConfig {
@@ -62,7 +99,7 @@ pub struct SelectConfig {
     pub budget: Budget,
     pub out: PathBuf,
     pub tau: Tau,
-    pub refresh: usize,
+    pub refresh: Refresh,
     pub weights: Weights,
     pub memory_limit_bytes: u64,
     pub threads: usize,
@@ -522,10 +559,11 @@ pub fn clipcov_picks(
         t.kernels = Some(stats);
     }
     let terms = Mapped::<f64>::open(&store.dir.join("terms.bin"))?;
+    let budget = cfg.budget.rows(n) as usize;
     let sel_opts = SelectOptions {
         weights: cfg.weights,
-        refresh: cfg.refresh,
-        budget: cfg.budget.rows(n) as usize,
+        refresh: cfg.refresh.period(budget, store.meta.nonempty_classes()),
+        budget,
         tau: cfg.tau,
         tile_rows: staged.tile_rows,
     };
@@ -540,11 +578,16 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
     let monitor = RssMonitor::start();
     let mut timings = Vec::new();
     let staged = stage_data(cfg, store_dir, &mut timings)?;
+    let (_, budget_warning) = cfg.budget.checked_rows(staged.store.meta.rows)?;
     let (picks, terms) = clipcov_picks(cfg, &staged, &mut timings)?;
     let store = &staged.store;
+    // Every output is staged and published as one set at the end.
+    let mut set = OutputSet::new(&cfg.out)?;
+    set.replace_with_nothing("clipcov/datacomp_uids.npy");
+    let staging = set.dir().to_path_buf();
     let manifest = stage(&mut timings, "emit", picks.len() as u64, 0, || {
         let mut m = emit::emit_clipcov(
-            &cfg.out,
+            &staging,
             store,
             terms.as_slice(),
             &picks,
@@ -552,16 +595,17 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
             &staged.keep(&cfg.keep_columns),
         )?;
         m.outputs.push(crate::report::write_clipcov_report(
-            &cfg.out,
+            &staging,
             "clipcov select",
             store,
             terms.as_slice(),
             &picks,
             None,
+            &report_parameters(cfg),
         )?);
         Ok(m)
     })?;
-    let manifest = emit::finish_manifest(
+    let mut manifest = emit::finish_manifest(
         manifest,
         cfg,
         &staged.files,
@@ -574,13 +618,52 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
         staged.tile_rows,
         started.elapsed().as_secs_f64(),
     );
+    manifest.warnings.extend(budget_warning);
+    // The columns read, with the layout's defaults filled in.
+    if let Some(o) = manifest.parameters.as_object_mut() {
+        o.insert(
+            "columns".into(),
+            serde_json::to_value(&staged.columns).unwrap_or_default(),
+        );
+    }
+    emit::write_manifests(&cfg.out, &staging, &mut manifest)?;
+    set.commit()?;
     let manifest_path = cfg.out.join("manifest.json");
-    emit::write_json(&manifest_path, &manifest)?;
     Ok(SelectSummary {
         manifest,
         manifest_path,
         published: Vec::new(),
     })
+}
+
+/// The run's parameters as report lines: the data, the classes, the
+/// budget, `tau`, the weights and the refresh period.
+pub fn report_parameters(cfg: &SelectConfig) -> Vec<(String, String)> {
+    let classes = match &cfg.classes {
+        ClassSource::Prompts(p) => format!("prompts {}", p.display()),
+        ClassSource::KMeans { clusters, .. } => format!("spherical k-means, {clusters} clusters"),
+        ClassSource::Single => "one class".into(),
+    };
+    let budget = match cfg.budget {
+        Budget::Fraction(f) => format!("fraction {f}"),
+        Budget::Count(c) => format!("{c} rows"),
+    };
+    let w = cfg.weights;
+    let mut v = vec![
+        ("data".to_string(), cfg.data.display().to_string()),
+        ("classes from".into(), classes),
+        ("budget".into(), budget),
+        ("tau".into(), cfg.tau.to_string()),
+        (
+            "weights (cross, easy, label, between)".into(),
+            format!("{}, {}, {}, {}", w.cross, w.easy, w.label, w.between),
+        ),
+        ("refresh".into(), cfg.refresh.to_string()),
+    ];
+    if let Some(f) = &cfg.filter {
+        v.push(("where".into(), f.clone()));
+    }
+    v
 }
 
 /// Parses `--weights w_cross,w_easy,w_label,w_between`.

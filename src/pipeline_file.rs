@@ -15,8 +15,11 @@
 //! Every key of `[input]`, `[select]`, `[output]` and `[options]` is the
 //! name of a flag of the command (`keep_columns` is `--keep-columns`);
 //! arrays become comma-separated lists. The tables only group keys for the
-//! reader. Paths are relative to the current directory, as on the command
-//! line. Flags given after the file override its values. With `[synth]`
+//! reader. Relative paths in the file (`data`, `prompts`, `out`, ...) are
+//! relative to the file's folder, so a file works from any current
+//! directory; paths given as flags after the file are relative to the
+//! current directory, as always. Flags given after the file override its
+//! values. With `[synth]`
 //! (the demo), the data is synthesised into `OUT/dataset` first and the
 //! selection goes to `OUT/result`.
 
@@ -27,6 +30,18 @@ use crate::synth::SynthOptions;
 
 /// The tables whose keys are flags.
 pub const FLAG_TABLES: [&str; 4] = ["input", "select", "output", "options"];
+
+/// The keys whose values are paths: a relative one is relative to the
+/// pipeline file's folder.
+pub const PATH_KEYS: [&str; 7] = [
+    "data",
+    "prompts",
+    "out",
+    "work",
+    "learner_data",
+    "targets",
+    "eval_set",
+];
 
 /// One key of the file, as a flag.
 #[derive(Clone, Debug)]
@@ -138,6 +153,11 @@ impl PipelineFile {
                                 format!("key '{key}' in [{t}]: expected a string, number, boolean or array"),
                             )
                         })?;
+                        let value = if PATH_KEYS.contains(&key.as_str()) {
+                            beside(path, &value)
+                        } else {
+                            value
+                        };
                         out.args.push(FileArg {
                             table: t.to_string(),
                             key: key.clone(),
@@ -201,6 +221,19 @@ impl PipelineFile {
                 a.table
             )
         })
+    }
+}
+
+/// `value` relative to the folder of the pipeline file `file`, unless it
+/// is absolute or a URL.
+fn beside(file: &Path, value: &str) -> String {
+    let p = Path::new(value);
+    if p.is_absolute() || crate::remote::is_url(p) {
+        return value.to_string();
+    }
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p).display().to_string(),
+        _ => value.to_string(),
     }
 }
 
@@ -282,6 +315,15 @@ mod tests {
             ]
         );
         assert_eq!(f.arg("--fraction").unwrap().line, 6);
+        let g = PipelineFile::parse(text, Path::new("jobs/p.toml")).unwrap();
+        assert_eq!(g.arg("--data").unwrap().value, "jobs/d");
+        let h = PipelineFile::parse(
+            "[input]\ndata = \"/x\"\nprompts = \"s3://b/p\"\n",
+            Path::new("jobs/p.toml"),
+        )
+        .unwrap();
+        assert_eq!(h.arg("--data").unwrap().value, "/x");
+        assert_eq!(h.arg("--prompts").unwrap().value, "s3://b/p");
         assert_eq!(
             f.locate("--keep-columns").unwrap(),
             "p.toml: line 9: key 'keep_columns' in [output]"

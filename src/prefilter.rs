@@ -137,6 +137,31 @@ fn first_line(e: &(impl std::fmt::Display + ?Sized)) -> String {
         .to_string()
 }
 
+/// Whether `word` occurs as a keyword of `sql`: a whole word, case
+/// insensitive, outside quoted strings and quoted identifiers.
+fn has_keyword(sql: &str, word: &str) -> bool {
+    let mut quote: Option<char> = None;
+    let mut token = String::new();
+    for c in sql.chars().chain(std::iter::once(' ')) {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' || c == '`' => {
+                token.clear();
+                quote = Some(c);
+            }
+            None if c.is_alphanumeric() || c == '_' => token.push(c),
+            None => {
+                if token.eq_ignore_ascii_case(word) {
+                    return true;
+                }
+                token.clear();
+            }
+        }
+    }
+    false
+}
+
 impl Predicate {
     /// Parses `text` as a SQL expression.
     ///
@@ -152,6 +177,12 @@ impl Predicate {
         };
         if text.trim().is_empty() {
             return Err(bad("the predicate is empty".into()));
+        }
+        if has_keyword(text, "select") {
+            return Err(bad(
+                "subqueries are not supported SQL here (the predicate sees one row's metadata)"
+                    .into(),
+            ));
         }
         let expr = polars::sql::sql_expr(text).map_err(|e| bad(first_line(&e)))?;
         let mut columns: Vec<String> = Vec::new();
@@ -238,10 +269,17 @@ impl Predicate {
             crate::progress::advance(n);
         }
         if filter.report.rows_after == 0 {
-            return Err(Error::Usage(format!(
-                "--where '{}' keeps none of the {total} rows; loosen the predicate",
-                self.text
-            )));
+            // The data, not the flags, leaves nothing to select from.
+            let first = files.first().map(|f| f.path.clone()).unwrap_or_default();
+            let at = first.parent().unwrap_or(&first).to_path_buf();
+            return Err(Error::file(
+                at,
+                format!(
+                    "--where '{}' keeps none of the {total} rows of the data",
+                    self.text
+                ),
+            )
+            .with_hint("loosen the predicate or check the data"));
         }
         Ok(filter)
     }

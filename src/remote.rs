@@ -160,6 +160,12 @@ pub fn locate(url: &Path) -> Result<Object> {
                 ObjectStoreScheme::Http => object_store::http::HttpBuilder::new()
                     .with_url(&base)
                     .with_retry(retry())
+                    // The client refuses plain HTTP unless told: an
+                    // `http://` URL asks for it.
+                    .with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_allow_http(parsed.scheme() == "http"),
+                    )
                     .build()
                     .map(|s| Arc::new(s) as _),
                 other => return Err(bad(format!("scheme {other:?} is not supported"))),

@@ -135,12 +135,26 @@ svg text{font:11px system-ui,sans-serif;fill:#333}.terms{display:flex;flex-wrap:
 const ALL_COLOR: &str = "#c9ced6";
 const SEL_COLOR: &str = "#2f6fd6";
 
+/// Room for the longest of `names` beside a chart, so no name is cut
+/// (11 px text: about 7 px a character).
+fn label_width(names: impl Iterator<Item = usize>, least: f64) -> f64 {
+    let longest = names.max().unwrap_or(0) as f64;
+    (longest * 7.0 + 14.0).max(least)
+}
+
 fn class_chart(c: &ClassCounts, out: &mut String) {
     let mut order: Vec<usize> = (0..c.sizes.len()).collect();
     order.sort_by(|&a, &b| c.sizes[b].cmp(&c.sizes[a]).then(a.cmp(&b)));
     let shown = order.len().min(MAX_CLASSES);
     let max = c.sizes.iter().copied().max().unwrap_or(1).max(1) as f64;
-    let (label_w, bar_w, row_h) = (170.0, 560.0, 16.0);
+    let label_w = label_width(
+        order
+            .iter()
+            .take(shown)
+            .map(|&k| c.names.get(k).map_or(0, |n| n.chars().count())),
+        60.0,
+    );
+    let (bar_w, row_h) = (560.0, 16.0);
     let h = 24.0 + row_h * shown as f64;
     let _ = write!(
         out,
@@ -240,7 +254,8 @@ fn term_chart(t: &TermDist, out: &mut String) {
 
 fn overlap_chart(names: &[String], m: &[Vec<f64>], out: &mut String) {
     let n = names.len();
-    let (label_w, cell) = (120.0, 56.0);
+    let label_w = label_width(names.iter().map(|n| n.chars().count()), 60.0);
+    let cell = 56.0;
     let size = label_w + cell * n as f64 + 10.0;
     let _ = write!(
         out,
@@ -288,6 +303,7 @@ pub fn write_clipcov_report(
     terms: &[f64],
     picks: &[Pick],
     overlap: Option<(Vec<String>, Vec<Vec<f64>>)>,
+    parameters: &[(String, String)],
 ) -> Result<crate::emit::OutputFile> {
     let (classes, dists) = clipcov_sections(store, terms, picks);
     let nonempty = classes.sizes.iter().filter(|&&s| s > 0).count();
@@ -309,6 +325,8 @@ pub fn write_clipcov_report(
         terms: dists,
         overlap,
     };
+    let mut r = r;
+    r.summary.extend(parameters.iter().cloned());
     let path = out.join("report.html");
     write(&path, &r)?;
     crate::emit::record(out, &path, picks.len() as u64)

@@ -18,7 +18,8 @@
 //!
 //! f16 input stays f16 (with its normalising factor kept beside it, so no
 //! precision is lost to a second rounding); f32 and f64 input is stored as
-//! normalised f32. Every file is written under a temporary name and renamed
+//! normalised f32, its factor kept too so the rows as given can be
+//! recovered (`--rule datacomp` clusters them). Every file is written under a temporary name and renamed
 //! when complete.
 
 use std::fs::{self, File, OpenOptions};
@@ -386,7 +387,8 @@ pub struct StoreMeta {
     pub class_names: Vec<String>,
 }
 
-pub const STORE_VERSION: u32 = 1;
+/// 2: `scale.bin` holds the real factors of f32 stores too (1 held 1.0).
+pub const STORE_VERSION: u32 = 2;
 
 impl StoreMeta {
     pub fn classes(&self) -> usize {
@@ -395,6 +397,13 @@ impl StoreMeta {
 
     pub fn class_range(&self, k: usize) -> Range<usize> {
         self.class_offsets[k] as usize..self.class_offsets[k + 1] as usize
+    }
+
+    /// `K'`: the classes with at least one row.
+    pub fn nonempty_classes(&self) -> usize {
+        (0..self.classes())
+            .filter(|&k| !self.class_range(k).is_empty())
+            .count()
     }
 }
 
@@ -430,6 +439,24 @@ impl Pair {
     pub fn image_gather<'a>(&'a self, rows: &[u64], buf: &'a mut Vec<f32>) -> &'a [f32] {
         let s = self.scale.as_slice();
         self.image.gather_f32(rows, self.d, |r| s[2 * r], buf)
+    }
+
+    /// Image rows of file rows `rows` as the input gave them, before
+    /// normalising: f16 rows exactly, f32 rows as the stored unit row
+    /// divided by its factor (the input up to rounding).
+    pub fn image_given(&self, rows: &[u64]) -> Vec<f32> {
+        let (s, d) = (self.scale.as_slice(), self.d);
+        let mut buf = Vec::new();
+        let mut out = self.image.gather_f32(rows, d, |_| 1.0, &mut buf).to_vec();
+        if let Embeddings::F32(_) = self.image {
+            for (row, &r) in out.chunks_exact_mut(d).zip(rows) {
+                let f = s[2 * r as usize] as f64;
+                for x in row {
+                    *x = (*x as f64 / f) as f32;
+                }
+            }
+        }
+        out
     }
 
     /// Normalised caption rows of file rows `rows`.

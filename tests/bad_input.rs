@@ -1,4 +1,4 @@
-//! Every row of formats.md's "Bad input" table: the exit status, a one-line
+//! Every row of docs/formats.md's "Bad input" table: the exit status, a one-line
 //! message naming the file (and row and column where they apply), and no
 //! output left that looks complete.
 

@@ -1,4 +1,4 @@
-//! The baselines (shared/spec/baselines.md) against brute-force `f64`
+//! The baselines (docs/baselines.md) against brute-force `f64`
 //! computations of their definitions on small data written here, and
 //! `clipcov compare` end to end through the binary.
 

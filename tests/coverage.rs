@@ -590,7 +590,9 @@ fn compare_fractions_evaluates_rank_prefixes_with_paired_intervals() {
     for name in c["method_order"].as_array().unwrap() {
         let name = name.as_str().unwrap();
         let (small, large) = (at(0, name), at(1, name));
-        assert_eq!(small["subset"], "prefix", "{name}");
+        // ClipCov's auto refresh period follows the budget: its own run.
+        let how = if name == "clipcov" { "rerun" } else { "prefix" };
+        assert_eq!(small["subset"], how, "{name}");
         assert_eq!(small["rows"], 200, "{name}");
         // The largest budget is the run itself.
         assert_eq!(
@@ -663,6 +665,43 @@ fn compare_fractions_evaluates_rank_prefixes_with_paired_intervals() {
         "heldout_loss",
     ] {
         assert_eq!(m[k], cs[k], "{k}");
+    }
+    // ClipCov's re-run at 0.05 is select's run at 0.05.
+    let sel = dir.join("select");
+    clipcov_ok(&[
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.05",
+        "--out",
+        s(&sel),
+    ]);
+    let subset = sel.join("clipcov/subset.parquet");
+    let mut args = vec![
+        "eval",
+        "--data",
+        s(&data),
+        "--subset",
+        s(&subset),
+        "--eval-set",
+        s(&eval),
+        "--prompts",
+        s(&prompts),
+        "--json",
+    ];
+    args.extend(proxy);
+    let m = json(&args);
+    let cc = at(0, "clipcov");
+    for k in [
+        "rows",
+        "clean_classes_covered",
+        "zero_shot_top1",
+        "cov_rel_error",
+    ] {
+        assert_eq!(m[k], cc[k], "clipcov {k}");
     }
     // --fractions needs an eval set and takes no --fraction.
     let o = clipcov(&[

@@ -1,5 +1,5 @@
 //! The streaming, tiled pipeline against a plain, obviously correct float64
-//! implementation of `shared/spec/clipcov.md`: O(n^2) terms, and the global
+//! implementation of `docs/algorithm.md`: O(n^2) terms, and the global
 //! greedy exactly as section 3 states it (argmax over every unselected row,
 //! refresh of the picked row's class) rather than the per-class merge.
 
@@ -20,6 +20,18 @@ pub struct Reference {
     pub picks: Vec<(usize, usize, f64)>,
     /// easy, cross, label, between of every row.
     pub terms: Vec<[f64; 4]>,
+    /// `K'`, the classes with at least one row.
+    pub nonempty: usize,
+}
+
+/// Which picks the label part of the class saturation sums over.
+#[derive(Clone, Copy, PartialEq)]
+pub enum LabelRule {
+    /// The picks since the last refresh (`new_k`): the spec and the notebook.
+    NewPicks,
+    /// All of the class's picks (`sel_k`): the spec before its 2026-11-30
+    /// correction, kept to show that the tests tell the two apart.
+    AllPicks,
 }
 
 /// The spec, literally.
@@ -31,6 +43,26 @@ pub fn reference(
     refresh: usize,
     w: [f64; 4],
     budget: usize,
+) -> Reference {
+    reference_with(u, v, prompts, tau, refresh, w, budget, LabelRule::NewPicks)
+}
+
+/// The refresh period `auto` of spec section 3: `max(1, round(0.705 * B / K'))`.
+pub fn auto_refresh(budget: usize, nonempty_classes: usize) -> usize {
+    ((0.705 * budget as f64 / nonempty_classes as f64).round() as usize).max(1)
+}
+
+/// [`reference`] with a choice of label saturation rule.
+#[allow(clippy::too_many_arguments)]
+pub fn reference_with(
+    u: &[Vec<f64>],
+    v: &[Vec<f64>],
+    prompts: &[(i32, Vec<f64>)],
+    tau: Option<f64>,
+    refresh: usize,
+    w: [f64; 4],
+    budget: usize,
+    label_rule: LabelRule,
 ) -> Reference {
     let n = u.len();
     let u: Vec<Vec<f64>> = u.iter().map(|x| normalise(x)).collect();
@@ -155,10 +187,14 @@ pub fn reference(
         sel[k].push(i);
         if count[k].is_multiple_of(refresh) {
             let nk = members[k].len() as f64;
-            let sat: f64 = sel[k]
-                .iter()
-                .map(|&j| w[0] * terms[j][1] + w[2] * terms[j][2])
-                .sum::<f64>()
+            // Cross saturation over all the class's picks; label saturation
+            // over the new picks (spec section 3, as the notebook does).
+            let label_picks = match label_rule {
+                LabelRule::NewPicks => &new[k],
+                LabelRule::AllPicks => &sel[k],
+            };
+            let sat = (sel[k].iter().map(|&j| w[0] * terms[j][1]).sum::<f64>()
+                + label_picks.iter().map(|&j| w[2] * terms[j][2]).sum::<f64>())
                 / nk;
             for &m in &members[k] {
                 if !selected[m] {
@@ -173,7 +209,11 @@ pub fn reference(
             new[k].clear();
         }
     }
-    Reference { picks, terms }
+    Reference {
+        picks,
+        terms,
+        nonempty: nonempty.len(),
+    }
 }
 
 fn as_f64(rows: &[Vec<f32>], f16_in: bool) -> Vec<Vec<f64>> {
@@ -312,4 +352,127 @@ fn tau_positive_one_tile() {
 #[test]
 fn whole_dataset_budget() {
     check("all", 300, 3, false, "0", 4, 16, 1.0);
+}
+
+/// Refresh periods 3, 20 and 50 on Zipf classes: frequent refreshes of
+/// unequal classes, where the two label saturation rules pick differently.
+fn check_zipf(name: &str, tau: &str, refresh: &str, f16_in: bool) {
+    let dir = Dir::new(name);
+    let (rows, classes, fraction) = (1200, 6, 0.5);
+    let data = make_zipf_data(rows, 16, classes, 1.1, 23);
+    let (data_dir, prompts) = write_data(&dir.path, &data, 3, f16_in);
+    let out = dir.join("out");
+    let fraction_s = fraction.to_string();
+    clipcov_ok(&[
+        "select",
+        "--data",
+        s(&data_dir),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        &fraction_s,
+        "--out",
+        s(&out),
+        "--tau",
+        tau,
+        "--refresh",
+        refresh,
+        "--tile-rows",
+        "48",
+    ]);
+    let got = read_subset_csv(&out.join("clipcov/subset.csv"));
+    let budget = (fraction * rows as f64).floor() as usize;
+    let prompts64: Vec<(i32, Vec<f64>)> = data
+        .prompts
+        .iter()
+        .map(|(k, e)| (*k, e.iter().map(|&x| x as f64).collect()))
+        .collect();
+    let (u, v) = (as_f64(&data.u, f16_in), as_f64(&data.v, f16_in));
+    let tau_v = (tau != "none").then(|| tau.parse::<f64>().unwrap());
+    let refresh_n = match refresh {
+        "auto" => {
+            // K' as the reference assigns the classes.
+            let r = reference(&u, &v, &prompts64, tau_v, 1, [1.0, 2.0, 0.5, 1.0], 0);
+            auto_refresh(budget, r.nonempty)
+        }
+        r => r.parse().unwrap(),
+    };
+    let run = |rule| {
+        reference_with(
+            &u,
+            &v,
+            &prompts64,
+            tau_v,
+            refresh_n,
+            [1.0, 2.0, 0.5, 1.0],
+            budget,
+            rule,
+        )
+    };
+    let want = run(LabelRule::NewPicks);
+    // The data must tell the rules apart, or this test could not fail on the old one.
+    let old = run(LabelRule::AllPicks);
+    let differ = want
+        .picks
+        .iter()
+        .zip(&old.picks)
+        .filter(|(a, b)| a.0 != b.0)
+        .count();
+    assert!(
+        differ > 0,
+        "{name}: the old label rule picks the same rows here"
+    );
+    assert_eq!(got.len(), want.picks.len(), "{name}: subset size");
+    for (rank, (g, &(row, class, score))) in got.iter().zip(&want.picks).enumerate() {
+        assert_eq!(
+            g.row, row as u64,
+            "{name}: rank {rank} picked row {} instead of {row}",
+            g.row
+        );
+        assert_eq!(g.class, class as i64, "{name}: rank {rank} class");
+        assert!(
+            (g.score - score).abs() < 1e-5,
+            "{name}: rank {rank} score {} vs {score}",
+            g.score
+        );
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["parameters"]["refresh_period"]["R"], refresh_n,
+        "{name}: the manifest records the period used"
+    );
+}
+
+#[test]
+fn zipf_tau0_refresh_3() {
+    check_zipf("zipf-r3", "0", "3", false);
+}
+
+#[test]
+fn zipf_tau0_refresh_20() {
+    check_zipf("zipf-r20", "0", "20", false);
+}
+
+#[test]
+fn zipf_tau0_refresh_50_f16() {
+    check_zipf("zipf-r50", "0", "50", true);
+}
+
+#[test]
+fn zipf_tau_none_refresh_20() {
+    check_zipf("zipf-none-r20", "none", "20", false);
+}
+
+#[test]
+fn zipf_refresh_auto() {
+    check_zipf("zipf-auto", "0", "auto", false);
+}
+
+#[test]
+fn auto_refresh_rule() {
+    // The notebook's CC3M setting gives its own R = 200.
+    assert_eq!(auto_refresh(283_781, 1000), 200);
+    assert_eq!(auto_refresh(10, 500), 1);
+    assert_eq!(auto_refresh(1000, 50), 14);
 }

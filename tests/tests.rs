@@ -16,6 +16,8 @@ mod schemas;
 mod crash;
 // The baselines against brute force; compare end to end.
 mod baselines;
+// --rule datacomp and --centroids against DataComp's rules, computed here.
+mod datacomp_rule;
 // eval: covariance against brute force, the proxy, eval and compare --eval-set.
 mod eval;
 // Issue 17: class-local synth, clean coverage, bootstrap, compare --fractions.
@@ -28,3 +30,9 @@ mod report;
 mod remote;
 // --where: the metadata prefilter against runs on pre-filtered data.
 mod prefilter;
+// The repository stands alone: no ../shared links, docs links resolve.
+mod docs;
+// Outputs outside inputs, outputs published as a set, empty selections.
+mod safety;
+// http:// inputs against a local Python web server.
+mod http;

@@ -96,14 +96,40 @@ pub struct Data {
 }
 
 pub fn make_data(rows: usize, d: usize, classes: usize, seed: u64) -> Data {
+    make_data_with(rows, d, classes, seed, None)
+}
+
+/// As [`make_data`], with class `k` drawn with probability proportional to
+/// `1 / (k + 1)^zipf`: a few large classes and a tail of small ones.
+pub fn make_zipf_data(rows: usize, d: usize, classes: usize, zipf: f64, seed: u64) -> Data {
+    make_data_with(rows, d, classes, seed, Some(zipf))
+}
+
+fn make_data_with(rows: usize, d: usize, classes: usize, seed: u64, zipf: Option<f64>) -> Data {
     let mut g = Gen::new(seed);
     let dirs: Vec<Vec<f64>> = (0..classes)
         .map(|_| (0..d).map(|_| g.sym()).collect())
         .collect();
+    // Cumulative class weights of the Zipf draw.
+    let cumulative: Vec<f64> = (0..classes)
+        .scan(0.0, |acc, k| {
+            *acc += 1.0 / ((k + 1) as f64).powf(zipf.unwrap_or(0.0));
+            Some(*acc)
+        })
+        .collect();
     let mut u = Vec::new();
     let mut v = Vec::new();
     for _ in 0..rows {
-        let k = (g.next() % classes as u64) as usize;
+        let k = match zipf {
+            None => (g.next() % classes as u64) as usize,
+            Some(_) => {
+                let x = (g.next() % 1_000_000) as f64 / 1e6 * cumulative[classes - 1];
+                cumulative
+                    .iter()
+                    .position(|&c| x < c)
+                    .unwrap_or(classes - 1)
+            }
+        };
         let scale = 0.5 + (g.next() % 100) as f64 / 50.0;
         let z: Vec<f64> = dirs[k].iter().map(|x| x + 0.9 * g.sym()).collect();
         u.push(

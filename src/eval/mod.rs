@@ -40,7 +40,7 @@ use crate::methods::cli::{thread_pool, RowArgs};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig};
 use crate::rng::Rng;
 use crate::score::Tau;
-use crate::select::Weights;
+use crate::select::{Refresh, Weights};
 use crate::store::Store;
 use covariance::CovMetrics;
 use kinds::Kinds;
@@ -157,36 +157,44 @@ pub struct EvalArgs {
     pub proxy: ProxyArgs,
 }
 
-/// A metric's mean and sample standard deviation over the seeds.
-fn mean_std(x: &[f64]) -> (f64, f64) {
+/// A metric's mean and sample standard deviation over the seeds; the
+/// deviation of one seed is undefined (`None`, `null` in JSON).
+fn mean_std(x: &[f64]) -> (f64, Option<f64>) {
     let n = x.len() as f64;
     let m = x.iter().sum::<f64>() / n;
-    let var = if x.len() > 1 {
-        x.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
+    let sd = (x.len() > 1).then(|| {
+        let var = x.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / (n - 1.0);
+        var.sqrt()
+    });
+    (m, sd)
+}
+
+/// `mean ± std`, or the mean alone when the deviation is undefined.
+pub fn plus_minus(mean: f64, sd: Option<f64>, digits: usize) -> String {
+    match sd {
+        Some(sd) => format!("{mean:.digits$} ± {sd:.digits$}"),
+        None => format!("{mean:.digits$}"),
+    }
 }
 
 /// Every metric of one subset: the keys of `eval --json` and of each
 /// method in `compare.json`. Proxy metrics are means over the seeds, with
-/// `_std` the sample standard deviation.
+/// `_std` the sample standard deviation (`null` for one seed).
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalMetrics {
     pub rows: usize,
     #[serde(flatten)]
     pub cov: CovMetrics,
     pub zero_shot_top1: f64,
-    pub zero_shot_top1_std: f64,
+    pub zero_shot_top1_std: Option<f64>,
     pub zero_shot_top5: f64,
-    pub zero_shot_top5_std: f64,
+    pub zero_shot_top5_std: Option<f64>,
     pub retrieval_r1: f64,
-    pub retrieval_r1_std: f64,
+    pub retrieval_r1_std: Option<f64>,
     /// Mean batch loss of the first and of the last tenth of the steps.
     pub proxy_loss_start: f64,
     pub proxy_loss_end: f64,
-    pub proxy_loss_end_std: f64,
+    pub proxy_loss_end_std: Option<f64>,
     /// Subset pairs the proxy trained on (the subset minus the held-out slice).
     pub train_pairs: usize,
     pub heldout_pairs: usize,
@@ -206,7 +214,7 @@ pub struct EvalMetrics {
     /// Zero-shot top-1 averaged over classes (each class's accuracy
     /// weighs the same), mean and std over seeds.
     pub zero_shot_macro: f64,
-    pub zero_shot_macro_std: f64,
+    pub zero_shot_macro_std: Option<f64>,
     /// Paired percentile bootstrap intervals (95%) over the eval images of
     /// the seed-averaged accuracies.
     pub zero_shot_top1_ci: [f64; 2],
@@ -215,7 +223,7 @@ pub struct EvalMetrics {
     pub zero_shot_split: ZeroShotSplit,
     /// The proxy's InfoNCE loss on the held-out pairs, mean and std over seeds.
     pub heldout_loss: f64,
-    pub heldout_loss_std: f64,
+    pub heldout_loss_std: Option<f64>,
     /// Each eval image's top-1 hit rate over the seeds (for paired intervals).
     #[serde(skip)]
     pub per_image_top1: Vec<f64>,
@@ -561,7 +569,7 @@ impl<'a> Evaluator<'a> {
         let runs: Vec<SeedRun> = runs.into_iter().flatten().collect();
         let col = |f: &dyn Fn(&SeedRun) -> f64| {
             if runs.is_empty() {
-                (f64::NAN, f64::NAN)
+                (f64::NAN, None)
             } else {
                 mean_std(&runs.iter().map(f).collect::<Vec<_>>())
             }
@@ -719,7 +727,19 @@ fn subset_positions(path: &Path, store: &Store) -> Result<Vec<usize>> {
 /// Runs `clipcov eval`: stages the data with the prompts' classes in a
 /// temporary store, evaluates the subset, prints the metrics.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
+    // Before any thread starts: an interrupted eval removes its work folder.
+    crate::interrupt::install();
     let opts = a.proxy.options(a.seed)?;
+    if a.subset
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        return Err(Error::Usage(format!(
+            "--subset {}: eval reads the subset's Parquet file; pass {} (written beside the CSV)",
+            a.subset.display(),
+            a.subset.with_extension("parquet").display()
+        )));
+    }
     for p in [&a.subset, &a.eval_set, &a.prompts] {
         crate::remote::stat(p)?;
     }
@@ -739,13 +759,14 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
             .unwrap_or(Path::new("."))
             .join(".clipcov-eval"),
     };
+    crate::outdir::check_outside_inputs(&[("--work", &work)], &[("--data", &a.data)])?;
     let cfg = SelectConfig {
         data: a.data.clone(),
         classes: ClassSource::Prompts(a.prompts.clone()),
         budget: Budget::Count(0),
         out: work.clone(),
         tau: Tau::Threshold(0.0),
-        refresh: 200,
+        refresh: Refresh::Auto,
         weights: Weights::default(),
         memory_limit_bytes: parse_size(&a.memory_limit)?,
         threads,
@@ -763,6 +784,15 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         publish_to: None,
         filter: None,
     };
+    let _cleanup = crate::interrupt::remove_on_interrupt(work.clone());
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        let hint = if a.work.is_none() {
+            " (eval's work folder, beside the subset; give --work DIR in a writable place)"
+        } else {
+            ""
+        };
+        return Err(Error::io(format!("{}{hint}", work.display()), e));
+    }
     let result = thread_pool(threads)?.install(|| -> Result<EvalMetrics> {
         let staged = pipeline::stage_data(&cfg, &work.join("store"), &mut Vec::new())?;
         let positions = subset_positions(&a.subset, &staged.store)?;
@@ -799,7 +829,7 @@ pub fn text_report(m: &EvalMetrics) -> String {
     );
     let _ = writeln!(s, "classes_covered          {}", m.cov.classes_covered);
     let _ = writeln!(s, "class_entropy            {:.4}", m.cov.class_entropy);
-    let pm = |v: f64, sd: f64| format!("{v:.4} ± {sd:.4}");
+    let pm = |v: f64, sd: Option<f64>| plus_minus(v, sd, 4);
     let _ = writeln!(
         s,
         "zero_shot_top1           {}",

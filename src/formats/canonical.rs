@@ -1,4 +1,4 @@
-//! The canonical input layout: a folder of Parquet shards (formats.md).
+//! The canonical input layout: a folder of Parquet shards (docs/formats.md).
 //!
 //! Files are found recursively, sorted by their path relative to the root
 //! (byte-wise), and read memory-mapped (or, for a URL, with ranged reads

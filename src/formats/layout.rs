@@ -1,4 +1,4 @@
-//! Input layouts (formats.md): canonical Parquet shards, the DataComp pool
+//! Input layouts (docs/formats.md): canonical Parquet shards, the DataComp pool
 //! (`X.parquet` + sibling `X.npz`) and clip-retrieval output
 //! (`img_emb/`, `text_emb/`, `metadata/`). Each becomes a list of
 //! [`SourceFile`]s in canonical row order whose [`ShardKind`] tells the

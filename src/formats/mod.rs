@@ -9,5 +9,6 @@ pub mod metadata;
 pub mod npy;
 pub mod npz;
 pub mod prompts;
+pub mod publish;
 pub mod subset;
 pub mod targets;

@@ -1,4 +1,4 @@
-//! The class prompts file: `class_id`, `name`, `text_embedding` (formats.md).
+//! The class prompts file: `class_id`, `name`, `text_embedding` (docs/formats.md).
 //!
 //! Several rows may share a `class_id` (one per prompt template): each is
 //! normalised, they are averaged, and the mean is normalised again, as in
@@ -42,6 +42,15 @@ pub fn read_prompts(path: &Path) -> Result<Prompts> {
 }
 
 fn read_prompts_unguarded(path: &Path) -> Result<Prompts> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy") || e.eq_ignore_ascii_case("npz"))
+    {
+        // One format: Parquet carries the names and the template rows.
+        return Err(Error::file(path, "prompts must be a Parquet file, not a NumPy array").with_hint(
+            "write Parquet with columns class_id (int), name (utf8), text_embedding (list of float), one row per prompt template, e.g. with pandas.DataFrame.to_parquet",
+        ));
+    }
     let builder = open_parquet(path)?;
     let schema = builder.schema().clone();
     for (name, want) in [

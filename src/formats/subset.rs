@@ -1,4 +1,4 @@
-//! The subset files of formats.md: `subset.parquet` and `subset.csv`, one
+//! The subset files of docs/formats.md: `subset.parquet` and `subset.csv`, one
 //! row per selected pair in rank order.
 
 use std::io::Write;
@@ -230,7 +230,7 @@ pub fn parse_uid(s: &str) -> Option<(u64, u64)> {
     ))
 }
 
-/// Writes `datacomp_uids.npy` (formats.md) when every id is a 32-hex uid:
+/// Writes `datacomp_uids.npy` (docs/formats.md) when every id is a 32-hex uid:
 /// dtype `[('f0','<u8'),('f1','<u8')]`, shape `(n,)`, sorted ascending,
 /// what DataComp's `resharder.py --subset-file` reads. Returns whether it
 /// wrote the file.

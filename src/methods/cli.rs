@@ -9,17 +9,18 @@ use std::time::Instant;
 use clap::Args;
 
 use super::c_rho::Learner;
-use super::{output, Ctx, Method, MethodOptions, Selection};
+use super::{output, Ctx, Method, MethodOptions, Rule, Selection};
 use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::Columns;
 use crate::formats::layout::{Layout, Model};
+use crate::formats::publish::OutputSet;
 use crate::ingest::{BadRowPolicy, DuplicatePolicy};
 use crate::memory::{parse_size, RssMonitor};
 use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
 use crate::remote;
 use crate::score::Tau;
-use crate::select::Weights;
+use crate::select::{Refresh, Weights};
 
 /// How rows are read: the columns and what to do with bad rows. Shared by
 /// every command that stages data (`eval` too).
@@ -147,11 +148,21 @@ pub struct MethodArgs {
     /// datacomp_image_based: first keep this top fraction by CLIP score.
     #[arg(long)]
     pub intersect_clip_score: Option<f64>,
+    /// clip_score and datacomp_image_based: clipcov (exactly B rows,
+    /// k-means on normalised embeddings) or datacomp (DataComp's code:
+    /// every row scoring >= the (B+1)-th largest score, k-means on the
+    /// embeddings as given).
+    #[arg(long, value_enum, default_value = "clipcov")]
+    pub rule: Rule,
+    /// datacomp_image_based: pool centroids, .npy [C, d], used instead of
+    /// k-means (e.g. an earlier run's centroids.npy, or DataComp's).
+    #[arg(long)]
+    pub centroids: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
 pub struct BaselineArgs {
-    /// The method (shared/spec/baselines.md).
+    /// The method (docs/baselines.md).
     #[arg(value_enum)]
     pub method: Method,
     #[command(flatten)]
@@ -190,6 +201,11 @@ impl DataArgs {
     pub fn budget(&self) -> Result<Option<Budget>> {
         Ok(match (self.fraction, self.budget) {
             (Some(f), _) => Some(Budget::Fraction(fraction("fraction", f)?)),
+            (None, Some(0)) => {
+                return Err(Error::Usage(
+                    "--budget 0 keeps no rows; give a budget of at least 1".into(),
+                ))
+            }
             (None, Some(b)) => Some(Budget::Count(b)),
             (None, None) => None,
         })
@@ -204,6 +220,11 @@ impl DataArgs {
         if let Some(t) = self.tile_rows {
             at_least_one("tile-rows", t)?;
         }
+        let mut outputs: Vec<(&str, &Path)> = vec![("--out", &self.out)];
+        if let Some(w) = &self.work {
+            outputs.push(("--work", w));
+        }
+        crate::outdir::check_outside_inputs(&outputs, &[("--data", &self.data)])?;
         // A URL --out: work in a local folder, upload the results at the end.
         let (out, publish_to) = if remote::is_url(&self.out) {
             remote::locate(&self.out)?;
@@ -226,7 +247,7 @@ impl DataArgs {
             out,
             publish_to,
             tau: Tau::Threshold(0.0),
-            refresh: 200,
+            refresh: Refresh::Auto,
             weights: Weights::default(),
             memory_limit_bytes: parse_size(&self.memory_limit)?,
             threads,
@@ -254,6 +275,11 @@ impl MethodArgs {
         if let Some(l) = self.learner_data.as_ref().filter(|l| !remote::is_url(l)) {
             // Fail before staging the main data, not after.
             std::fs::metadata(l).at_path(l)?;
+            let mut outputs: Vec<(&str, &Path)> = vec![("--out", &data.out)];
+            if let Some(w) = &data.work {
+                outputs.push(("--work", w));
+            }
+            crate::outdir::check_outside_inputs(&outputs, &[("--learner-data", l)])?;
         }
         if let Some(e) = self.eps {
             if !e.is_finite() {
@@ -283,6 +309,8 @@ impl MethodArgs {
                 .map(|f| fraction("intersect-clip-score", f))
                 .transpose()?,
             targets: self.targets.clone(),
+            rule: self.rule,
+            centroids: self.centroids.clone(),
         })
     }
 }
@@ -371,6 +399,31 @@ pub fn learner<'a>(
 pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     let opts = a.options.options(&a.data)?;
     super::check(a.method, &opts, a.options.learner_data.is_some())?;
+    // `compare` runs several methods with one set of options; here a flag
+    // the method would ignore is a mistake.
+    let (dc, image) = (
+        Method::DatacompImageBased,
+        a.method == Method::DatacompImageBased,
+    );
+    if opts.rule == Rule::Datacomp && !(image || a.method == Method::ClipScore) {
+        return Err(Error::Usage(format!(
+            "--rule datacomp applies to clip_score and {}, not {}",
+            dc.name(),
+            a.method.name()
+        )));
+    }
+    if opts.centroids.is_some() && !image {
+        return Err(Error::Usage(format!(
+            "--centroids applies to {} only, not {}",
+            dc.name(),
+            a.method.name()
+        )));
+    }
+    if opts.centroids.is_some() && opts.clusters.is_some() {
+        return Err(Error::Usage(
+            "--centroids sets the clusters: give --clusters C or --centroids FILE, not both".into(),
+        ));
+    }
     let cfg = a.data.config(ClassSource::Single)?;
     let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     let (manifest, sel_summary) = thread_pool(cfg.threads)?.install(|| {
@@ -401,6 +454,9 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     for f in &manifest.outputs {
         println!("  wrote {}", cfg.out.join(&f.path).display());
     }
+    let own = Path::new(a.method.name()).join("manifest.json");
+    println!("  wrote {}", cfg.out.join(own).display());
+    println!("  wrote {}", cfg.out.join("manifest.json").display());
     pipeline::print_published(&cfg, &published);
     Ok(())
 }
@@ -420,6 +476,12 @@ pub fn describe(sel: &Selection) -> String {
         }
         if key == "clusters_with_targets" {
             s.push_str(&format!(", {v} clusters received a target"));
+        }
+        if key == "rule" && v == "datacomp" {
+            s.push_str(", DataComp's rule");
+        }
+        if key == "threshold" || key == "clip_score_threshold" {
+            s.push_str(&format!(", CLIP score >= {v}"));
         }
     }
     s
@@ -443,8 +505,23 @@ fn baseline(
     };
     let learner = learner(&ctx, &staged, lstaged.as_ref())?;
     let n = ctx.n() as u64;
+    let budget_warning = match opts.budget {
+        Some(b) => b.checked_rows(n)?.1,
+        None => None,
+    };
+    // Every output is staged and published as one set at the end.
+    let mut set = OutputSet::new(&cfg.out)?;
+    set.replace_with_nothing(Path::new(method.name()).join("datacomp_uids.npy"));
+    let staging = set.dir().to_path_buf();
     let t = Instant::now();
-    let sel = super::run(method, &ctx, opts, &cfg.out, learner.as_ref())?;
+    let sel = super::run(method, &ctx, opts, &staging, learner.as_ref())?;
+    if sel.picks.is_empty() {
+        return Err(Error::Usage(format!(
+            "{} keeps none of the {n} rows with these options{}; loosen them",
+            method.name(),
+            describe(&sel)
+        )));
+    }
     for s in ctx.shared_stages() {
         timings.push(timing(&s.stage, s.seconds, n));
     }
@@ -454,12 +531,12 @@ fn baseline(
         n,
     ));
     let t = Instant::now();
-    let mut outputs = output::write_subset(&cfg.out, &ctx, &sel, &staged.keep(&cfg.keep_columns))?;
+    let mut outputs = output::write_subset(&staging, &ctx, &sel, &staged.keep(&cfg.keep_columns))?;
     if !staged.ingested.rejects.is_empty() {
-        let rp = cfg.out.join("rejects.parquet");
+        let rp = staging.join("rejects.parquet");
         emit::write_rejects(&rp, &staged.ingested.rejects)?;
         outputs.push(emit::record(
-            &cfg.out,
+            &staging,
             &rp,
             staged.ingested.rejects.len() as u64,
         )?);
@@ -489,6 +566,7 @@ fn baseline(
         staged.tile_rows,
         started.elapsed().as_secs_f64(),
     );
+    m.warnings.extend(budget_warning);
     m.parameters = serde_json::json!({
         "method": method.name(),
         "data": cfg.data,
@@ -511,6 +589,7 @@ fn baseline(
         "d": staged.store.meta.d,
         "store_dtype": staged.store.meta.dtype,
     });
-    emit::write_json(&cfg.out.join("manifest.json"), &m)?;
+    emit::write_manifests(&cfg.out, &staging, &mut m)?;
+    set.commit()?;
     Ok((m, describe(&sel)))
 }

@@ -1,23 +1,25 @@
 //! clip_score (DataComp's "CLIP score" filter): `easy_i = <u_i, v_i>` on
 //! normalised embeddings; keep exactly the top `B`, or with `--threshold t`
-//! every row scoring `>= t`.
+//! every row scoring `>= t`. With `--rule datacomp`, DataComp's cut: every
+//! row scoring `>=` the `(B+1)`-th largest score.
 
-use super::{budget_rows, top, Ctx, Method, MethodOptions, Pick, Selection};
+use super::{budget_rows, cut, top, Ctx, Method, MethodOptions, Pick, Selection};
 use crate::error::Result;
 
 pub fn run(ctx: &Ctx, opts: &MethodOptions) -> Result<Selection> {
     let easy = ctx.easy();
     let all: Vec<usize> = (0..ctx.n()).collect();
-    let order = match opts.threshold {
+    let (order, threshold) = match opts.threshold {
         Some(t) => {
             let kept: Vec<usize> = all.into_iter().filter(|&p| easy[p] >= t).collect();
             let len = kept.len();
-            top(ctx, kept, |p| easy[p], len)
+            (top(ctx, kept, |p| easy[p], len), Some(t))
         }
-        None => top(
+        None => cut(
             ctx,
+            opts.rule,
             all,
-            |p| easy[p],
+            easy,
             budget_rows(Method::ClipScore, opts, ctx.n())?,
         ),
     };
@@ -30,8 +32,9 @@ pub fn run(ctx: &Ctx, opts: &MethodOptions) -> Result<Selection> {
             terms: Vec::new(),
         })
         .collect();
-    let mut sel = Selection::new(Method::ClipScore, picks, Vec::new());
-    if let Some(t) = opts.threshold {
+    let mut sel =
+        Selection::new(Method::ClipScore, picks, Vec::new()).with_report("rule", opts.rule.name());
+    if let Some(t) = threshold {
         sel = sel.with_report("threshold", t);
     }
     Ok(sel)

@@ -237,3 +237,25 @@ impl RowSource for CanonicalImages<'_> {
         buf
     }
 }
+
+/// The store's image rows as the input gave them (not normalised), in
+/// canonical row order: what DataComp's k-means clusters.
+pub struct GivenImages<'a> {
+    pub ctx: &'a Ctx<'a>,
+}
+
+impl RowSource for GivenImages<'_> {
+    fn len(&self) -> usize {
+        self.ctx.n()
+    }
+    fn d(&self) -> usize {
+        self.ctx.d()
+    }
+    fn rows<'b>(&'b self, r: Range<usize>, buf: &'b mut Vec<f32>) -> &'b [f32] {
+        let store = self.ctx.store;
+        let order = store.order.as_slice();
+        let file_rows: Vec<u64> = self.ctx.by_row[r].iter().map(|&p| order[p]).collect();
+        *buf = store.emb.image_given(&file_rows);
+        buf
+    }
+}

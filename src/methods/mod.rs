@@ -1,4 +1,4 @@
-//! The baselines of `shared/spec/baselines.md`, one module each, all run on
+//! The baselines of `docs/baselines.md`, one module each, all run on
 //! the same staged store as ClipCov.
 //!
 //! A method reads the store through a [`Ctx`] (the canonical row of every
@@ -78,6 +78,29 @@ impl Method {
     }
 }
 
+/// How clip_score and datacomp_image_based cut by score and cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Exactly `B` rows; k-means on the normalised image embeddings.
+    #[default]
+    #[value(name = "clipcov")]
+    Clipcov,
+    /// DataComp's code: every row scoring `>=` the `(B+1)`-th largest score
+    /// (`B + 1` rows, more with ties); k-means on the embeddings as given.
+    #[value(name = "datacomp")]
+    Datacomp,
+}
+
+impl Rule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Clipcov => "clipcov",
+            Rule::Datacomp => "datacomp",
+        }
+    }
+}
+
 /// Every method option, validated; each method reads the ones it uses.
 #[derive(Clone, Debug, Serialize)]
 pub struct MethodOptions {
@@ -103,6 +126,10 @@ pub struct MethodOptions {
     pub intersect_clip_score: Option<f64>,
     /// datacomp_image_based: target image embeddings (Parquet or .npy).
     pub targets: Option<PathBuf>,
+    /// clip_score and datacomp_image_based: ours or DataComp's cut and k-means.
+    pub rule: Rule,
+    /// datacomp_image_based: pool centroids `[C, d]` (.npy) instead of k-means.
+    pub centroids: Option<PathBuf>,
 }
 
 impl Default for MethodOptions {
@@ -120,6 +147,8 @@ impl Default for MethodOptions {
             rho_sample: 1024,
             intersect_clip_score: None,
             targets: None,
+            rule: Rule::Clipcov,
+            centroids: None,
         }
     }
 }
@@ -232,6 +261,42 @@ pub fn top(
     c.into_iter().map(|x| x.2).collect()
 }
 
+/// DataComp's `get_threshold` for keeping `n` rows: the `(n+1)`-th largest
+/// score; `None` when `n >= N` (every row is kept; DataComp's code fails
+/// there with an index error).
+pub fn datacomp_threshold(scores: &[f64], n: usize) -> Option<f64> {
+    if n >= scores.len() {
+        return None;
+    }
+    // `+ 0.0` folds -0.0 into 0.0, which total_cmp would order apart.
+    let mut s: Vec<f64> = scores.iter().map(|&x| x + 0.0).collect();
+    let (_, nth, _) = s.select_nth_unstable_by(n, |a, b| b.total_cmp(a));
+    Some(*nth)
+}
+
+/// The store positions among `candidates` that [`Rule`] keeps for budget
+/// `b` by `score`, best first, and DataComp's threshold where it applied.
+pub fn cut(
+    ctx: &Ctx,
+    rule: Rule,
+    candidates: Vec<usize>,
+    score: &[f64],
+    b: usize,
+) -> (Vec<usize>, Option<f64>) {
+    match rule {
+        Rule::Clipcov => (top(ctx, candidates, |p| score[p], b), None),
+        Rule::Datacomp => {
+            let t = datacomp_threshold(score, b);
+            let kept: Vec<usize> = candidates
+                .into_iter()
+                .filter(|&p| t.is_none_or(|t| score[p] >= t))
+                .collect();
+            let len = kept.len();
+            (top(ctx, kept, |p| score[p], len), t)
+        }
+    }
+}
+
 /// Checks, before any data is read, that `method` has what it needs.
 pub fn check(method: Method, opts: &MethodOptions, has_learner: bool) -> Result<()> {
     let needs_budget = match method {
@@ -258,6 +323,9 @@ pub fn check(method: Method, opts: &MethodOptions, has_learner: bool) -> Result<
                 "datacomp_image_based needs --targets FILE (Parquet with an image_embedding column, or .npy [K, d])".into(),
             )),
         }
+        if let Some(c) = &opts.centroids {
+            crate::remote::stat(c)?;
+        }
     }
     Ok(())
 }
@@ -282,6 +350,6 @@ pub fn run(
             None => Err(Error::Usage("c_rho needs --learner-data DIR".into())),
         },
         Method::NegClipLoss => neg_clip_loss::run(ctx, opts),
-        Method::DatacompImageBased => datacomp_image_based::run(ctx, opts),
+        Method::DatacompImageBased => datacomp_image_based::run(ctx, opts, out),
     }
 }

@@ -1,5 +1,5 @@
 //! A method's files: `OUT/<method>/subset.parquet` and `subset.csv`
-//! (formats.md columns), plus helpers for its extra Parquet files. Every
+//! (docs/formats.md columns), plus helpers for its extra Parquet files. Every
 //! file is written atomically.
 
 use std::path::Path;
