@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::emit::{self, OutputFile};
 use crate::error::{Error, Result};
+use crate::eval::fractions::{self as by_budget, Budgeted, Subset, SubsetOf};
 use crate::eval::{plus_minus, EvalMetrics, Evaluator, ProxyArgs};
 use crate::formats::atomic::atomic_write;
 use crate::formats::publish::OutputSet;
@@ -26,7 +27,8 @@ use crate::methods::cli::{
 };
 use crate::methods::context::SharedStage;
 use crate::methods::{self, output, Ctx, Method, MethodOptions};
-use crate::pipeline::{self, ClassSource, SelectConfig};
+use crate::pipeline::{self, Budget, ClassSource, SelectConfig};
+use crate::select::Refresh;
 
 pub const DEFAULT_METHODS: &str = "clipcov,random,clip_score,semdedup,ssp,neg_clip_loss";
 
@@ -57,6 +59,38 @@ pub struct CompareArgs {
     pub eval_set: Option<PathBuf>,
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    /// Several budgets in one run (with --eval-set), e.g. 0.02,0.05,0.1:
+    /// methods run once at the largest; a smaller budget evaluates each
+    /// method's rank prefix (see compare.md for methods that are not
+    /// prefix-consistent).
+    #[arg(long, conflicts_with_all = ["fraction", "budget"])]
+    pub fractions: Option<String>,
+    /// Subset seeds of methods that have one (random), for the spread of
+    /// their eval metrics over seeds.
+    #[arg(long, default_value_t = 3)]
+    pub subset_seeds: usize,
+}
+
+/// `--fractions`: distinct fractions in (0, 1], ascending.
+fn parse_fractions(s: &str) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for x in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+        let f: f64 = x.parse().map_err(|_| {
+            Error::Usage(format!(
+                "--fractions: '{x}' is not a number; give e.g. 0.02,0.05,0.1"
+            ))
+        })?;
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(Error::Usage(format!("--fractions: {f} is not in (0, 1]")));
+        }
+        out.push(f);
+    }
+    if out.is_empty() {
+        return Err(Error::Usage("--fractions is empty".into()));
+    }
+    out.sort_by(f64::total_cmp);
+    out.dedup();
+    Ok(out)
 }
 
 /// One entry of `--methods`.
@@ -168,7 +202,143 @@ pub struct Comparison {
     pub method_order: Vec<String>,
     #[serde(serialize_with = "by_method")]
     pub methods: Vec<MethodResult>,
+    /// With `--eval-set`: every method evaluated at each budget (the one
+    /// budget, or each of `--fractions`), with paired intervals.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<Budgeted>,
     pub seconds_total: f64,
+}
+
+/// Whether an entry's subset at a smaller budget is the rank prefix of its
+/// subset at a larger one: true for a top-`B` ranking and for ClipCov's
+/// greedy at a fixed refresh period; not for `--refresh auto`, whose period
+/// follows the budget (re-run per budget), nor for a threshold rule, whose
+/// rows do not follow the budget.
+fn subset_of(e: Entry, cfg: &SelectConfig, opts: &MethodOptions) -> SubsetOf {
+    match e {
+        Entry::ClipCov => match cfg.refresh {
+            Refresh::Every(_) => SubsetOf::Prefix,
+            Refresh::Auto => SubsetOf::Rerun,
+        },
+        Entry::Baseline(Method::ClipScore) if opts.threshold.is_some() => SubsetOf::Threshold,
+        Entry::Baseline(Method::Semdedup) if opts.eps.is_some() => SubsetOf::Threshold,
+        Entry::Baseline(Method::DatacompImageBased) => SubsetOf::Threshold,
+        Entry::Baseline(_) => SubsetOf::Prefix,
+    }
+}
+
+/// Evaluates every method at each budget (prefixes of the runs at the
+/// largest), with subset-seed spreads for random and paired differences
+/// from clipcov (or the first method).
+#[allow(clippy::too_many_arguments)]
+fn assess_budgets(
+    ev: &Evaluator,
+    ctx: &Ctx,
+    entries: &[Entry],
+    results: &[MethodResult],
+    cfg: &SelectConfig,
+    opts: &MethodOptions,
+    a: &CompareArgs,
+    fractions: Option<&[f64]>,
+    rerun: &dyn Fn(Budget) -> Result<Vec<usize>>,
+) -> Result<Vec<Budgeted>> {
+    let n = ctx.n();
+    let b_max = cfg.budget.rows(n as u64) as usize;
+    let budgets: Vec<(Option<f64>, usize)> = match fractions {
+        Some(f) => f
+            .iter()
+            .map(|&f| (Some(f), Budget::Fraction(f).rows(n as u64) as usize))
+            .collect(),
+        None => vec![(
+            match cfg.budget {
+                Budget::Fraction(f) => Some(f),
+                Budget::Count(_) => None,
+            },
+            b_max,
+        )],
+    };
+    // random's draws with further seeds, at the largest budget.
+    let extra: Vec<Vec<usize>> = if entries.contains(&Entry::Baseline(Method::Random)) {
+        (1..a.subset_seeds as u64)
+            .map(|j| {
+                methods::random::run(ctx, b_max, opts.seed.wrapping_add(j))
+                    .picks
+                    .iter()
+                    .map(|p| p.pos)
+                    .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let reference = if entries.contains(&Entry::ClipCov) {
+        "clipcov".to_string()
+    } else {
+        results[0].method.clone()
+    };
+    // Re-runs at the budgets below the largest (ClipCov with auto refresh).
+    let mut reruns: Vec<Vec<Vec<usize>>> = Vec::new();
+    for &(fraction, b) in &budgets {
+        let mut at_b = Vec::new();
+        for &e in entries {
+            if b < b_max && subset_of(e, cfg, opts) == SubsetOf::Rerun {
+                at_b.push(rerun(match fraction {
+                    Some(f) => Budget::Fraction(f),
+                    None => Budget::Count(b as u64),
+                })?);
+            } else {
+                at_b.push(Vec::new());
+            }
+        }
+        reruns.push(at_b);
+    }
+    Ok(budgets
+        .into_iter()
+        .zip(&reruns)
+        .map(|((fraction, b), at_b)| {
+            let subsets: Vec<Subset> = entries
+                .iter()
+                .zip(results)
+                .zip(at_b)
+                .map(|((&e, r), own)| {
+                    let how = subset_of(e, cfg, opts);
+                    let take = |p: &[usize]| -> usize {
+                        if how == SubsetOf::Prefix {
+                            b.min(p.len())
+                        } else {
+                            p.len()
+                        }
+                    };
+                    let positions = if how == SubsetOf::Rerun && b < b_max {
+                        &own[..]
+                    } else {
+                        &r.positions[..take(&r.positions)]
+                    };
+                    let other_seeds = if e == Entry::Baseline(Method::Random) {
+                        extra.iter().map(|p| &p[..take(p)]).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    Subset {
+                        method: r.method.clone(),
+                        how,
+                        positions,
+                        other_seeds,
+                    }
+                })
+                .collect();
+            // At the largest budget every subset is what was evaluated above.
+            let known: Vec<(String, EvalMetrics)> = if b == b_max {
+                results
+                    .iter()
+                    .filter_map(|r| Some((r.method.clone(), r.eval.clone()?)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            by_budget::assess(ev, fraction, b, &subsets, &reference, &known)
+        })
+        .collect())
 }
 
 /// Writes the methods as an object keyed by method name, in run order,
@@ -219,8 +389,24 @@ pub fn jaccard(a: &[u64], b: &[u64]) -> f64 {
 }
 
 /// Runs `clipcov compare`.
-pub fn run_compare(a: CompareArgs) -> Result<()> {
+pub fn run_compare(mut a: CompareArgs) -> Result<()> {
     let entries = parse_methods(&a.methods)?;
+    let fractions = match &a.fractions {
+        Some(f) => {
+            if a.eval_set.is_none() {
+                return Err(Error::Usage(
+                    "--fractions needs --eval-set (it evaluates each budget)".into(),
+                ));
+            }
+            let f = parse_fractions(f)?;
+            a.data.fraction = f.last().copied();
+            Some(f)
+        }
+        None => None,
+    };
+    if a.subset_seeds == 0 {
+        return Err(Error::Usage("--subset-seeds must be at least 1".into()));
+    }
     let opts = a.options.options(&a.data)?;
     if opts.budget.is_none() {
         return Err(Error::Usage(
@@ -261,7 +447,7 @@ pub fn run_compare(a: CompareArgs) -> Result<()> {
     cfg.refresh = a.refresh.parse().map_err(Error::Usage)?;
     let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
     let c = thread_pool(cfg.threads)?.install(|| {
-        let r = compare(&entries, &cfg, &opts, &a, eval_opts);
+        let r = compare(&entries, &cfg, &opts, &a, eval_opts, fractions.as_deref());
         if r.is_err() {
             let _ = std::fs::remove_dir_all(cfg.out.join("store"));
             let _ = std::fs::remove_dir_all(learner_store(&cfg.out));
@@ -295,6 +481,7 @@ fn compare(
     opts: &MethodOptions,
     a: &CompareArgs,
     eval_opts: Option<crate::eval::EvalOptions>,
+    fractions: Option<&[f64]>,
 ) -> Result<Comparison> {
     let started = Instant::now();
     let mut timings = Vec::new();
@@ -392,6 +579,7 @@ fn compare(
         }
     }
     let mut eval_stage = None;
+    let mut budgets = Vec::new();
     if let (Some(path), Some(eo)) = (&a.eval_set, eval_opts) {
         let t = Instant::now();
         let ev = Evaluator::new(store, &staged.files, &staged.class_emb, path, eo)?;
@@ -405,6 +593,17 @@ fn compare(
             }
             r.eval = Some(e);
         }
+        let rerun = |budget: Budget| -> Result<Vec<usize>> {
+            let cfg = SelectConfig {
+                budget,
+                ..cfg.clone()
+            };
+            let (picks, _) = pipeline::clipcov_picks(&cfg, &staged, &mut Vec::new())?;
+            Ok(picks.iter().map(|p| p.pos).collect())
+        };
+        budgets = assess_budgets(
+            &ev, &ctx, entries, &results, cfg, opts, a, fractions, &rerun,
+        )?;
         eval_stage = Some(SharedStage {
             stage: format!("eval ({} methods)", results.len()),
             seconds: t.elapsed().as_secs_f64(),
@@ -489,10 +688,13 @@ fn compare(
             "eval_set": a.eval_set,
             "warnings": budget_warning.into_iter().collect::<Vec<_>>(),
             "eval": a.eval_set.as_ref().map(|_| a.proxy.options(cfg.seed).ok()),
+            "fractions": fractions,
+            "subset_seeds": a.subset_seeds,
         }),
         shared,
         method_order: results.iter().map(|r| r.method.clone()).collect(),
         methods: results,
+        budgets,
         seconds_total: started.elapsed().as_secs_f64(),
     };
     emit::write_json(&staging.join("compare.json"), &c)?;
@@ -622,6 +824,7 @@ pub fn markdown(c: &Comparison) -> String {
     if c.methods.iter().any(|r| r.eval.is_some()) {
         eval_table(&mut s, c);
     }
+    by_budget::markdown(&mut s, &c.budgets, c.classes);
     let _ = writeln!(s, "\nJaccard overlap of the kept rows:\n");
     let _ = write!(s, "| |");
     for r in &c.methods {

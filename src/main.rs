@@ -99,8 +99,97 @@ struct SynthArgs {
     /// image_path column naming it, for --train-csv (--image-root OUT).
     #[arg(long)]
     images: bool,
+    /// Data model: one subspace shared by all classes, or class-local
+    /// (superclasses of confusable siblings whose detail lives in their
+    /// own latent directions; also writes classes.csv).
+    #[arg(long, value_enum, default_value = "shared")]
+    model: SynthModel,
+    #[command(flatten)]
+    local: LocalArgs,
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SynthModel {
+    Shared,
+    ClassLocal,
+}
+
+/// The class-local model's options (`--model class-local` only).
+#[derive(Args, Clone, Debug)]
+struct LocalArgs {
+    /// Superclasses (default: classes / 10, rounded up).
+    #[arg(long)]
+    superclasses: Option<usize>,
+    /// Latent directions of each superclass [default: 4].
+    #[arg(long)]
+    local_dims: Option<usize>,
+    /// Share of classes whose captions only name the superclass [default: 0.2].
+    #[arg(long)]
+    weak_captions: Option<f64>,
+    /// Where the weak-caption classes sit in the size order [default: random].
+    #[arg(long, value_enum)]
+    weak_at: Option<clipcov::synth_local::Placement>,
+    /// Share of mismatches that take a sibling's caption [default: 0.5].
+    #[arg(long)]
+    sibling_mismatch: Option<f64>,
+    /// Distinct viral pairs the duplicates copy [default: 20].
+    #[arg(long)]
+    viral_pool: Option<usize>,
+    /// Share of spam rows: well-aligned pairs on topics of no class [default: 0.03].
+    #[arg(long)]
+    spam_rate: Option<f64>,
+    /// Spam topics [default: 5].
+    #[arg(long)]
+    spam_topics: Option<usize>,
+}
+
+impl LocalArgs {
+    /// The options, or a usage error when one is given for the shared model.
+    fn options(&self, model: SynthModel) -> Result<Option<clipcov::synth_local::LocalOptions>> {
+        let given = self.superclasses.is_some()
+            || self.local_dims.is_some()
+            || self.weak_captions.is_some()
+            || self.weak_at.is_some()
+            || self.sibling_mismatch.is_some()
+            || self.viral_pool.is_some()
+            || self.spam_rate.is_some()
+            || self.spam_topics.is_some();
+        if model == SynthModel::Shared {
+            if given {
+                return Err(Error::Usage(
+                    "--superclasses, --local-dims, --weak-captions, --weak-at, --sibling-mismatch, \
+                     --viral-pool, --spam-rate and --spam-topics need --model class-local"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let def = clipcov::synth_local::LocalOptions::default();
+        let share = |name: &str, v: Option<f64>, d: f64| -> Result<f64> {
+            let v = v.unwrap_or(d);
+            if (0.0..=1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(Error::Usage(format!("--{name} {v} must be in [0, 1]")))
+            }
+        };
+        Ok(Some(clipcov::synth_local::LocalOptions {
+            superclasses: self.superclasses.unwrap_or(def.superclasses),
+            local_dims: self.local_dims.unwrap_or(def.local_dims).max(1),
+            weak_share: share("weak-captions", self.weak_captions, def.weak_share)?,
+            weak_at: self.weak_at.unwrap_or(def.weak_at),
+            sibling_mismatch: share(
+                "sibling-mismatch",
+                self.sibling_mismatch,
+                def.sibling_mismatch,
+            )?,
+            viral_pool: self.viral_pool.unwrap_or(def.viral_pool).max(1),
+            spam_rate: share("spam-rate", self.spam_rate, def.spam_rate)?,
+            spam_topics: self.spam_topics.unwrap_or(def.spam_topics).max(1),
+        }))
+    }
 }
 
 /// `select`: the shared input flags plus ClipCov's own.
@@ -176,8 +265,8 @@ impl SelectArgs {
     }
 }
 
-fn synth_options(a: &SynthArgs) -> SynthOptions {
-    SynthOptions {
+fn synth_options(a: &SynthArgs) -> Result<SynthOptions> {
+    Ok(SynthOptions {
         rows: a.rows,
         classes: a.classes,
         dim: a.dim,
@@ -191,7 +280,8 @@ fn synth_options(a: &SynthArgs) -> SynthOptions {
         noise: a.noise,
         eval_rows: a.eval_rows,
         images: a.images,
-    }
+        class_local: a.local.options(a.model)?,
+    })
 }
 
 fn print_summary(s: &pipeline::SelectSummary, out: &std::path::Path) {
@@ -355,7 +445,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 (a.out.clone(), None)
             };
-            let s = synth::synth(&synth_options(&a), &local)?;
+            let s = synth::synth(&synth_options(&a)?, &local)?;
             let uploaded = match url {
                 Some(url) => remote::publish(&local, url)?.len(),
                 None => 0,
@@ -372,6 +462,9 @@ fn run(cli: Cli) -> Result<()> {
                 at(&s.prompts).display(),
                 at(&s.eval).display()
             );
+            if let Some(t) = &s.class_table {
+                println!("class table {}", at(t).display());
+            }
             if let Some(url) = url {
                 println!("uploaded {uploaded} files to {}", url.display());
             }

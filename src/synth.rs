@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use crate::error::{Error, IoContext, Result};
 use crate::formats::atomic::atomic_write;
 use crate::rng::Rng;
+use crate::synth_local::{LocalModel, LocalOptions};
 
 #[derive(Clone, Debug)]
 pub struct SynthOptions {
@@ -46,6 +47,8 @@ pub struct SynthOptions {
     /// Also write a placeholder image per pair, `images/<id>.png`, and the
     /// `image_path` column naming it (relative to the output folder).
     pub images: bool,
+    /// The data model: `None` for the shared subspace, else class-local.
+    pub class_local: Option<LocalOptions>,
 }
 
 impl Default for SynthOptions {
@@ -64,12 +67,13 @@ impl Default for SynthOptions {
             noise: 0.9,
             eval_rows: 2_000,
             images: false,
+            class_local: None,
         }
     }
 }
 
-/// Row kinds of the data model.
-pub const KINDS: [&str; 4] = ["clean", "mismatch", "duplicate", "junk"];
+/// Row kinds of the data models (spam: class-local only).
+pub const KINDS: [&str; 5] = ["clean", "mismatch", "duplicate", "junk", "spam"];
 
 /// Rows per Parquet row group (and per parallel generation batch).
 const GROUP_ROWS: u64 = 16_384;
@@ -86,7 +90,7 @@ struct Model {
     cdf: Vec<f64>,
 }
 
-fn unit(v: &mut [f64]) {
+pub(crate) fn unit(v: &mut [f64]) {
     let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
     for x in v {
         *x /= n;
@@ -94,16 +98,20 @@ fn unit(v: &mut [f64]) {
 }
 
 /// A noise vector of expected norm `scale`.
-fn noise(rng: &mut Rng, d: usize, scale: f64) -> Vec<f64> {
+pub(crate) fn noise(rng: &mut Rng, d: usize, scale: f64) -> Vec<f64> {
     let s = scale / (d as f64).sqrt();
     (0..d).map(|_| rng.normal() * s).collect()
 }
 
-struct Pair {
-    u: Vec<f64>,
-    v: Vec<f64>,
-    class: usize,
-    kind: usize,
+pub(crate) struct Pair {
+    pub u: Vec<f64>,
+    pub v: Vec<f64>,
+    /// `true_class`: -1 for a pair of no class.
+    pub class: i32,
+    /// Index into [`KINDS`].
+    pub kind: usize,
+    /// The caption text, when not the shared model's.
+    pub caption: Option<String>,
 }
 
 impl Model {
@@ -189,8 +197,9 @@ impl Model {
             Pair {
                 u,
                 v: v2,
-                class: k,
+                class: k as i32,
                 kind: 1,
+                caption: None,
             }
         } else if x < o.mismatch_rate + o.duplicate_rate && row > 0 {
             let src = rng.below(row);
@@ -208,8 +217,9 @@ impl Model {
             Pair {
                 u: u2,
                 v: v2,
-                class: ks,
+                class: ks as i32,
                 kind: 2,
+                caption: None,
             }
         } else if x < o.mismatch_rate + o.duplicate_rate + o.junk_rate {
             let mut a = noise(&mut rng, d, 1.0);
@@ -219,15 +229,17 @@ impl Model {
             Pair {
                 u: a,
                 v: b,
-                class: k,
+                class: k as i32,
                 kind: 3,
+                caption: None,
             }
         } else {
             Pair {
                 u,
                 v,
-                class: k,
+                class: k as i32,
                 kind: 0,
+                caption: None,
             }
         }
     }
@@ -255,6 +267,50 @@ fn write_images(opts: &SynthOptions, out: &Path) -> Result<()> {
         let p = out.join(image_path_of(opts.seed, r));
         std::fs::write(&p, PLACEHOLDER_PNG).at_path(&p)
     })
+}
+
+/// The data model `synth` draws from.
+enum Generator {
+    Shared(Model),
+    ClassLocal(LocalModel),
+}
+
+impl Generator {
+    fn pair(&self, row: u64) -> Pair {
+        match self {
+            Generator::Shared(m) => m.pair(row),
+            Generator::ClassLocal(m) => m.pair(row),
+        }
+    }
+
+    /// Prompt `t` of class `k`, drawn from `r`.
+    fn prompt(&self, r: &mut Rng, k: usize) -> Vec<f64> {
+        match self {
+            Generator::Shared(model) => {
+                let d = model.opts.dim;
+                let mut c: Vec<f64> = model.directions[k]
+                    .iter()
+                    .zip(&model.gap)
+                    .zip(noise(r, d, 0.3))
+                    .map(|((a, g), e)| a - 0.35 * g + e)
+                    .collect();
+                unit(&mut c);
+                c
+            }
+            Generator::ClassLocal(m) => m.prompt(r, k),
+        }
+    }
+
+    /// Eval image `i` and its class, drawn from `r`.
+    fn eval_image(&self, r: &mut Rng, i: u64) -> (usize, Vec<f64>) {
+        match self {
+            Generator::Shared(model) => {
+                let k = model.class_of(r);
+                (k, model.clean(r, k).0)
+            }
+            Generator::ClassLocal(m) => m.eval_image(r, i),
+        }
+    }
 }
 
 fn id_of(seed: u64, row: u64) -> String {
@@ -320,10 +376,12 @@ pub struct SynthSummary {
     pub shards: Vec<std::path::PathBuf>,
     pub prompts: std::path::PathBuf,
     pub eval: std::path::PathBuf,
+    /// `classes.csv` (class-local model): class, superclass, size, captions.
+    pub class_table: Option<std::path::PathBuf>,
 }
 
-/// Writes `out/data/part-XXXXX.parquet`, `out/prompts.parquet` and
-/// `out/eval.parquet`.
+/// Writes `out/data/part-XXXXX.parquet`, `out/prompts.parquet`,
+/// `out/eval.parquet` and, for the class-local model, `out/classes.csv`.
 pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
     if opts.rows == 0 || opts.classes == 0 || opts.dim == 0 || opts.shards == 0 {
         return Err(Error::Usage(
@@ -332,8 +390,13 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
     }
     let data = out.join("data");
     std::fs::create_dir_all(&data).at_path(&data)?;
-    let model = Model::new(opts);
+    let model = match &opts.class_local {
+        None => Generator::Shared(Model::new(opts)),
+        Some(local) => Generator::ClassLocal(LocalModel::new(opts, local)),
+    };
     let d = opts.dim;
+    // Rows drawn per true class, for the class table.
+    let mut class_rows = vec![0u64; opts.classes];
     let mut fields = vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("image_embedding", emb_type(d, opts.f16), false),
@@ -367,11 +430,17 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
             for (i, p) in pairs.into_iter().enumerate() {
                 ids.append_value(id_of(opts.seed, g0 + i as u64));
                 kinds.append_value(KINDS[p.kind]);
-                classes.append_value(p.class as i32);
-                captions.append_value(format!(
-                    "a photo of a class_{} ({})",
-                    p.class, KINDS[p.kind]
-                ));
+                classes.append_value(p.class);
+                if p.class >= 0 {
+                    class_rows[p.class as usize] += 1;
+                }
+                match p.caption {
+                    Some(c) => captions.append_value(c),
+                    None => captions.append_value(format!(
+                        "a photo of a class_{} ({})",
+                        p.class, KINDS[p.kind]
+                    )),
+                }
                 us.extend(p.u);
                 vs.extend(p.v);
             }
@@ -405,13 +474,7 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
     for k in 0..opts.classes {
         for t in 0..2u64 {
             let mut r = Rng::for_index(opts.seed ^ STREAM_PROMPTS, (k as u64) * 2 + t);
-            let mut c: Vec<f64> = model.directions[k]
-                .iter()
-                .zip(&model.gap)
-                .zip(noise(&mut r, d, 0.3))
-                .map(|((a, g), e)| a - 0.35 * g + e)
-                .collect();
-            unit(&mut c);
+            let c = model.prompt(&mut r, k);
             ids.append_value(k as i32);
             names.append_value(format!("class_{k}"));
             embs.extend(c);
@@ -439,8 +502,7 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
         .into_par_iter()
         .map(|i| {
             let mut r = Rng::for_index(opts.seed ^ STREAM_EVAL, i);
-            let k = model.class_of(&mut r);
-            (k, model.clean(&mut r, k).0)
+            model.eval_image(&mut r, i)
         })
         .collect();
     let mut ids = StringBuilder::new();
@@ -462,9 +524,23 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
     )
     .expect("eval batch matches its schema");
     write_batches(&eval, eval_schema, std::iter::once(batch))?;
+    let class_table = match &model {
+        Generator::Shared(_) => None,
+        Generator::ClassLocal(m) => {
+            let path = out.join("classes.csv");
+            let text = m.class_table(&class_rows);
+            atomic_write(&path, |w| {
+                use std::io::Write;
+                w.write_all(text.as_bytes())
+                    .map_err(|e| Error::io(&path, e))
+            })?;
+            Some(path)
+        }
+    };
     Ok(SynthSummary {
         shards,
         prompts,
         eval,
+        class_table,
     })
 }

@@ -22,6 +22,8 @@ mod baselines;
 mod datacomp_rule;
 // eval: covariance against brute force, the proxy, eval and compare --eval-set.
 mod eval;
+// Issue 17: class-local synth, clean coverage, bootstrap, compare --fractions.
+mod coverage;
 // The layouts of other tools in, DataComp subset files out.
 mod ecosystem;
 // report.html in headless Chromium; pipeline files.

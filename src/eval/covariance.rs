@@ -111,8 +111,9 @@ pub fn entropy(counts: &[u64]) -> f64 {
 }
 
 /// The covariance metrics of the subset at store positions `subset`
-/// (sorted, distinct) against the whole store, in one pass.
-pub fn covariance_metrics(store: &Store, subset: &[usize]) -> CovMetrics {
+/// (sorted, distinct) against the whole store, in one pass; also the
+/// subset's summed cross-covariance.
+pub fn covariance_metrics(store: &Store, subset: &[usize]) -> (CovMetrics, CrossCov) {
     debug_assert!(subset.windows(2).all(|w| w[0] < w[1]));
     let d = store.d();
     let meta = &store.meta;
@@ -178,7 +179,7 @@ pub fn covariance_metrics(store: &Store, subset: &[usize]) -> CovMetrics {
     if let Some(c) = current.take() {
         finish(c, &mut class_errors);
     }
-    CovMetrics {
+    let m = CovMetrics {
         cov_rel_error: rel_frobenius(&sub_all, &full_all).unwrap_or(f64::NAN),
         cov_rel_error_per_class: if class_errors.is_empty() {
             f64::NAN
@@ -187,7 +188,8 @@ pub fn covariance_metrics(store: &Store, subset: &[usize]) -> CovMetrics {
         },
         classes_covered: picks.iter().filter(|&&c| c > 0).count(),
         class_entropy: entropy(&picks),
-    }
+    };
+    (m, sub_all)
 }
 
 #[cfg(test)]

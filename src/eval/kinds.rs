@@ -1,7 +1,8 @@
 //! Data-model ground truth: when the source shards carry a `kind` column
-//! (synth writes clean / mismatch / duplicate / junk), the share of each
-//! kind in a subset. The column is read from the shards, projected alone,
-//! batch by batch, into one byte per canonical row.
+//! (synth writes clean / mismatch / duplicate / junk / spam), the share of
+//! each kind in a subset; when they carry `true_class`, each row's class.
+//! A column is read from the shards, projected alone, batch by batch, into
+//! one value per canonical row.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,8 @@ use crate::formats::canonical::{corrupt, open_parquet, SourceFile};
 
 /// The column read.
 pub const KIND_COLUMN: &str = "kind";
+/// The true-class column (synth's; -1 or null: no class).
+pub const TRUE_CLASS_COLUMN: &str = "true_class";
 /// The kind whose pairs make the retrieval slice.
 pub const CLEAN: &str = "clean";
 
@@ -102,6 +105,58 @@ pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
                     )),
                 };
                 out.code.push(code as u8);
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Reads the `true_class` column of `files` (canonical order) as `i64`,
+/// null as -1. `None` when the first file has no such column; an error
+/// when only some files have it.
+pub fn read_true_class(files: &[SourceFile]) -> Result<Option<Vec<i64>>> {
+    use arrow_array::types::{Int32Type, Int64Type};
+    let mut out = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let path = &f.path;
+        let builder = open_parquet(path)?;
+        let Ok(idx) = builder.schema().index_of(TRUE_CLASS_COLUMN) else {
+            if i == 0 {
+                return Ok(None);
+            }
+            return Err(
+                Error::column(path, TRUE_CLASS_COLUMN, "missing column").with_hint(
+                    "the first shard has a true_class column; give every shard one, or none",
+                ),
+            );
+        };
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(65_536)
+            .build()
+            .map_err(|e| corrupt(path, e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| corrupt(path, e))?;
+            let col = batch.column(0);
+            match col.data_type() {
+                DataType::Int32 => out.extend(
+                    col.as_primitive::<Int32Type>()
+                        .iter()
+                        .map(|v| v.map_or(-1, i64::from)),
+                ),
+                DataType::Int64 => out.extend(
+                    col.as_primitive::<Int64Type>()
+                        .iter()
+                        .map(|v| v.unwrap_or(-1)),
+                ),
+                other => {
+                    return Err(Error::column(
+                        path,
+                        TRUE_CLASS_COLUMN,
+                        format!("type {other}, expected int32 or int64"),
+                    ))
+                }
             }
         }
     }

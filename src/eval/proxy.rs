@@ -327,6 +327,20 @@ pub fn zero_shot(
     if m == 0 {
         return (0.0, 0.0);
     }
+    let ranks = zero_shot_ranks(model, images, labels, classes);
+    let top1 = ranks.iter().filter(|&&r| r == 0).count();
+    let top5 = ranks.iter().filter(|&&r| r < 5).count();
+    (top1 as f64 / m as f64, top5 as f64 / m as f64)
+}
+
+/// The rank of each image's true class among all classes (0 = predicted).
+pub fn zero_shot_ranks(
+    model: &LinearClip,
+    images: &[f32],
+    labels: &[usize],
+    classes: &[f32],
+) -> Vec<usize> {
+    let m = labels.len();
     let k = classes.len() / model.d;
     let x = model.embed(&model.w_i, images);
     let c = model.embed(&model.w_t, classes);
@@ -338,20 +352,37 @@ pub fn zero_shot(
         rm(&x, m, model.p),
         rm(&c, k, model.p).transpose(),
     );
-    let (mut top1, mut top5) = (0usize, 0usize);
-    for (row, &y) in s.chunks_exact(k).zip(labels) {
-        // Rank of the true class: classes scoring higher, or equal with a
-        // smaller index.
-        let t = row[y];
-        let rank = row
-            .iter()
-            .enumerate()
-            .filter(|&(j, &x)| x > t || (x == t && j < y))
-            .count();
-        top1 += (rank == 0) as usize;
-        top5 += (rank < 5) as usize;
+    s.chunks_exact(k)
+        .zip(labels)
+        .map(|(row, &y)| {
+            // Classes scoring higher, or equal with a smaller index.
+            let t = row[y];
+            row.iter()
+                .enumerate()
+                .filter(|&(j, &x)| x > t || (x == t && j < y))
+                .count()
+        })
+        .collect()
+}
+
+/// The proxy's InfoNCE loss on held-out pairs `u, v: [h, d]`, averaged
+/// over consecutive batches of `batch` pairs (a last batch of one pair is
+/// dropped: it has no negative). `NaN` with fewer than two pairs.
+pub fn heldout_loss(model: &LinearClip, u: &[f32], v: &[f32], batch: usize) -> f64 {
+    let d = model.d;
+    let step = batch.max(2) * d;
+    let (mut total, mut batches) = (0.0, 0usize);
+    for (bu, bv) in u.chunks(step).zip(v.chunks(step)) {
+        if bu.len() / d >= 2 {
+            total += model.loss_and_grad(bu, bv).0;
+            batches += 1;
+        }
     }
-    (top1 as f64 / m as f64, top5 as f64 / m as f64)
+    if batches == 0 {
+        f64::NAN
+    } else {
+        total / batches as f64
+    }
 }
 
 /// Image->text recall@1 on held-out pairs `u, v: [h, d]`: the share of
