@@ -437,11 +437,9 @@ fn check_zipf(name: &str, tau: &str, refresh: &str, f16_in: bool) {
         );
     }
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(
-        manifest["parameters"]["refresh_period"]["R"],
-        refresh_n,
+        manifest["parameters"]["refresh_period"]["R"], refresh_n,
         "{name}: the manifest records the period used"
     );
 }

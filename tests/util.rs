@@ -124,7 +124,10 @@ fn make_data_with(rows: usize, d: usize, classes: usize, seed: u64, zipf: Option
             None => (g.next() % classes as u64) as usize,
             Some(_) => {
                 let x = (g.next() % 1_000_000) as f64 / 1e6 * cumulative[classes - 1];
-                cumulative.iter().position(|&c| x < c).unwrap_or(classes - 1)
+                cumulative
+                    .iter()
+                    .position(|&c| x < c)
+                    .unwrap_or(classes - 1)
             }
         };
         let scale = 0.5 + (g.next() % 100) as f64 / 50.0;
