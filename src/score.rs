@@ -31,15 +31,6 @@ pub enum Tau {
     None,
 }
 
-impl Tau {
-    pub fn as_f32(self) -> Option<f32> {
-        match self {
-            Tau::Threshold(t) => Some(t as f32),
-            Tau::None => None,
-        }
-    }
-}
-
 impl std::fmt::Display for Tau {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
