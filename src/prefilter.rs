@@ -139,6 +139,7 @@ fn first_line(e: &(impl std::fmt::Display + ?Sized)) -> String {
 
 /// Whether `word` occurs as a keyword of `sql`: a whole word, case
 /// insensitive, outside quoted strings and quoted identifiers.
+#[cfg(feature = "prefilter")]
 fn has_keyword(sql: &str, word: &str) -> bool {
     let mut quote: Option<char> = None;
     let mut token = String::new();
