@@ -466,6 +466,8 @@ fn bad_files_give_one_line_errors() {
     let known = [
         "fuzz-f16-fixed-len-panic.parquet",
         "fuzz-prompts-decoder-panic.parquet",
+        "where-int32-decoder-panic.parquet",
+        "eval-label-decoder-panic.parquet",
     ];
     let bad = repo_root().join("tests/data/bad");
     let mut found: Vec<String> = std::fs::read_dir(&bad)
@@ -505,7 +507,9 @@ fn bad_files_give_one_line_errors() {
 
 /// A Parquet file whose float16 column makes the decoder panic (a fuzz
 /// finding) gives exit 65 and one line naming it wherever clipcov reads
-/// Parquet: as `--targets`, and as the metadata `--keep-columns` reads.
+/// Parquet: as `--targets`, as the metadata `--keep-columns` reads; and
+/// int32 columns with a damaged page (found by corrupting bytes at random)
+/// as the metadata `--where` reads and as an eval set.
 #[test]
 fn decoder_panics_outside_the_shards_are_data_errors() {
     let panicky = repo_root().join("tests/data/bad/fuzz-f16-fixed-len-panic.parquet");
@@ -571,6 +575,74 @@ fn decoder_panics_outside_the_shards_are_data_errors() {
     );
     assert!(
         err.contains("metadata_0.parquet") && err.contains("the decoder failed"),
+        "{err}"
+    );
+
+    // --where reads an int32 column whose damaged page panics the decoder.
+    std::fs::copy(
+        repo_root().join("tests/data/bad/where-int32-decoder-panic.parquet"),
+        &meta,
+    )
+    .unwrap();
+    let err = fails(
+        &out,
+        &[
+            "select",
+            "--data",
+            s(&root),
+            "--id-column",
+            ":row",
+            "--clusters",
+            "2",
+            "--fraction",
+            "0.5",
+            "--where",
+            "w IS NOT NULL",
+            "--out",
+            s(&out),
+        ],
+        65,
+    );
+    assert!(
+        err.contains("metadata_0.parquet") && err.contains("the decoder failed"),
+        "{err}"
+    );
+
+    // An eval set (d = 3) whose label page panics the decoder.
+    let (data, prompts) = synth_at(&dir.join("synth"), "--rows 200 --classes 3 --dim 3");
+    let run = dir.join("run");
+    clipcov_ok(&[
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.5",
+        "--quiet",
+        "--out",
+        s(&run),
+    ]);
+    let work = dir.join("work");
+    let err = fails(
+        &work,
+        &[
+            "eval",
+            "--data",
+            s(&data),
+            "--subset",
+            s(&run.join("clipcov/subset.parquet")),
+            "--eval-set",
+            s(&repo_root().join("tests/data/bad/eval-label-decoder-panic.parquet")),
+            "--prompts",
+            s(&prompts),
+            "--work",
+            s(&work),
+        ],
+        65,
+    );
+    assert!(
+        err.contains("eval-label-decoder-panic.parquet") && err.contains("the decoder failed"),
         "{err}"
     );
 }

@@ -43,11 +43,18 @@ pub struct SourceFile {
 /// Where each shard's rows sit in the canonical row order, from the rows
 /// of every shard: the one row -> shard lookup (dedup messages, c_rho's
 /// learner rows, `--keep-columns`). An empty shard owns no row.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ShardStarts {
     /// `starts[i]`: canonical index of shard `i`'s first row; one more
     /// entry holds the total.
     starts: Vec<u64>,
+}
+
+impl Default for ShardStarts {
+    /// No shards.
+    fn default() -> Self {
+        ShardStarts::from_rows([])
+    }
 }
 
 impl ShardStarts {
