@@ -1,7 +1,7 @@
 //! One error type for the whole tool, with the exit status each kind maps to.
 //!
-//! Variants are named after who must act: the user (`Usage`), the data
-//! (`Data`, `Schema`), the environment (`Io`), or us (`Internal`). Every
+//! Variants are named after who must act: the user (`Usage`, `MemoryLimit`),
+//! the data (`Data`), the environment (`Io`, `Busy`), or us (`Internal`). Every
 //! message is one line a person can act on; the CLI prints it as
 //! `clipcov: <message>` and exits with [`Error::exit_code`].
 

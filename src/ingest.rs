@@ -1,4 +1,4 @@
-//! Stage 1, ingest: decode the Parquet shards once, validate every row, and
+//! Stage 1, ingest: decode the input shards once, validate every row, and
 //! write the embedding files of the staged store.
 //!
 //! Each row is checked (lengths, nulls, finite values, non-zero norm), its
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::formats::canonical::{
-    Columns, IdKind, ShardBatch, ShardReader, ShardSchema, SourceFile,
+    Columns, IdKind, ShardBatch, ShardReader, ShardSchema, ShardStarts, SourceFile,
 };
 use crate::formats::embedding::{EmbeddingView, FloatKind, Floats, RowProblem};
 use crate::kmeans;
@@ -111,6 +111,14 @@ pub struct Ingested {
     /// What `--where` kept, when it was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefilter: Option<PrefilterReport>,
+}
+
+impl Ingested {
+    /// Where each shard's rows are in the canonical row order (from the
+    /// row counts, so an empty shard never shadows the next one).
+    pub fn starts(&self) -> ShardStarts {
+        ShardStarts::from_rows(self.shards.iter().map(|s| s.rows))
+    }
 }
 
 /// Ids of one batch, typed.
@@ -546,9 +554,6 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
             let file = &files[batch.file_index];
             let path = &file.path;
             shards[batch.file_index].rows += batch.len() as u64;
-            if batch.first_row_in_file == 0 {
-                shards[batch.file_index].first_row = batch.first_row;
-            }
             let dt = *dtype.get_or_insert(store_dtype(&shard));
             if dt == Dtype::F16 && store_dtype(&shard) != Dtype::F16 {
                 let col = if shard.image_kind != FloatKind::F16 {
@@ -654,6 +659,11 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
     let hashes = std::mem::take(&mut w.hashes);
     let (file_rows, chunks) = (w.file_rows, std::mem::take(&mut w.chunks));
     w.finish()?;
+    // An empty shard has no batch to set its first row from.
+    let starts = ShardStarts::from_rows(shards.iter().map(|s| s.rows));
+    for (i, s) in shards.iter_mut().enumerate() {
+        s.first_row = starts.range(i).start;
+    }
     let mut ingested = Ingested {
         d: d.unwrap_or(0),
         dtype: dtype.unwrap(),
@@ -715,15 +725,10 @@ fn find_duplicates(
         return Ok(());
     }
     dups.sort_by_key(|&(f, _)| row_of(f));
+    let starts = ing.starts();
     let locate = |row: u64| -> (&SourceFile, u64) {
-        let (i, first) = ing
-            .shards
-            .iter()
-            .enumerate()
-            .rfind(|(_, s)| s.first_row <= row && s.rows > 0)
-            .map(|(i, s)| (i, s.first_row))
-            .unwrap_or((0, 0));
-        (&files[i], row - first)
+        let (i, in_file) = starts.locate(row).unwrap_or((0, row));
+        (&files[i], in_file)
     };
     if opts.on_duplicate == DuplicatePolicy::Error {
         let (f, kept) = dups[0];

@@ -256,14 +256,15 @@ impl Staged {
         Keep {
             names: cfg.keep_columns.clone(),
             files: &self.files,
-            first_rows: self.ingested.shards.iter().map(|s| s.first_row).collect(),
+            starts: self.ingested.starts(),
             train: cfg.train_csv.clone(),
         }
     }
 }
 
 /// Ingests `cfg.data`, assigns latent classes and writes the class-sorted
-/// store in `store_dir` (removed first if present). Stages: ingest,
+/// store in `store_dir`, or reuses the store there when its journal matches
+/// the inputs (otherwise it is rebuilt from scratch). Stages: ingest,
 /// classes.
 pub fn stage_data(
     cfg: &SelectConfig,
@@ -294,7 +295,12 @@ pub fn stage_data(
         .collect::<Result<Vec<u64>>>()?;
     let total_rows: u64 = file_rows.iter().sum();
     let input_bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    let d_hint = prompts.as_ref().map_or(512, |p| p.d);
+    // The prompts' d, or the data's: k-means and the baselines have no
+    // prompts, and their tiles grow with d.
+    let d_hint = match &prompts {
+        Some(p) => p.d,
+        None => layout::probe_d(&files, &columns).unwrap_or(512),
+    };
     let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d_hint, cfg.threads)?;
     let tile_rows = cfg.tile_rows.unwrap_or(plan.tile_rows);
 

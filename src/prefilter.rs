@@ -139,6 +139,7 @@ fn first_line(e: &(impl std::fmt::Display + ?Sized)) -> String {
 
 /// Whether `word` occurs as a keyword of `sql`: a whole word, case
 /// insensitive, outside quoted strings and quoted identifiers.
+#[cfg(feature = "prefilter")]
 fn has_keyword(sql: &str, word: &str) -> bool {
     let mut quote: Option<char> = None;
     let mut token = String::new();
@@ -298,7 +299,7 @@ impl Predicate {
     /// of the file, and polars has no float16 embeddings).
     #[cfg(feature = "prefilter")]
     fn passing_rows(&self, path: &std::path::Path, columns: &[String]) -> Result<Vec<u64>> {
-        use crate::formats::canonical::corrupt;
+        use crate::formats::canonical::batches;
         use parquet::arrow::ProjectionMask;
         use polars::prelude::*;
 
@@ -309,11 +310,10 @@ impl Predicate {
             .map(|c| schema.index_of(c).expect("checked by evaluate"))
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(|e| corrupt(path, e))?;
+        let reader = batches(
+            path,
+            builder.with_projection(mask).with_batch_size(BATCH_ROWS),
+        )?;
         let failed = |e: &dyn std::fmt::Display| {
             Error::Usage(format!(
                 "--where '{}' cannot be evaluated on {}: {}",
@@ -325,7 +325,7 @@ impl Predicate {
         let mut out = Vec::new();
         let mut offset = 0u64;
         for batch in reader {
-            let batch = batch.map_err(|e| corrupt(path, e))?;
+            let batch = batch?;
             let mut frame = Vec::with_capacity(self.columns.len());
             for name in &self.columns {
                 let a = batch.column_by_name(name).expect("projected");

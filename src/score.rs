@@ -40,6 +40,7 @@ pub enum Tau {
 }
 
 impl Tau {
+    /// The threshold in `f32`, as the tiles compare it; `None` for no threshold.
     pub fn as_f32(self) -> Option<f32> {
         match self {
             Tau::Threshold(t) => Some(t as f32),

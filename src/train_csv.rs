@@ -241,12 +241,9 @@ pub fn prepare(keep: &Keep, rows: &[u64]) -> Result<Option<TrainRows>> {
 
 /// The metadata file and row in it of canonical row `r`, for messages.
 fn source_of<'k>(keep: &Keep<'k>, r: u64) -> (&'k Path, u64) {
-    let fi = keep
-        .first_rows
-        .partition_point(|&f| f <= r)
-        .saturating_sub(1);
+    let (fi, row) = keep.starts.locate(r).unwrap_or((0, r));
     let f = &keep.files[fi];
-    (metadata_path(f).unwrap_or(&f.path), r - keep.first_rows[fi])
+    (metadata_path(f).unwrap_or(&f.path), row)
 }
 
 /// A CSV field in double quotes, quotes doubled: pandas' default quoting.

@@ -466,6 +466,8 @@ fn bad_files_give_one_line_errors() {
     let known = [
         "fuzz-f16-fixed-len-panic.parquet",
         "fuzz-prompts-decoder-panic.parquet",
+        "where-int32-decoder-panic.parquet",
+        "eval-label-decoder-panic.parquet",
     ];
     let bad = repo_root().join("tests/data/bad");
     let mut found: Vec<String> = std::fs::read_dir(&bad)
@@ -500,5 +502,219 @@ fn bad_files_give_one_line_errors() {
             65,
         );
         assert!(err.contains(name), "{err}");
+    }
+}
+
+/// A Parquet file whose float16 column makes the decoder panic (a fuzz
+/// finding) gives exit 65 and one line naming it wherever clipcov reads
+/// Parquet: as `--targets`, as the metadata `--keep-columns` reads; and
+/// int32 columns with a damaged page (found by corrupting bytes at random)
+/// as the metadata `--where` reads and as an eval set.
+#[test]
+fn decoder_panics_outside_the_shards_are_data_errors() {
+    let panicky = repo_root().join("tests/data/bad/fuzz-f16-fixed-len-panic.parquet");
+    let c = case("panic-targets", |_| {});
+    let err = fails(
+        &c.out,
+        &[
+            "baseline",
+            "datacomp_image_based",
+            "--data",
+            s(&c.data),
+            "--targets",
+            s(&panicky),
+            "--clusters",
+            "2",
+            "--out",
+            s(&c.out),
+        ],
+        65,
+    );
+    assert!(
+        err.contains("fuzz-f16-fixed-len-panic.parquet") && err.contains("the decoder failed"),
+        "{err}"
+    );
+
+    // A clip-retrieval folder with row-index ids: the metadata file (the
+    // panicking one, 20 rows) is read only for --keep-columns.
+    let dir = Dir::new("panic-keep-columns");
+    let root = dir.join("pool");
+    let data = make_data(20, 3, 2, 3);
+    for (sub, rows) in [
+        ("img_emb/img_emb_0.npy", &data.u),
+        ("text_emb/text_emb_0.npy", &data.v),
+    ] {
+        let mut b = clipcov::formats::npy::header_bytes("'<f4'", "(20, 3)");
+        b.extend(rows.iter().flatten().flat_map(|x| x.to_le_bytes()));
+        let p = root.join(sub);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b).unwrap();
+    }
+    let meta = root.join("metadata/metadata_0.parquet");
+    std::fs::create_dir_all(meta.parent().unwrap()).unwrap();
+    std::fs::copy(&panicky, &meta).unwrap();
+    let out = dir.join("out");
+    let err = fails(
+        &out,
+        &[
+            "select",
+            "--data",
+            s(&root),
+            "--id-column",
+            ":row",
+            "--clusters",
+            "2",
+            "--fraction",
+            "0.5",
+            "--keep-columns",
+            "text_embedding",
+            "--out",
+            s(&out),
+        ],
+        65,
+    );
+    assert!(
+        err.contains("metadata_0.parquet") && err.contains("the decoder failed"),
+        "{err}"
+    );
+
+    // --where reads an int32 column whose damaged page panics the decoder.
+    std::fs::copy(
+        repo_root().join("tests/data/bad/where-int32-decoder-panic.parquet"),
+        &meta,
+    )
+    .unwrap();
+    let err = fails(
+        &out,
+        &[
+            "select",
+            "--data",
+            s(&root),
+            "--id-column",
+            ":row",
+            "--clusters",
+            "2",
+            "--fraction",
+            "0.5",
+            "--where",
+            "w IS NOT NULL",
+            "--out",
+            s(&out),
+        ],
+        65,
+    );
+    assert!(
+        err.contains("metadata_0.parquet") && err.contains("the decoder failed"),
+        "{err}"
+    );
+
+    // An eval set (d = 3) whose label page panics the decoder.
+    let (data, prompts) = synth_at(&dir.join("synth"), "--rows 200 --classes 3 --dim 3");
+    let run = dir.join("run");
+    clipcov_ok(&[
+        "select",
+        "--data",
+        s(&data),
+        "--prompts",
+        s(&prompts),
+        "--fraction",
+        "0.5",
+        "--quiet",
+        "--out",
+        s(&run),
+    ]);
+    let work = dir.join("work");
+    let err = fails(
+        &work,
+        &[
+            "eval",
+            "--data",
+            s(&data),
+            "--subset",
+            s(&run.join("clipcov/subset.parquet")),
+            "--eval-set",
+            s(&repo_root().join("tests/data/bad/eval-label-decoder-panic.parquet")),
+            "--prompts",
+            s(&prompts),
+            "--work",
+            s(&work),
+        ],
+        65,
+    );
+    assert!(
+        err.contains("eval-label-decoder-panic.parquet") && err.contains("the decoder failed"),
+        "{err}"
+    );
+}
+
+/// Prompts whose rows differ in length: a sentence naming the lengths, not
+/// a Rust debug dump.
+#[test]
+fn prompt_rows_of_different_lengths() {
+    use arrow_array::builder::{Float32Builder, Int32Builder, ListBuilder};
+    let c = case("prompt-lengths", |_| {});
+    let mut ids = Int32Builder::new();
+    let mut names = StringBuilder::new();
+    let mut emb = ListBuilder::new(Float32Builder::new());
+    for (k, len) in [(0, 8), (1, 5)] {
+        ids.append_value(k);
+        names.append_value(format!("class {k}"));
+        for j in 0..len {
+            emb.values().append_value(1.0 + j as f32);
+        }
+        emb.append(true);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(names.finish()),
+        Arc::new(emb.finish()),
+    ];
+    let fields: Vec<Field> = ["class_id", "name", "text_embedding"]
+        .iter()
+        .zip(&cols)
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
+    std::fs::remove_file(&c.prompts).unwrap();
+    write_batch(&c.prompts, &batch);
+    let err = fails(&c.out, &select_args(&c, &[]), 65);
+    assert!(
+        err.contains("prompts.parquet")
+            && err.contains("row 1")
+            && err.contains("length 5, expected 8")
+            && !err.contains("Length("),
+        "{err}"
+    );
+}
+
+/// A kept column may not reuse a baseline's term name (the subset would
+/// hold two columns of that name).
+#[test]
+fn keep_columns_refuses_term_names() {
+    let c = case("keep-term-name", |_| {});
+    for (method, term) in [
+        ("semdedup", "centroid_distance"),
+        ("random", "learner_loss"),
+    ] {
+        let err = fails(
+            &c.out,
+            &[
+                "baseline",
+                method,
+                "--data",
+                s(&c.data),
+                "--fraction",
+                "0.5",
+                "--keep-columns",
+                term,
+                "--out",
+                s(&c.out),
+            ],
+            2,
+        );
+        assert!(
+            err.contains("--keep-columns") && err.contains(term),
+            "{err}"
+        );
     }
 }

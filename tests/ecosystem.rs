@@ -524,3 +524,67 @@ np.savez(sys.argv[1], **z)
         "{e}"
     );
 }
+
+/// `--keep-columns` over shards where the second one is empty: every kept
+/// value belongs to its row (an empty shard owns no row of the order).
+#[test]
+fn keep_columns_after_an_empty_shard() {
+    let dir = Dir::new("keep-empty-shard");
+    let d = 4;
+    let data = make_data(20, d, 2, 11);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("image_embedding", emb_type(d, false), true),
+        Field::new("text_embedding", emb_type(d, false), true),
+        Field::new("caption", DataType::Utf8, false),
+    ]));
+    // part=00: rows 0..10, part=01: no rows, part=02: rows 10..20.
+    for (part, r) in [(0, 0..10), (1, 10..10), (2, 10..20)] {
+        let mut ids = StringBuilder::new();
+        let mut caps = StringBuilder::new();
+        for i in r.clone() {
+            ids.append_value(format!("x{i}"));
+            caps.append_value(format!("caption of row {i}"));
+        }
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(ids.finish()),
+                emb_array(&data.u[r.clone()], d, false),
+                emb_array(&data.v[r.clone()], d, false),
+                Arc::new(caps.finish()),
+            ],
+        )
+        .unwrap();
+        write_batch(
+            &dir.join(&format!("data/part={part:02}/shard.parquet")),
+            &batch,
+        );
+    }
+    let out = dir.join("out");
+    clipcov_ok(&[
+        "select",
+        "--data",
+        s(&dir.join("data")),
+        "--clusters",
+        "2",
+        "--fraction",
+        "1",
+        "--keep-columns",
+        "caption",
+        "--out",
+        s(&out),
+    ]);
+    let csv = std::fs::read_to_string(out.join("clipcov/subset.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().ends_with(",caption"));
+    let mut seen = 0;
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let row: u64 = f[2].parse().unwrap();
+        assert_eq!(f[0], format!("x{row}"), "{line}");
+        assert_eq!(f[f.len() - 1], format!("caption of row {row}"), "{line}");
+        seen += 1;
+    }
+    assert_eq!(seen, 20);
+}

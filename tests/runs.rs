@@ -273,3 +273,38 @@ fn a_closed_stdout_ends_the_run_quietly_after_its_outputs() {
     assert!(out.join("manifest.json").exists());
     assert!(out.join("clipcov/subset.parquet").exists());
 }
+
+/// The memory plan uses the data's `d` when there are no prompts: k-means
+/// and a baseline plan the same tiles and batches as a run whose prompts
+/// give `d` (a guessed d = 512 halved the tiles under this limit).
+#[test]
+fn memory_plan_uses_the_data_d_without_prompts() {
+    let dir = Dir::new("plan-d");
+    let (data, prompts) = synth_at(&dir.join("synth"), "--rows 200 --classes 3 --dim 8");
+    let plan = |args: &[&str]| -> serde_json::Value {
+        let out = dir.join(&format!("out-{}", args[0..2].join("-")));
+        let mut a = args.to_vec();
+        a.extend([
+            "--data",
+            s(&data),
+            "--fraction",
+            "0.5",
+            "--memory-limit",
+            "32MiB",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            s(&out),
+        ]);
+        clipcov_ok(&a);
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
+                .unwrap();
+        m["plan"].clone()
+    };
+    let with_prompts = plan(&["select", "--prompts", s(&prompts)]);
+    assert_eq!(with_prompts["tile_rows"], 1024, "{with_prompts}");
+    assert_eq!(plan(&["select", "--clusters", "2"]), with_prompts);
+    assert_eq!(plan(&["baseline", "clip_score"]), with_prompts);
+}

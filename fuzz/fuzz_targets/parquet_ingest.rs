@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         expected_d: None,
         classify: None,
         chunk_rows: 16,
+        filter: None,
     };
     let _ = ingest(&files, &dir.join("store"), &opts);
 });

@@ -12,7 +12,7 @@ use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 
 use crate::error::{Error, Result};
-use crate::formats::canonical::{corrupt, open_parquet, SourceFile};
+use crate::formats::canonical::{batches, open_parquet, SourceFile};
 
 /// The column read.
 pub const KIND_COLUMN: &str = "kind";
@@ -70,13 +70,9 @@ pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
                 .with_hint("the first shard has a kind column; give every shard one, or none"));
         };
         let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(65_536)
-            .build()
-            .map_err(|e| corrupt(path, e))?;
+        let reader = batches(path, builder.with_projection(mask).with_batch_size(65_536))?;
         for batch in reader {
-            let batch = batch.map_err(|e| corrupt(path, e))?;
+            let batch = batch?;
             let col = batch.column(0);
             let values: Vec<Option<&str>> = match col.data_type() {
                 DataType::Utf8 => col.as_string::<i32>().iter().collect(),
@@ -131,13 +127,9 @@ pub fn read_true_class(files: &[SourceFile]) -> Result<Option<Vec<i64>>> {
             );
         };
         let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(65_536)
-            .build()
-            .map_err(|e| corrupt(path, e))?;
+        let reader = batches(path, builder.with_projection(mask).with_batch_size(65_536))?;
         for batch in reader {
-            let batch = batch.map_err(|e| corrupt(path, e))?;
+            let batch = batch?;
             let col = batch.column(0);
             match col.data_type() {
                 DataType::Int32 => out.extend(

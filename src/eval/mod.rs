@@ -33,7 +33,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::formats::canonical::{corrupt, open_parquet, SourceFile};
+use crate::formats::canonical::{batches, open_parquet, SourceFile};
 use crate::formats::embedding::EmbeddingView;
 use crate::memory::parse_size;
 use crate::methods::cli::{thread_pool, RowArgs};
@@ -286,14 +286,14 @@ pub fn read_eval_set(path: &Path, d: usize, class_ids: &[i64]) -> Result<EvalSet
             ));
         }
     }
-    let reader = builder.build().map_err(|e| corrupt(path, e))?;
+    let reader = batches(path, builder)?;
     let mut out = EvalSet {
         images: Vec::new(),
         labels: Vec::new(),
     };
     let mut row0 = 0u64;
     for batch in reader {
-        let batch = batch.map_err(|e| corrupt(path, e))?;
+        let batch = batch?;
         let lab = batch.column_by_name(LABEL).unwrap();
         let labels: Vec<Option<i64>> = match lab.data_type() {
             DataType::Int32 => lab
@@ -494,10 +494,6 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    pub fn has_kinds(&self) -> bool {
-        self.kinds.is_some()
-    }
-
     /// The eval images' labels (class positions).
     pub fn eval_labels(&self) -> &[usize] {
         &self.eval.labels
@@ -674,11 +670,11 @@ fn subset_positions(path: &Path, store: &Store) -> Result<Vec<usize>> {
             ));
         }
     }
-    let reader = builder.build().map_err(|e| corrupt(path, e))?;
+    let reader = batches(path, builder)?;
     let mut out = Vec::new();
     let mut row0 = 0u64;
     for batch in reader {
-        let batch = batch.map_err(|e| corrupt(path, e))?;
+        let batch = batch?;
         let rows = batch.column_by_name("row").unwrap();
         if rows.data_type() != &DataType::UInt64 {
             return Err(Error::column(path, "row", "expected uint64"));

@@ -46,12 +46,6 @@ pub fn atomic_write<T>(
     }
 }
 
-/// Moves a finished temporary file into place.
-pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
-    File::open(tmp).and_then(|f| f.sync_data()).at_path(tmp)?;
-    fs::rename(tmp, path).at_path(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,10 @@
 //! (byte-wise), and read memory-mapped (or, for a URL, with ranged reads
 //! through [`crate::remote`]), one record batch at a time, so the dataset
 //! never has to fit in memory. The canonical row index is the position in
-//! the concatenation of the files' rows in that order.
+//! the concatenation of the files' rows in that order ([`ShardStarts`]).
+//!
+//! Every Parquet read in clipcov goes through [`open_parquet`] and
+//! [`batches`], which run the decoder under [`guard_decoder`].
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,51 @@ pub struct SourceFile {
     /// Where the shard's embeddings are (npy layouts); Parquet by default.
     #[serde(default)]
     pub kind: ShardKind,
+}
+
+/// Where each shard's rows sit in the canonical row order, from the rows
+/// of every shard: the one row -> shard lookup (dedup messages, c_rho's
+/// learner rows, `--keep-columns`). An empty shard owns no row.
+#[derive(Clone, Debug)]
+pub struct ShardStarts {
+    /// `starts[i]`: canonical index of shard `i`'s first row; one more
+    /// entry holds the total.
+    starts: Vec<u64>,
+}
+
+impl Default for ShardStarts {
+    /// No shards.
+    fn default() -> Self {
+        ShardStarts::from_rows([])
+    }
+}
+
+impl ShardStarts {
+    pub fn from_rows(rows: impl IntoIterator<Item = u64>) -> Self {
+        let mut starts = vec![0u64];
+        for n in rows {
+            starts.push(starts[starts.len() - 1] + n);
+        }
+        ShardStarts { starts }
+    }
+
+    /// The canonical rows of shard `i`.
+    pub fn range(&self, i: usize) -> std::ops::Range<u64> {
+        self.starts[i]..self.starts[i + 1]
+    }
+
+    /// The shard holding canonical row `row` and the row's index inside
+    /// it; `None` past the last row.
+    pub fn locate(&self, row: u64) -> Option<(usize, u64)> {
+        let shards = self.starts.len() - 1;
+        if row >= self.starts[shards] {
+            return None;
+        }
+        // The last shard starting at or before `row`: empty shards share
+        // their start with the next one and are skipped.
+        let i = self.starts[..shards].partition_point(|&s| s <= row) - 1;
+        Some((i, row - self.starts[i]))
+    }
 }
 
 /// The column names to read.
@@ -254,6 +302,44 @@ pub fn guard_decoder<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T>
     }
 }
 
+/// A Parquet file's record batches, each decoded under [`guard_decoder`]:
+/// the one way clipcov reads Parquet, so that a corrupt file anywhere (a
+/// shard, prompts, targets, an eval set, metadata) is a data error naming
+/// it. The first error ends the stream.
+pub struct Batches {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    failed: bool,
+}
+
+/// Builds the reader of `builder` (projection and batch size already set)
+/// under the guard.
+pub fn batches(path: &Path, builder: ParquetRecordBatchReaderBuilder<Source>) -> Result<Batches> {
+    let reader = guard_decoder(path, || builder.build().map_err(|e| corrupt(path, e)))?;
+    Ok(Batches {
+        path: path.to_path_buf(),
+        reader,
+        failed: false,
+    })
+}
+
+impl Iterator for Batches {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let (path, reader) = (&self.path, &mut self.reader);
+        let next = guard_decoder(path, || {
+            reader.next().transpose().map_err(|e| corrupt(path, e))
+        })
+        .transpose();
+        self.failed = matches!(next, Some(Err(_)));
+        next
+    }
+}
+
 /// The error for a file that Parquet cannot read (or, for an object, the
 /// network failure that stopped the read).
 pub fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -380,7 +466,7 @@ impl ShardBatch {
 
 /// The shard being read.
 enum Open {
-    Parquet(ParquetRecordBatchReader, [usize; 3]),
+    Parquet(Batches, [usize; 3]),
     Npy(Box<NpyShard>),
 }
 
@@ -443,11 +529,12 @@ impl<'a> ShardReader<'a> {
             sorted.sort_unstable();
             let pos = |c: usize| sorted.iter().position(|&x| x == c).unwrap();
             let order = [pos(roots[0]), pos(roots[1]), pos(roots[2])];
-            let reader = builder
-                .with_projection(mask)
-                .with_batch_size(self.batch_rows)
-                .build()
-                .map_err(|e| corrupt(&file.path, e))?;
+            let reader = batches(
+                &file.path,
+                builder
+                    .with_projection(mask)
+                    .with_batch_size(self.batch_rows),
+            )?;
             self.reader = Some(Open::Parquet(reader, order));
             self.next_row_in_file = 0;
         }
@@ -509,7 +596,7 @@ impl<'a> ShardReader<'a> {
                     let b = self.wrap(batch, order);
                     return Ok(Some(b));
                 }
-                Some(Err(e)) => return Err(corrupt(&self.files[self.file_index].path, e)),
+                Some(Err(e)) => return Err(e),
                 None => {
                     self.reader = None;
                     self.file_index += 1;
@@ -554,5 +641,29 @@ impl Iterator for ShardReader<'_> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_skips_empty_shards() {
+        let s = ShardStarts::from_rows([3, 0, 2, 0]);
+        let got: Vec<_> = (0..6).map(|r| s.locate(r)).collect();
+        assert_eq!(
+            got,
+            [
+                Some((0, 0)),
+                Some((0, 1)),
+                Some((0, 2)),
+                Some((2, 0)),
+                Some((2, 1)),
+                None
+            ]
+        );
+        assert_eq!(s.range(1), 3..3);
+        assert_eq!(ShardStarts::from_rows([0, 0]).locate(0), None);
     }
 }

@@ -8,13 +8,14 @@
 use std::path::{Path, PathBuf};
 
 use arrow_array::{ArrayRef, UInt64Array};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
 use super::canonical::{
-    check_id, column_names, corrupt, discover, open_parquet, Columns, ShardSchema, SourceFile,
+    batches, check_id, column_names, discover, open_parquet, Batches, Columns, ShardReader,
+    ShardSchema, SourceFile,
 };
+use super::embedding::EmbeddingView;
 use super::npy::NpyMatrix;
 use super::npz::Npz;
 use crate::error::{Error, IoContext, Result};
@@ -261,9 +262,23 @@ pub fn shard_rows(f: &SourceFile, cols: &Columns) -> Result<u64> {
     }
 }
 
+/// The embedding length `d` of the data: the length of the first usable
+/// image embedding in the first batch of the first shard with rows, so the
+/// memory plan can size its buffers before ingest. `None` when that batch
+/// has no usable row or cannot be read (ingest then reports why).
+pub fn probe_d(files: &[SourceFile], cols: &Columns) -> Option<usize> {
+    let batch = ShardReader::new(files, cols.clone(), 64).next()?.ok()?;
+    let view = EmbeddingView::try_new(&batch.image)?;
+    (0..view.len())
+        .map(|i| view.row_len(i))
+        .enumerate()
+        .find(|&(i, n)| n > 0 && view.row(i, n).is_ok())
+        .map(|(_, n)| n)
+}
+
 /// An opened npy-layout shard: the id source and the two matrices.
 pub struct NpyShard {
-    ids: Option<ParquetRecordBatchReader>,
+    ids: Option<Batches>,
     image: NpyMatrix,
     text: NpyMatrix,
     pub rows: usize,
@@ -347,11 +362,12 @@ impl NpyShard {
                 })?;
                 let idx = schema.index_of(&cols.id).expect("checked");
                 let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-                let reader = builder
-                    .with_projection(mask)
-                    .with_batch_size(batch_rows.max(1))
-                    .build()
-                    .map_err(|e| corrupt(&mp, e))?;
+                let reader = batches(
+                    &mp,
+                    builder
+                        .with_projection(mask)
+                        .with_batch_size(batch_rows.max(1)),
+                )?;
                 (Some(reader), id_kind)
             }
             _ => (None, super::canonical::IdKind::UInt64),
@@ -384,7 +400,7 @@ impl NpyShard {
         let id: ArrayRef = match &mut self.ids {
             Some(reader) => match reader.next() {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(corrupt(path, e)),
+                Some(Err(e)) => return Err(e),
                 Some(Ok(b)) => b.column(0).clone(),
             },
             None => {

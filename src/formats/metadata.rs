@@ -12,13 +12,28 @@ use arrow_array::{Array, ArrayRef, UInt32Array};
 use arrow_schema::{DataType, Field};
 use parquet::arrow::ProjectionMask;
 
-use super::canonical::{column_names, corrupt, open_parquet, SourceFile};
+use super::canonical::{batches, column_names, open_parquet, ShardStarts, SourceFile};
 use super::layout::metadata_path;
 use crate::error::{Error, Result};
 
-/// Columns every subset file already has: a kept column may not reuse them.
-const RESERVED: [&str; 9] = [
-    "id", "rank", "row", "class", "score", "easy", "cross", "label", "between",
+/// Columns a subset file may already have: the core columns, then every
+/// method's terms (ClipCov's, neg_clip_loss's, semdedup's, c_rho's,
+/// datacomp_image_based's). A kept column may not reuse them.
+pub const RESERVED: [&str; 14] = [
+    "id",
+    "rank",
+    "row",
+    "class",
+    "score",
+    "easy",
+    "cross",
+    "label",
+    "between",
+    "r",
+    "centroid_distance",
+    "learner_loss",
+    "reference_loss",
+    "targets_in_cluster",
 ];
 
 /// What `--keep-columns` needs to fetch rows: the shards and where each
@@ -27,17 +42,13 @@ const RESERVED: [&str; 9] = [
 pub struct Keep<'a> {
     pub names: Vec<String>,
     pub files: &'a [SourceFile],
-    /// Canonical index of each shard's first row.
-    pub first_rows: Vec<u64>,
+    /// Where each shard's rows are in the canonical row order.
+    pub starts: ShardStarts,
     /// `--train-csv`: also write `train.csv` (src/train_csv.rs).
     pub train: Option<crate::train_csv::TrainCsv>,
 }
 
 impl Keep<'_> {
-    pub fn none() -> Keep<'static> {
-        Keep::default()
-    }
-
     /// The kept columns of `rows` (canonical row indices, in output
     /// order), as `(field, array)` pairs in the order of `names`.
     ///
@@ -52,7 +63,8 @@ impl Keep<'_> {
         for (i, n) in self.names.iter().enumerate() {
             if RESERVED.contains(&n.as_str()) || self.names[..i].contains(n) {
                 return Err(Error::Usage(format!(
-                    "--keep-columns: '{n}' is repeated or is a column every subset already has"
+                    "--keep-columns: '{n}' is repeated or is a column clipcov writes to subsets (one of {})",
+                    RESERVED.join(", ")
                 )));
             }
         }
@@ -69,8 +81,8 @@ impl Keep<'_> {
         let mut fields: Vec<Option<Field>> = vec![None; self.names.len()];
         let mut at = 0usize;
         for (fi, file) in self.files.iter().enumerate() {
-            let first = self.first_rows[fi];
-            let end = self.first_rows.get(fi + 1).copied().unwrap_or(u64::MAX);
+            let range = self.starts.range(fi);
+            let (first, end) = (range.start, range.end);
             let start_at = at;
             while at < want.len() && want[at].0 < end {
                 at += 1;
@@ -87,6 +99,12 @@ impl Keep<'_> {
             for (p, a) in parts.iter_mut().zip(arrays) {
                 p.extend(a);
             }
+        }
+        if at < want.len() {
+            return Err(Error::Internal(format!(
+                "--keep-columns: row {} is past the last shard",
+                want[at].0
+            )));
         }
         // The arrays are in row order; put them in output order.
         let mut order = vec![0u32; rows.len()];
@@ -154,18 +172,14 @@ impl Keep<'_> {
             .iter()
             .map(|r| sorted.iter().position(|s| s == r).unwrap())
             .collect();
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(8192)
-            .build()
-            .map_err(|e| corrupt(path, e))?;
+        let reader = batches(path, builder.with_projection(mask).with_batch_size(8192))?;
         let mut out: Vec<Vec<ArrayRef>> = vec![Vec::new(); self.names.len()];
         let (mut offset, mut k) = (0u64, 0usize);
         for batch in reader {
             if k == local.len() {
                 break;
             }
-            let batch = batch.map_err(|e| corrupt(path, e))?;
+            let batch = batch?;
             let end = offset + batch.num_rows() as u64;
             let mut idx = Vec::new();
             while k < local.len() && local[k] < end {

@@ -1,5 +1,7 @@
-//! File formats: what clipcov reads (Parquet shards, class prompts) and
-//! writes (subsets, manifests), and the atomic-write discipline for outputs.
+//! File formats: what clipcov reads (Parquet and npy shards, class prompts,
+//! targets, metadata) and writes (subsets, centroids), the one guarded
+//! Parquet read path ([`canonical::batches`]), and the atomic-write and
+//! publish discipline for outputs.
 
 pub mod atomic;
 pub mod canonical;

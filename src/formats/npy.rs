@@ -1,16 +1,17 @@
 //! NumPy `.npy` arrays (format versions 1, 2 and 3): header validation and
-//! a 2-D float16/float32 matrix over a memory-mapped (or, for compressed
-//! `.npz` members, decompressed) payload, handed out as Arrow
-//! `FixedSizeList` batches so the npy layouts feed ingest like Parquet.
+//! a 2-D float matrix over a memory-mapped (or, for compressed `.npz`
+//! members, decompressed) payload, handed out as Arrow `FixedSizeList`
+//! batches so the npy layouts feed ingest like Parquet.
 //!
-//! Only what embedding files use is accepted: dtype `<f2` or `<f4`, C order,
-//! shape `(rows, d)`. Anything else is a data error naming the file.
+//! Only C order and shape `(rows, d)` are accepted; embedding files must be
+//! `<f2` or `<f4` (the store's types), `--targets` may also be `<f8`.
+//! Anything else is a data error naming the file.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, FixedSizeListArray, Float16Array, Float32Array};
+use arrow_array::{ArrayRef, FixedSizeListArray, Float16Array, Float32Array, Float64Array};
 use arrow_buffer::{Buffer, ScalarBuffer};
 use arrow_schema::{DataType, Field};
 use memmap2::Mmap;
@@ -25,13 +26,20 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 pub enum NpyDtype {
     F16,
     F32,
+    F64,
 }
+
+/// The dtypes of embedding files.
+const EMBEDDING_DTYPES: &[NpyDtype] = &[NpyDtype::F16, NpyDtype::F32];
+/// The dtypes of a matrix that is converted on read (`--targets`).
+const ANY_FLOAT: &[NpyDtype] = &[NpyDtype::F16, NpyDtype::F32, NpyDtype::F64];
 
 impl NpyDtype {
     pub fn width(self) -> usize {
         match self {
             NpyDtype::F16 => 2,
             NpyDtype::F32 => 4,
+            NpyDtype::F64 => 8,
         }
     }
 
@@ -39,6 +47,7 @@ impl NpyDtype {
         match self {
             NpyDtype::F16 => FloatKind::F16,
             NpyDtype::F32 => FloatKind::F32,
+            NpyDtype::F64 => FloatKind::F64,
         }
     }
 }
@@ -60,15 +69,26 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.strip_prefix(':')?.trim_start())
 }
 
-/// Parses and validates the header at the start of `bytes`. `path` names
-/// the file in errors and `what` the array inside it (`""` for a `.npy`
-/// file, `"member 'l14_img.npy': "` for an `.npz` member).
+/// Parses and validates the header of an embedding matrix at the start of
+/// `bytes`. `path` names the file in errors and `what` the array inside it
+/// (`""` for a `.npy` file, `"member 'l14_img.npy': "` for an `.npz`
+/// member).
 ///
 /// # Errors
 /// A data error for a missing magic, an unknown version, a truncated or
 /// unparsable header, a dtype other than `<f2`/`<f4`, Fortran order, or a
 /// shape that is not 2-D.
 pub fn parse_header(bytes: &[u8], path: &Path, what: &str) -> Result<NpyHeader> {
+    parse_header_of(bytes, path, what, EMBEDDING_DTYPES)
+}
+
+/// [`parse_header`] accepting the dtypes `allowed`.
+fn parse_header_of(
+    bytes: &[u8],
+    path: &Path,
+    what: &str,
+    allowed: &[NpyDtype],
+) -> Result<NpyHeader> {
     let bad = |problem: String| {
         Error::file(path, format!("{what}not a readable .npy array ({problem})")).with_hint(
             "write it with numpy.save / numpy.savez (dtype float16 or float32, shape [rows, d])",
@@ -94,15 +114,21 @@ pub fn parse_header(bytes: &[u8], path: &Path, what: &str) -> Result<NpyHeader> 
         .and_then(|v| v.split('\'').next())
         .ok_or_else(|| bad("no 'descr' in the header".into()))?;
     let dtype = match descr {
-        "<f2" => NpyDtype::F16,
-        "<f4" => NpyDtype::F32,
-        other => {
-            return Err(Error::file(
-                path,
-                format!("{what}dtype '{other}', expected '<f2' (float16) or '<f4' (float32)"),
-            )
-            .with_hint("convert the embeddings with arr.astype(numpy.float16) before saving"))
-        }
+        "<f2" => Some(NpyDtype::F16),
+        "<f4" => Some(NpyDtype::F32),
+        "<f8" => Some(NpyDtype::F64),
+        _ => None,
+    };
+    let Some(dtype) = dtype.filter(|t| allowed.contains(t)) else {
+        let expected = if allowed.contains(&NpyDtype::F64) {
+            "'<f2' (float16), '<f4' (float32) or '<f8' (float64)"
+        } else {
+            "'<f2' (float16) or '<f4' (float32)"
+        };
+        return Err(
+            Error::file(path, format!("{what}dtype '{descr}', expected {expected}"))
+                .with_hint("convert the embeddings with arr.astype(numpy.float16) before saving"),
+        );
     };
     match header_value(header, "fortran_order") {
         Some(v) if v.starts_with("False") => {}
@@ -179,6 +205,16 @@ impl NpyMatrix {
     /// An I/O error when the file cannot be opened; a data error for a bad
     /// header or a file shorter than its shape says.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_of(path, EMBEDDING_DTYPES)
+    }
+
+    /// [`NpyMatrix::open`], also accepting float64 (a matrix converted on
+    /// read, such as `--targets`).
+    pub fn open_any_float(path: &Path) -> Result<Self> {
+        Self::open_of(path, ANY_FLOAT)
+    }
+
+    fn open_of(path: &Path, allowed: &[NpyDtype]) -> Result<Self> {
         // An object is read from a local copy (memory maps need a file).
         let local = crate::remote::local_copy(path)?;
         let file = File::open(&local).at_path(&local)?;
@@ -186,7 +222,7 @@ impl NpyMatrix {
         // rewritten while clipcov runs (the documented contract for inputs).
         let map = unsafe { Mmap::map(&file) }.at_path(&local)?;
         let len = map.len();
-        Self::from_map(Arc::new(map), 0, len, path, "")
+        Self::from_map_of(Arc::new(map), 0, len, path, "", allowed)
     }
 
     /// The `.npy` bytes at `map[start..start + len]` (a stored `.npz`
@@ -198,10 +234,21 @@ impl NpyMatrix {
         path: &Path,
         what: &str,
     ) -> Result<Self> {
+        Self::from_map_of(map, start, len, path, what, EMBEDDING_DTYPES)
+    }
+
+    fn from_map_of(
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+        path: &Path,
+        what: &str,
+        allowed: &[NpyDtype],
+    ) -> Result<Self> {
         let bytes = map
             .get(start..start + len)
             .ok_or_else(|| Error::file(path, format!("{what}truncated file")))?;
-        let header = parse_header(bytes, path, what)?;
+        let header = parse_header_of(bytes, path, what, allowed)?;
         check_len(&header, len, path, what)?;
         Ok(NpyMatrix {
             path: path.to_path_buf(),
@@ -256,6 +303,10 @@ impl NpyMatrix {
                 Arc::new(Float32Array::new(ScalarBuffer::new(buf, 0, n * d), None)),
                 DataType::Float32,
             ),
+            NpyDtype::F64 => (
+                Arc::new(Float64Array::new(ScalarBuffer::new(buf, 0, n * d), None)),
+                DataType::Float64,
+            ),
         };
         Arc::new(FixedSizeListArray::new(
             Arc::new(Field::new_list_field(dt, false)),
@@ -263,6 +314,25 @@ impl NpyMatrix {
             values,
             None,
         ))
+    }
+
+    /// Every value, row after row, as `f64` (exact for every dtype).
+    pub fn to_f64(&self) -> Vec<f64> {
+        let data = self.data();
+        match self.header.dtype {
+            NpyDtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())
+                .collect(),
+            NpyDtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                .collect(),
+            NpyDtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        }
     }
 }
 

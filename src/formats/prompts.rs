@@ -12,8 +12,8 @@ use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::Array;
 use arrow_schema::DataType;
 
-use super::canonical::{corrupt, open_parquet};
-use super::embedding::EmbeddingView;
+use super::canonical::{batches, open_parquet};
+use super::embedding::{EmbeddingView, RowProblem};
 use crate::error::{Error, Result};
 
 /// Class prompt embeddings, one normalised row per class.
@@ -66,13 +66,13 @@ fn read_prompts_unguarded(path: &Path) -> Result<Prompts> {
             ));
         }
     }
-    let reader = builder.build().map_err(|e| corrupt(path, e))?;
+    let reader = batches(path, builder)?;
     // class_id -> (name, sum of normalised template embeddings)
     let mut classes: BTreeMap<i64, (String, Vec<f64>)> = BTreeMap::new();
     let mut d: Option<usize> = None;
     let mut row0 = 0u64;
     for batch in reader {
-        let batch = batch.map_err(|e| corrupt(path, e))?;
+        let batch = batch?;
         let ids = batch.column_by_name("class_id").unwrap();
         let ids: Vec<Option<i64>> = match ids.data_type() {
             DataType::Int64 => ids.as_primitive::<Int64Type>().iter().collect(),
@@ -121,12 +121,14 @@ fn read_prompts_unguarded(path: &Path) -> Result<Prompts> {
             let row = row0 + i as u64;
             let dd = *d.get_or_insert_with(|| view.row_len(i));
             let values = view.row(i, dd).map_err(|p| {
-                Error::at(
-                    path,
-                    row,
-                    "text_embedding",
-                    format!("{p:?}: expected {dd} values"),
-                )
+                let problem = match p {
+                    RowProblem::Null => "null embedding".to_string(),
+                    RowProblem::NullComponent => "null component".to_string(),
+                    RowProblem::Length(n) => {
+                        format!("length {n}, expected {dd} (the length of the first prompt)")
+                    }
+                };
+                Error::at(path, row, "text_embedding", problem)
             })?;
             let norm2 = values
                 .norm2()

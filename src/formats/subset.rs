@@ -28,7 +28,7 @@ pub struct SubsetRow<'a> {
     pub row: u64,
     pub class: Option<i32>,
     pub score: f64,
-    /// The method's own terms, named by [`SubsetWriter::term_names`].
+    /// The method's own terms, in the order of the writer's `term_names`.
     pub terms: Vec<f64>,
 }
 

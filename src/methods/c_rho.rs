@@ -32,12 +32,8 @@ pub struct Learner<'a> {
 
 /// Where canonical row `row` of a dataset is: its file and row in the file.
 fn locate<'a>(files: &'a [SourceFile], ing: &Ingested, row: u64) -> (&'a SourceFile, u64) {
-    let i = ing
-        .shards
-        .iter()
-        .rposition(|s| s.first_row <= row && s.rows > 0)
-        .unwrap_or(0);
-    (&files[i], row - ing.shards[i].first_row)
+    let (i, in_file) = ing.starts().locate(row).unwrap_or((0, row));
+    (&files[i], in_file)
 }
 
 impl<'a> Learner<'a> {

@@ -17,7 +17,7 @@ use crate::emit::{write_subset_files, OutputFile};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::atomic::atomic_write;
 use crate::formats::canonical::IdKind;
-use crate::formats::metadata::Keep;
+use crate::formats::metadata::{Keep, RESERVED};
 use crate::formats::subset::SubsetRow;
 use crate::store::{IdRef, Store};
 
@@ -31,6 +31,14 @@ pub fn write_subset(
     sel: &Selection,
     keep: &Keep,
 ) -> Result<Vec<OutputFile>> {
+    // --keep-columns refuses the reserved names: a term missing from them
+    // could be written twice.
+    if let Some(t) = sel.term_names.iter().find(|t| !RESERVED.contains(t)) {
+        return Err(Error::Internal(format!(
+            "term '{t}' of {} is not in formats::metadata::RESERVED",
+            sel.method.name()
+        )));
+    }
     let dir = out.join(sel.method.name());
     std::fs::create_dir_all(&dir).at_path(&dir)?;
     let rows: Vec<SubsetRow> = sel
