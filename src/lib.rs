@@ -42,7 +42,6 @@ pub mod score;
 pub mod select;
 pub mod store;
 pub mod synth;
-pub mod synth_local;
 pub mod train_csv;
 
 pub use error::{Error, Result};

@@ -130,7 +130,7 @@ struct LocalArgs {
     weak_captions: Option<f64>,
     /// Where the weak-caption classes sit in the size order [default: random].
     #[arg(long, value_enum)]
-    weak_at: Option<clipcov::synth_local::Placement>,
+    weak_at: Option<clipcov::synth::Placement>,
     /// Share of mismatches that take a sibling's caption [default: 0.5].
     #[arg(long)]
     sibling_mismatch: Option<f64>,
@@ -147,7 +147,7 @@ struct LocalArgs {
 
 impl LocalArgs {
     /// The options, or a usage error when one is given for the shared model.
-    fn options(&self, model: SynthModel) -> Result<Option<clipcov::synth_local::LocalOptions>> {
+    fn options(&self, model: SynthModel) -> Result<Option<clipcov::synth::LocalOptions>> {
         let given = self.superclasses.is_some()
             || self.local_dims.is_some()
             || self.weak_captions.is_some()
@@ -166,7 +166,7 @@ impl LocalArgs {
             }
             return Ok(None);
         }
-        let def = clipcov::synth_local::LocalOptions::default();
+        let def = clipcov::synth::LocalOptions::default();
         let share = |name: &str, v: Option<f64>, d: f64| -> Result<f64> {
             let v = v.unwrap_or(d);
             if (0.0..=1.0).contains(&v) {
@@ -175,7 +175,7 @@ impl LocalArgs {
                 Err(Error::Usage(format!("--{name} {v} must be in [0, 1]")))
             }
         };
-        Ok(Some(clipcov::synth_local::LocalOptions {
+        Ok(Some(clipcov::synth::LocalOptions {
             superclasses: self.superclasses.unwrap_or(def.superclasses),
             local_dims: self.local_dims.unwrap_or(def.local_dims).max(1),
             weak_share: share("weak-captions", self.weak_captions, def.weak_share)?,

@@ -17,49 +17,8 @@
 //!
 //! Every row is a pure function of `(seed, row)`, like the shared model.
 
+use super::options::{noise, unit, LocalOptions, Pair, Placement, SynthOptions};
 use crate::rng::Rng;
-use crate::synth::{noise, unit, Pair, SynthOptions};
-
-/// Where the weak-caption classes sit in the size order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Placement {
-    Random,
-    Head,
-    Tail,
-}
-
-/// The options of the class-local model (beside [`SynthOptions`]).
-#[derive(Clone, Debug)]
-pub struct LocalOptions {
-    pub superclasses: usize,
-    /// Latent directions of each superclass.
-    pub local_dims: usize,
-    /// Share of classes whose captions only name the superclass.
-    pub weak_share: f64,
-    pub weak_at: Placement,
-    /// Share of mismatches whose caption is a sibling's.
-    pub sibling_mismatch: f64,
-    /// Distinct pairs the duplicates copy.
-    pub viral_pool: usize,
-    pub spam_rate: f64,
-    pub spam_topics: usize,
-}
-
-impl Default for LocalOptions {
-    fn default() -> Self {
-        LocalOptions {
-            superclasses: 0,
-            local_dims: 4,
-            weak_share: 0.2,
-            weak_at: Placement::Random,
-            sibling_mismatch: 0.5,
-            viral_pool: 20,
-            spam_rate: 0.03,
-            spam_topics: 5,
-        }
-    }
-}
 
 const STREAM_SUPER: u64 = 0x5355_5045_5200;
 const STREAM_CLASS: u64 = 0x434C_4153_5300;

@@ -26,54 +26,12 @@ use rayon::prelude::*;
 use crate::error::{Error, IoContext, Result};
 use crate::formats::atomic::atomic_write;
 use crate::rng::Rng;
-use crate::synth_local::{LocalModel, LocalOptions};
+use class_local::LocalModel;
+use options::{noise, unit, Pair};
+pub use options::{LocalOptions, Placement, SynthOptions, KINDS};
 
-#[derive(Clone, Debug)]
-pub struct SynthOptions {
-    pub rows: u64,
-    pub classes: usize,
-    pub dim: usize,
-    pub shards: usize,
-    pub f16: bool,
-    pub seed: u64,
-    /// Zipf exponent of class sizes (0 = equal expected sizes).
-    pub zipf: f64,
-    pub mismatch_rate: f64,
-    pub duplicate_rate: f64,
-    pub junk_rate: f64,
-    /// Std of the per-modality noise (as a fraction of the signal norm).
-    pub noise: f64,
-    pub eval_rows: u64,
-    /// Also write a placeholder image per pair, `images/<id>.png`, and the
-    /// `image_path` column naming it (relative to the output folder).
-    pub images: bool,
-    /// The data model: `None` for the shared subspace, else class-local.
-    pub class_local: Option<LocalOptions>,
-}
-
-impl Default for SynthOptions {
-    fn default() -> Self {
-        SynthOptions {
-            rows: 10_000,
-            classes: 10,
-            dim: 64,
-            shards: 1,
-            f16: false,
-            seed: 0,
-            zipf: 0.8,
-            mismatch_rate: 0.1,
-            duplicate_rate: 0.05,
-            junk_rate: 0.05,
-            noise: 0.9,
-            eval_rows: 2_000,
-            images: false,
-            class_local: None,
-        }
-    }
-}
-
-/// Row kinds of the data models (spam: class-local only).
-pub const KINDS: [&str; 5] = ["clean", "mismatch", "duplicate", "junk", "spam"];
+mod class_local;
+mod options;
 
 /// Rows per Parquet row group (and per parallel generation batch).
 const GROUP_ROWS: u64 = 16_384;
@@ -88,30 +46,6 @@ struct Model {
     gap: Vec<f64>,
     /// Cumulative class probabilities.
     cdf: Vec<f64>,
-}
-
-pub(crate) fn unit(v: &mut [f64]) {
-    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
-    for x in v {
-        *x /= n;
-    }
-}
-
-/// A noise vector of expected norm `scale`.
-pub(crate) fn noise(rng: &mut Rng, d: usize, scale: f64) -> Vec<f64> {
-    let s = scale / (d as f64).sqrt();
-    (0..d).map(|_| rng.normal() * s).collect()
-}
-
-pub(crate) struct Pair {
-    pub u: Vec<f64>,
-    pub v: Vec<f64>,
-    /// `true_class`: -1 for a pair of no class.
-    pub class: i32,
-    /// Index into [`KINDS`].
-    pub kind: usize,
-    /// The caption text, when not the shared model's.
-    pub caption: Option<String>,
 }
 
 impl Model {
