@@ -508,8 +508,7 @@ fn compare(
     // Every output is staged and published as one set at the end.
     let mut set = OutputSet::new(&cfg.out)?;
     for e in entries {
-        set.replace_with_nothing(std::path::Path::new(e.name()).join("datacomp_uids.npy"));
-        set.replace_with_nothing(std::path::Path::new(e.name()).join("train.csv"));
+        emit::replace_optional_outputs(&mut set, e.name());
     }
     let staging = set.dir().to_path_buf();
     let mut results = Vec::new();

@@ -17,6 +17,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::formats::atomic::atomic_write;
 use crate::formats::canonical::SourceFile;
 use crate::formats::metadata::Keep;
+use crate::formats::publish::OutputSet;
 use crate::formats::subset::{write_csv, write_parquet, write_uids_npy, SubsetRow};
 use crate::ingest::{Ingested, Reject};
 use crate::memory::{MemoryReport, Plan};
@@ -265,12 +266,23 @@ pub fn write_subset_files(
     let uids = dir.join("datacomp_uids.npy");
     if write_uids_npy(&uids, rows)? {
         files.push(record(out, &uids, n)?);
-    } else if uids.exists() {
-        // A stale file from an earlier run on other data must not survive.
-        std::fs::remove_file(&uids).at_path(&uids)?;
     }
-    files.extend(crate::train_csv::write(out, dir, train)?);
+    if let Some(t) = train {
+        files.push(crate::train_csv::write(out, dir, t)?);
+    }
     Ok(files)
+}
+
+/// The files a method writes only sometimes: `datacomp_uids.npy` (32-hex
+/// uids) and `train.csv` (`--train-csv`).
+const OPTIONAL_OUTPUTS: [&str; 2] = ["datacomp_uids.npy", "train.csv"];
+
+/// Marks an earlier run's optional files of `method` for removal when this
+/// run publishes: a stale file from other data or flags must not survive.
+pub fn replace_optional_outputs(set: &mut OutputSet, method: &str) {
+    for f in OPTIONAL_OUTPUTS {
+        set.replace_with_nothing(Path::new(method).join(f));
+    }
 }
 
 /// Writes `rejects.parquet`: every skipped row with its reason.

@@ -646,8 +646,7 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
     let store = &staged.store;
     // Every output is staged and published as one set at the end.
     let mut set = OutputSet::new(&cfg.out)?;
-    set.replace_with_nothing("clipcov/datacomp_uids.npy");
-    set.replace_with_nothing("clipcov/train.csv");
+    emit::replace_optional_outputs(&mut set, "clipcov");
     let staging = set.dir().to_path_buf();
     let manifest = stage(&mut timings, "emit", picks.len() as u64, 0, || {
         let mut m = emit::emit_clipcov(

@@ -253,16 +253,9 @@ fn push_quoted(line: &mut String, value: &str) {
     line.push('"');
 }
 
-/// Writes `dir/train.csv` atomically from `rows` and records it; without
-/// rows removes a stale `train.csv` of an earlier run.
-pub fn write(out: &Path, dir: &Path, rows: Option<TrainRows>) -> Result<Option<OutputFile>> {
+/// Writes `dir/train.csv` atomically from `t` and records it.
+pub fn write(out: &Path, dir: &Path, t: TrainRows) -> Result<OutputFile> {
     let path = dir.join(FILE);
-    let Some(t) = rows else {
-        if path.exists() {
-            std::fs::remove_file(&path).at_path(&path)?;
-        }
-        return Ok(None);
-    };
     let sep = t.format.separator();
     atomic_write(&path, |w| {
         let [image, caption] = t.format.header();
@@ -278,7 +271,7 @@ pub fn write(out: &Path, dir: &Path, rows: Option<TrainRows>) -> Result<Option<O
         }
         Ok(())
     })?;
-    Ok(Some(record(out, &path, t.paths.len() as u64)?))
+    record(out, &path, t.paths.len() as u64)
 }
 
 #[cfg(test)]

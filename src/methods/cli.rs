@@ -541,8 +541,7 @@ fn baseline(
     };
     // Every output is staged and published as one set at the end.
     let mut set = OutputSet::new(&cfg.out)?;
-    set.replace_with_nothing(Path::new(method.name()).join("datacomp_uids.npy"));
-    set.replace_with_nothing(Path::new(method.name()).join("train.csv"));
+    emit::replace_optional_outputs(&mut set, method.name());
     let staging = set.dir().to_path_buf();
     let t = Instant::now();
     crate::progress::stage_start(method.name(), n);
