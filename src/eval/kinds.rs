@@ -5,9 +5,10 @@
 //! one value per canonical row.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use arrow_array::cast::AsArray;
-use arrow_array::Array;
+use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 
@@ -52,6 +53,35 @@ impl Kinds {
     }
 }
 
+/// Calls `f(path, column)` on every batch of `column` in `files`
+/// (canonical order), the column projected alone. `false` when the first
+/// file has no such column; an error naming the file when only some do.
+fn for_each_batch(
+    files: &[SourceFile],
+    column: &str,
+    mut f: impl FnMut(&Path, &ArrayRef) -> Result<()>,
+) -> Result<bool> {
+    for (i, file) in files.iter().enumerate() {
+        let path = &file.path;
+        let builder = open_parquet(path)?;
+        let Ok(idx) = builder.schema().index_of(column) else {
+            if i == 0 {
+                return Ok(false);
+            }
+            return Err(
+                Error::column(path, column, "missing column").with_hint(format!(
+                    "the first shard has a {column} column; give every shard one, or none"
+                )),
+            );
+        };
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
+        for batch in batches(path, builder.with_projection(mask).with_batch_size(65_536))? {
+            f(path, batch?.column(0))?;
+        }
+    }
+    Ok(true)
+}
+
 /// Reads the `kind` column of `files` (canonical order). `None` when the
 /// first file has no such column; an error when only some files have it.
 pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
@@ -59,36 +89,23 @@ pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
         names: Vec::new(),
         code: Vec::new(),
     };
-    for (i, f) in files.iter().enumerate() {
-        let path = &f.path;
-        let builder = open_parquet(path)?;
-        let Ok(idx) = builder.schema().index_of(KIND_COLUMN) else {
-            if i == 0 {
-                return Ok(None);
+    let found = for_each_batch(files, KIND_COLUMN, |path, col| {
+        let values: Vec<Option<&str>> = match col.data_type() {
+            DataType::Utf8 => col.as_string::<i32>().iter().collect(),
+            DataType::LargeUtf8 => col.as_string::<i64>().iter().collect(),
+            DataType::Utf8View => col.as_string_view().iter().collect(),
+            other => {
+                return Err(Error::column(
+                    path,
+                    KIND_COLUMN,
+                    format!("type {other}, expected utf8"),
+                ))
             }
-            return Err(Error::column(path, KIND_COLUMN, "missing column")
-                .with_hint("the first shard has a kind column; give every shard one, or none"));
         };
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-        let reader = batches(path, builder.with_projection(mask).with_batch_size(65_536))?;
-        for batch in reader {
-            let batch = batch?;
-            let col = batch.column(0);
-            let values: Vec<Option<&str>> = match col.data_type() {
-                DataType::Utf8 => col.as_string::<i32>().iter().collect(),
-                DataType::LargeUtf8 => col.as_string::<i64>().iter().collect(),
-                DataType::Utf8View => col.as_string_view().iter().collect(),
-                other => {
-                    return Err(Error::column(
-                        path,
-                        KIND_COLUMN,
-                        format!("type {other}, expected utf8"),
-                    ))
-                }
-            };
-            for v in values {
-                let name = v.unwrap_or("null");
-                let code = match out.names.iter().position(|n| n == name) {
+        for v in values {
+            let name = v.unwrap_or("null");
+            let code =
+                match out.names.iter().position(|n| n == name) {
                     Some(c) => c,
                     None if out.names.len() < 255 => {
                         out.names.push(name.to_string());
@@ -100,11 +117,11 @@ pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
                         "more than 255 distinct kinds; kind shares are for a handful of row kinds",
                     )),
                 };
-                out.code.push(code as u8);
-            }
+            out.code.push(code as u8);
         }
-    }
-    Ok(Some(out))
+        Ok(())
+    })?;
+    Ok(found.then_some(out))
 }
 
 /// Reads the `true_class` column of `files` (canonical order) as `i64`,
@@ -113,44 +130,27 @@ pub fn read_kinds(files: &[SourceFile]) -> Result<Option<Kinds>> {
 pub fn read_true_class(files: &[SourceFile]) -> Result<Option<Vec<i64>>> {
     use arrow_array::types::{Int32Type, Int64Type};
     let mut out = Vec::new();
-    for (i, f) in files.iter().enumerate() {
-        let path = &f.path;
-        let builder = open_parquet(path)?;
-        let Ok(idx) = builder.schema().index_of(TRUE_CLASS_COLUMN) else {
-            if i == 0 {
-                return Ok(None);
-            }
-            return Err(
-                Error::column(path, TRUE_CLASS_COLUMN, "missing column").with_hint(
-                    "the first shard has a true_class column; give every shard one, or none",
-                ),
-            );
-        };
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-        let reader = batches(path, builder.with_projection(mask).with_batch_size(65_536))?;
-        for batch in reader {
-            let batch = batch?;
-            let col = batch.column(0);
-            match col.data_type() {
-                DataType::Int32 => out.extend(
-                    col.as_primitive::<Int32Type>()
-                        .iter()
-                        .map(|v| v.map_or(-1, i64::from)),
-                ),
-                DataType::Int64 => out.extend(
-                    col.as_primitive::<Int64Type>()
-                        .iter()
-                        .map(|v| v.unwrap_or(-1)),
-                ),
-                other => {
-                    return Err(Error::column(
-                        path,
-                        TRUE_CLASS_COLUMN,
-                        format!("type {other}, expected int32 or int64"),
-                    ))
-                }
+    let found = for_each_batch(files, TRUE_CLASS_COLUMN, |path, col| {
+        match col.data_type() {
+            DataType::Int32 => out.extend(
+                col.as_primitive::<Int32Type>()
+                    .iter()
+                    .map(|v| v.map_or(-1, i64::from)),
+            ),
+            DataType::Int64 => out.extend(
+                col.as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|v| v.unwrap_or(-1)),
+            ),
+            other => {
+                return Err(Error::column(
+                    path,
+                    TRUE_CLASS_COLUMN,
+                    format!("type {other}, expected int32 or int64"),
+                ))
             }
         }
-    }
-    Ok(Some(out))
+        Ok(())
+    })?;
+    Ok(found.then_some(out))
 }

@@ -17,7 +17,7 @@
 //!
 //! Every row is a pure function of `(seed, row)`, like the shared model.
 
-use super::options::{noise, unit, LocalOptions, Pair, Placement, SynthOptions};
+use super::options::{draw_class, noise, unit, LocalOptions, Pair, Placement, SynthOptions};
 use crate::rng::Rng;
 
 const STREAM_SUPER: u64 = 0x5355_5045_5200;
@@ -181,10 +181,7 @@ impl LocalModel {
     }
 
     fn class_of(&self, rng: &mut Rng) -> usize {
-        let x = rng.uniform();
-        self.cdf
-            .partition_point(|&c| c <= x)
-            .min(self.opts.classes - 1)
+        draw_class(&self.cdf, rng)
     }
 
     /// `unit(unit(z) + sign * GAP * gap + noise)`: one modality's view of `z`.

@@ -27,7 +27,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::formats::atomic::atomic_write;
 use crate::rng::Rng;
 use class_local::LocalModel;
-use options::{noise, unit, Pair};
+use options::{draw_class, noise, unit, Pair};
 pub use options::{LocalOptions, Placement, SynthOptions, KINDS};
 
 mod class_local;
@@ -83,10 +83,7 @@ impl Model {
     }
 
     fn class_of(&self, rng: &mut Rng) -> usize {
-        let x = rng.uniform();
-        self.cdf
-            .partition_point(|&c| c <= x)
-            .min(self.opts.classes - 1)
+        draw_class(&self.cdf, rng)
     }
 
     /// The image and caption of a clean pair of class `k`.

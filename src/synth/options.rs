@@ -104,6 +104,13 @@ pub(crate) fn noise(rng: &mut Rng, d: usize, scale: f64) -> Vec<f64> {
     (0..d).map(|_| rng.normal() * s).collect()
 }
 
+/// Class `k` drawn with probability `cdf[k] - cdf[k - 1]` (a cumulative
+/// distribution over the classes).
+pub(crate) fn draw_class(cdf: &[f64], rng: &mut Rng) -> usize {
+    let x = rng.uniform();
+    cdf.partition_point(|&c| c <= x).min(cdf.len() - 1)
+}
+
 /// One drawn pair and its truth.
 pub(crate) struct Pair {
     pub u: Vec<f64>,
