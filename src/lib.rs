@@ -40,6 +40,7 @@ pub mod resume;
 pub mod rng;
 pub mod score;
 pub mod select;
+pub mod select_args;
 pub mod store;
 pub mod synth;
 pub mod train_csv;

@@ -8,13 +8,12 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
 use clipcov::error::Error;
-use clipcov::methods::cli::DataArgs;
-use clipcov::pipeline::{self, ClassSource, SelectConfig};
+use clipcov::pipeline;
 use clipcov::pipeline_file::PipelineFile;
 use clipcov::progress::{self, LogFormat};
 use clipcov::remote;
-use clipcov::score::CrossSample;
 use clipcov::select::Refresh;
+use clipcov::select_args::SelectArgs;
 use clipcov::synth::{self, SynthOptions};
 use clipcov::Result;
 
@@ -192,79 +191,6 @@ impl LocalArgs {
     }
 }
 
-/// `select`: the shared input flags plus ClipCov's own.
-#[derive(Args, Clone)]
-struct SelectArgs {
-    #[command(flatten)]
-    data: DataArgs,
-    /// Class prompts (Parquet: class_id, name, text_embedding).
-    #[arg(long, conflicts_with = "clusters")]
-    prompts: Option<PathBuf>,
-    /// Latent classes from spherical k-means with this many clusters instead of prompts.
-    #[arg(long)]
-    clusters: Option<usize>,
-    /// Similarity threshold: a number (default 0), or 'none' for the linear-time form.
-    #[arg(long, default_value = "0")]
-    tau: String,
-    /// Refresh period R of the greedy: 'auto' (0.705 x the picks per class) or a number (200 = the notebook).
-    #[arg(long, default_value = "auto")]
-    refresh: String,
-    /// lazy (default; eager where lazy is not exact) or eager: same picks.
-    #[arg(long, hide = true, default_value = "lazy")]
-    refresh_mode: String,
-    /// cross term: 'exact', or estimated in classes of more than M rows from a
-    /// seeded (--seed) uniform sample of M rows, or 'auto' (M from --cross-error).
-    #[arg(long, default_value = "exact")]
-    cross_sample: String,
-    /// Target standard error of cross_i for --cross-sample auto.
-    #[arg(long, default_value_t = 1e-3)]
-    cross_error: f64,
-    /// w_cross,w_easy,w_label,w_between.
-    #[arg(long, default_value = "1,2,0.5,1")]
-    weights: String,
-    /// Rows per chunk of a class in the store (default: planned from --memory-limit).
-    #[arg(long, hide = true)]
-    chunk_rows: Option<usize>,
-    #[arg(long, default_value_t = 20)]
-    kmeans_iterations: usize,
-    /// Assign latent classes from the image or the caption embedding.
-    #[arg(long, default_value = "image", value_parser = ["image", "text"])]
-    assign: String,
-}
-
-impl SelectArgs {
-    fn into_config(self) -> Result<SelectConfig> {
-        let classes = match (&self.prompts, self.clusters) {
-            (Some(p), None) => ClassSource::Prompts(p.clone()),
-            (None, Some(k)) if k > 0 => ClassSource::KMeans {
-                clusters: k,
-                iterations: self.kmeans_iterations,
-            },
-            (None, Some(_)) => return Err(Error::Usage("--clusters must be at least 1".into())),
-            _ => {
-                return Err(Error::Usage(
-                    "give --prompts FILE (zero-shot classes) or --clusters K (k-means classes)"
-                        .into(),
-                ))
-            }
-        };
-        if self.data.budget()?.is_none() {
-            return Err(Error::Usage("give --fraction F or --budget COUNT".into()));
-        }
-        let refresh = self.refresh.parse().map_err(Error::Usage)?;
-        let mut cfg = self.data.config(classes)?;
-        cfg.tau = pipeline::parse_tau(&self.tau)?;
-        cfg.refresh = refresh;
-        cfg.refresh_mode = self.refresh_mode.parse().map_err(Error::Usage)?;
-        cfg.cross =
-            CrossSample::parse(&self.cross_sample, self.cross_error).map_err(Error::Usage)?;
-        cfg.weights = pipeline::parse_weights(&self.weights)?;
-        cfg.chunk_rows = self.chunk_rows;
-        cfg.assign_text = self.assign == "text";
-        Ok(cfg)
-    }
-}
-
 fn synth_options(a: &SynthArgs) -> Result<SynthOptions> {
     Ok(SynthOptions {
         rows: a.rows,
@@ -391,43 +317,6 @@ fn demo(out: PathBuf) -> Result<()> {
     let summary = pipeline::run_select(&cfg)?;
     print_summary(&summary, &cfg.out);
     Ok(())
-}
-
-impl SelectArgs {
-    fn parse_from_demo(
-        data: PathBuf,
-        prompts: PathBuf,
-        fraction: f64,
-        out: PathBuf,
-        tau: &str,
-        refresh: Refresh,
-        weights: &str,
-    ) -> Self {
-        let mut a = SelectArgs::try_parse_from_args(&[
-            "--data".as_ref(),
-            data.as_os_str(),
-            "--prompts".as_ref(),
-            prompts.as_os_str(),
-            "--out".as_ref(),
-            out.as_os_str(),
-        ]);
-        a.data.fraction = Some(fraction);
-        a.tau = tau.to_string();
-        a.refresh = refresh.to_string();
-        a.weights = weights.to_string();
-        a
-    }
-
-    fn try_parse_from_args(args: &[&std::ffi::OsStr]) -> Self {
-        #[derive(Parser)]
-        struct Wrap {
-            #[command(flatten)]
-            a: SelectArgs,
-        }
-        let mut v: Vec<&std::ffi::OsStr> = vec!["clipcov".as_ref()];
-        v.extend_from_slice(args);
-        Wrap::parse_from(v).a
-    }
 }
 
 fn run(cli: Cli) -> Result<()> {
