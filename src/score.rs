@@ -23,7 +23,7 @@ use crate::kernels::dense::{
     dot_f64, dot_mixed, gemm_abt, normalised, phi, sum_phi, threshold_row_sums, threshold_sums,
 };
 use crate::rng::Rng;
-use crate::store::{MapWriter, Store};
+use crate::store::{ClassRows, MapWriter, Store, StoreClass};
 
 /// Number of `f64`s per row in `terms.bin`.
 pub const TERMS: usize = 4;
@@ -125,34 +125,138 @@ pub struct ClassSums {
     pub text: Vec<Vec<f64>>,
 }
 
-/// Sums `u` and `v` over each class (sequentially inside a class, so the
-/// result is deterministic).
+/// `sum_j u_j` and `sum_j v_j` over one class's rows, in row order (so
+/// the result is deterministic).
+pub fn class_sum(rows: &dyn ClassRows) -> (Vec<f64>, Vec<f64>) {
+    let (d, n) = (rows.d(), rows.len());
+    let (mut su, mut sv) = (vec![0.0; d], vec![0.0; d]);
+    let (mut bu, mut bv) = (Vec::new(), Vec::new());
+    let mut s = 0;
+    while s < n {
+        let e = (s + BLOCK_ROWS).min(n);
+        let u = rows.image(s..e, &mut bu);
+        let v = rows.text(s..e, &mut bv);
+        for (x, y) in u.chunks_exact(d).zip(v.chunks_exact(d)) {
+            for j in 0..d {
+                su[j] += x[j] as f64;
+                sv[j] += y[j] as f64;
+            }
+        }
+        s = e;
+    }
+    (su, sv)
+}
+
+/// Sums `u` and `v` over each class ([`class_sum`], classes in parallel).
 pub fn class_sums(store: &Store) -> ClassSums {
-    let d = store.d();
     let sums: Vec<(Vec<f64>, Vec<f64>)> = (0..store.meta.classes())
         .into_par_iter()
         .map(|k| {
-            let r = store.meta.class_range(k);
-            let (mut su, mut sv) = (vec![0.0; d], vec![0.0; d]);
-            let (mut bu, mut bv) = (Vec::new(), Vec::new());
-            let mut s = r.start;
-            while s < r.end {
-                let e = (s + BLOCK_ROWS).min(r.end);
-                let u = store.image_rows(s..e, &mut bu);
-                let v = store.text_rows(s..e, &mut bv);
-                for (x, y) in u.chunks_exact(d).zip(v.chunks_exact(d)) {
-                    for j in 0..d {
-                        su[j] += x[j] as f64;
-                        sv[j] += y[j] as f64;
-                    }
-                }
-                s = e;
-            }
-            (su, sv)
+            class_sum(&StoreClass {
+                store,
+                range: store.meta.class_range(k),
+            })
         })
         .collect();
     let (image, text) = sums.into_iter().unzip();
     ClassSums { image, text }
+}
+
+/// The centres `m^I_l`, `m^T_l` of the non-empty classes, for `between`.
+pub struct Centres {
+    /// `[K', d]`: the normalised class sums of the non-empty classes.
+    pub image: Vec<f32>,
+    pub text: Vec<f32>,
+    /// `slot[k]`: class `k`'s index among the non-empty classes.
+    pub slot: Vec<usize>,
+    /// `K'`.
+    pub active: usize,
+}
+
+impl Centres {
+    /// From the class sums and the class sizes.
+    pub fn new(sums: &ClassSums, sizes: &[usize]) -> Centres {
+        let active: Vec<usize> = (0..sizes.len()).filter(|&k| sizes[k] > 0).collect();
+        let mut slot = vec![usize::MAX; sizes.len()];
+        for (i, &k) in active.iter().enumerate() {
+            slot[k] = i;
+        }
+        let centre = |s: &Vec<Vec<f64>>| -> Vec<f32> {
+            active
+                .iter()
+                .flat_map(|&k| normalised(&s[k]).into_iter().map(|x| x as f32))
+                .collect()
+        };
+        Centres {
+            image: centre(&sums.image),
+            text: centre(&sums.text),
+            slot,
+            active: active.len(),
+        }
+    }
+}
+
+/// `easy`, `label` and `between` of one class's rows into `terms`
+/// (`[n_k, 4]`); `c_k` is the class embedding of class `k`.
+pub fn class_row_terms(
+    rows: &dyn ClassRows,
+    c_k: &[f32],
+    centres: &Centres,
+    k: usize,
+    terms: &mut [f64],
+) {
+    ClassCtx::new(rows, c_k, centres, k).row_terms(terms)
+}
+
+/// One class's `n_k * cross_i` for every row (tiled, linear or sampled as
+/// `opts` says), with the sample's report when sampled. `sums`: the
+/// class's [`class_sum`]; `sample_cap`: the largest `auto` sample.
+pub fn class_cross(
+    rows: &dyn ClassRows,
+    sums: (&[f64], &[f64]),
+    k: usize,
+    opts: &ScoreOptions,
+    sample_cap: usize,
+) -> (Vec<f64>, Option<SampledClass>) {
+    let n = rows.len();
+    let ctx = ClassCtx {
+        rows,
+        c_k: &[],
+        centre_img: &[],
+        centre_txt: &[],
+        own: 0,
+        active: 0,
+    };
+    match opts.tau {
+        Tau::None => (ctx.cross_linear(sums.0, sums.1), None),
+        Tau::Threshold(tau) => match ctx.sample_size(opts, tau, k, sample_cap) {
+            Some((m, variance)) => {
+                let sample = cross_sample_rows(n, m, opts.seed, k);
+                let report = SampledClass {
+                    class: k,
+                    rows: n,
+                    m,
+                    estimated_error: standard_error(n, m, variance),
+                };
+                (ctx.cross_sampled(tau as f32, &sample), Some(report))
+            }
+            None => (ctx.cross_tiled(tau as f32, opts.tile_rows), None),
+        },
+    }
+}
+
+/// Writes `cross_i = sums_i / n_k` into a class's `terms` (`[n_k, 4]`).
+pub fn set_cross(terms: &mut [f64], sums: &[f64]) {
+    let inv_n = 1.0 / sums.len() as f64;
+    for (row, c) in terms.chunks_exact_mut(TERMS).zip(sums) {
+        row[CROSS] = c * inv_n;
+    }
+}
+
+/// The largest `--cross-sample auto` sample for `rows` rows of dimension
+/// `d` under the memory limit `limit`.
+pub fn sample_cap(limit: u64, rows: usize, d: usize) -> usize {
+    max_sample(limit, rows, d)
 }
 
 /// Computes all terms and writes `terms.bin` in `dir`.
@@ -168,35 +272,17 @@ pub fn score(
     let n = store.rows();
     let kk = store.meta.classes();
     let sums = class_sums(store);
-    // Centres of the non-empty classes, for `between`.
-    let active: Vec<usize> = (0..kk)
-        .filter(|&k| !store.meta.class_range(k).is_empty())
-        .collect();
-    let mut slot = vec![usize::MAX; kk];
-    for (i, &k) in active.iter().enumerate() {
-        slot[k] = i;
-    }
-    let centre = |s: &Vec<Vec<f64>>| -> Vec<f32> {
-        active
-            .iter()
-            .flat_map(|&k| normalised(&s[k]).into_iter().map(|x| x as f32))
-            .collect()
-    };
-    let centre_img = centre(&sums.image);
-    let centre_txt = centre(&sums.text);
+    let sizes: Vec<usize> = (0..kk).map(|k| store.meta.class_range(k).len()).collect();
+    let centres = Centres::new(&sums, &sizes);
+    let active = centres.active;
 
     let mut out = MapWriter::create::<f64>(&dir.join("terms.bin"), n * TERMS)?;
     let mut stats = ScoreStats::default();
     {
         let terms = out.slice_mut::<f64>();
-        let ctx_of = |k: usize| ClassCtx {
+        let view = |k: usize| StoreClass {
             store,
             range: store.meta.class_range(k),
-            c_k: &class_emb[k * d..(k + 1) * d],
-            centre_img: &centre_img,
-            centre_txt: &centre_txt,
-            own: slot[k],
-            active: active.len(),
         };
         // Two phases, timed apart so a benchmark can report each kernel's
         // rate: the row-wise terms (one GEMM against the class centres),
@@ -206,11 +292,11 @@ pub fn score(
             .into_par_iter()
             .for_each(|(k, t)| {
                 if !store.meta.class_range(k).is_empty() {
-                    ctx_of(k).row_terms(t);
+                    class_row_terms(&view(k), &class_emb[k * d..(k + 1) * d], &centres, k, t);
                 }
             });
         stats.row_terms_seconds = t.elapsed().as_secs_f64();
-        stats.between_flop = 4.0 * n as f64 * active.len() as f64 * d as f64;
+        stats.between_flop = 4.0 * n as f64 * active as f64 * d as f64;
 
         let t = Instant::now();
         let sample_cap = max_sample(opts.memory_limit_bytes, n, d);
@@ -222,31 +308,9 @@ pub fn score(
                     return None;
                 }
                 crate::progress::advance(r.len() as u64);
-                let ctx = ctx_of(k);
-                let mut report = None;
-                let cross = match opts.tau {
-                    Tau::None => ctx.cross_linear(&sums.image[k], &sums.text[k]),
-                    Tau::Threshold(tau) => {
-                        let m = ctx.sample_size(opts, tau, k, sample_cap);
-                        match m {
-                            Some((m, variance)) => {
-                                let sample = cross_sample_rows(r.len(), m, opts.seed, k);
-                                report = Some(SampledClass {
-                                    class: k,
-                                    rows: r.len(),
-                                    m,
-                                    estimated_error: standard_error(r.len(), m, variance),
-                                });
-                                ctx.cross_sampled(tau as f32, &sample)
-                            }
-                            None => ctx.cross_tiled(tau as f32, opts.tile_rows),
-                        }
-                    }
-                };
-                let inv_n = 1.0 / r.len() as f64;
-                for (row, c) in t.chunks_exact_mut(TERMS).zip(cross) {
-                    row[CROSS] = c * inv_n;
-                }
+                let sums_k = (&sums.image[k][..], &sums.text[k][..]);
+                let (cross, report) = class_cross(&view(k), sums_k, k, opts, sample_cap);
+                set_cross(t, &cross);
                 report
             })
             .collect();
@@ -415,12 +479,8 @@ fn split_by_class<'a>(store: &Store, terms: &'a mut [f64]) -> Vec<(usize, &'a mu
     per_class
 }
 
-/// One stripe group's result: row sums of its stripes, and its column sums.
-type GroupSums = (Vec<(usize, Vec<f64>)>, Vec<f64>);
-
 struct ClassCtx<'a> {
-    store: &'a Store,
-    range: Range<usize>,
+    rows: &'a dyn ClassRows,
     c_k: &'a [f32],
     centre_img: &'a [f32],
     centre_txt: &'a [f32],
@@ -429,18 +489,29 @@ struct ClassCtx<'a> {
     active: usize,
 }
 
-impl ClassCtx<'_> {
+impl<'a> ClassCtx<'a> {
+    fn new(rows: &'a dyn ClassRows, c_k: &'a [f32], centres: &'a Centres, k: usize) -> Self {
+        ClassCtx {
+            rows,
+            c_k,
+            centre_img: &centres.image,
+            centre_txt: &centres.text,
+            own: centres.slot[k],
+            active: centres.active,
+        }
+    }
+
     /// easy, label and between for every row of the class.
     fn row_terms(&self, terms: &mut [f64]) {
-        let d = self.store.d();
+        let (d, n) = (self.rows.d(), self.rows.len());
         let ka = self.active;
         let (mut bu, mut bv) = (Vec::new(), Vec::new());
         let (mut gu, mut gv) = (Vec::new(), Vec::new());
-        let mut s = self.range.start;
-        while s < self.range.end {
-            let e = (s + BLOCK_ROWS).min(self.range.end);
-            let u = self.store.image_rows(s..e, &mut bu);
-            let v = self.store.text_rows(s..e, &mut bv);
+        let mut s = 0;
+        while s < n {
+            let e = (s + BLOCK_ROWS).min(n);
+            let u = self.rows.image(s..e, &mut bu);
+            let v = self.rows.text(s..e, &mut bv);
             let rows = e - s;
             gu.resize(rows * ka, 0.0);
             gv.resize(rows * ka, 0.0);
@@ -449,7 +520,7 @@ impl ClassCtx<'_> {
             gemm_abt(v, self.centre_img, d, &mut gv);
             for i in 0..rows {
                 let (ui, vi) = (&u[i * d..(i + 1) * d], &v[i * d..(i + 1) * d]);
-                let t = &mut terms[(s - self.range.start + i) * TERMS..][..TERMS];
+                let t = &mut terms[(s + i) * TERMS..][..TERMS];
                 t[EASY] = dot_f64(ui, vi);
                 t[LABEL] = dot_f64(vi, self.c_k);
                 t[BETWEEN] = if ka > 1 {
@@ -466,14 +537,14 @@ impl ClassCtx<'_> {
 
     /// `sum_j <u_i, v_j> + <u_j, v_i>` by the linear-time form.
     fn cross_linear(&self, su: &[f64], sv: &[f64]) -> Vec<f64> {
-        let d = self.store.d();
+        let (d, n) = (self.rows.d(), self.rows.len());
         let (mut bu, mut bv) = (Vec::new(), Vec::new());
-        let mut out = Vec::with_capacity(self.range.len());
-        let mut s = self.range.start;
-        while s < self.range.end {
-            let e = (s + BLOCK_ROWS).min(self.range.end);
-            let u = self.store.image_rows(s..e, &mut bu);
-            let v = self.store.text_rows(s..e, &mut bv);
+        let mut out = Vec::with_capacity(n);
+        let mut s = 0;
+        while s < n {
+            let e = (s + BLOCK_ROWS).min(n);
+            let u = self.rows.image(s..e, &mut bu);
+            let v = self.rows.text(s..e, &mut bv);
             for (ui, vi) in u.chunks_exact(d).zip(v.chunks_exact(d)) {
                 out.push(dot_mixed(ui, sv) + dot_mixed(vi, su));
             }
@@ -491,7 +562,7 @@ impl ClassCtx<'_> {
         class: usize,
         cap: usize,
     ) -> Option<(usize, f64)> {
-        let n = self.range.len();
+        let n = self.rows.len();
         let m = match opts.cross {
             CrossSample::Exact => return None,
             CrossSample::Fixed(m) if m >= n => return None,
@@ -517,23 +588,18 @@ impl ClassCtx<'_> {
     /// Mean over pilot rows `i` of the sample variance of the pair terms
     /// `phi(<u_i, v_j>) + phi(<u_j, v_i>)`, `j != i` in a pilot sample.
     fn pilot_variance(&self, tau: f32, seed: u64, class: usize) -> f64 {
-        let n = self.range.len();
-        let d = self.store.d();
-        let o = self.range.start;
+        let (n, d) = (self.rows.len(), self.rows.d());
         let pilot = |count: usize, salt: u64| {
             let rng = Rng::for_index(seed ^ PILOT_SALT ^ salt, class as u64);
             sample_without_replacement(n, count, rng)
         };
         let rows = pilot(PILOT_ROWS, 1);
         let cols = pilot(PILOT_COLUMNS, 2);
-        let order = self.store.order.as_slice();
-        let file = |idx: &[usize]| -> Vec<u64> { idx.iter().map(|&i| order[o + i]).collect() };
-        let (fr, fc) = (file(&rows), file(&cols));
         let (mut b1, mut b2, mut b3, mut b4) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let ur = self.store.emb.image_gather(&fr, &mut b1);
-        let vr = self.store.emb.text_gather(&fr, &mut b2);
-        let uc = self.store.emb.image_gather(&fc, &mut b3);
-        let vc = self.store.emb.text_gather(&fc, &mut b4);
+        let ur = self.rows.image_at(&rows, &mut b1);
+        let vr = self.rows.text_at(&rows, &mut b2);
+        let uc = self.rows.image_at(&cols, &mut b3);
+        let vc = self.rows.text_at(&cols, &mut b4);
         let (p, q) = (rows.len(), cols.len());
         let mut a = vec![0.0f32; p * q];
         let mut b = vec![0.0f32; p * q];
@@ -565,79 +631,105 @@ impl ClassCtx<'_> {
     /// other than `i` (README, "Sampled cross term"). `sample`: sorted local
     /// indices, at least two.
     fn cross_sampled(&self, tau: f32, sample: &[usize]) -> Vec<f64> {
-        let n = self.range.len();
-        let o = self.range.start;
-        let d = self.store.d();
+        let (n, d) = (self.rows.len(), self.rows.d());
         let m = sample.len();
-        let order = self.store.order.as_slice();
-        let fs: Vec<u64> = sample.iter().map(|&j| order[o + j]).collect();
         let (mut b1, mut b2) = (Vec::new(), Vec::new());
-        let us = self.store.emb.image_gather(&fs, &mut b1);
-        let vs = self.store.emb.text_gather(&fs, &mut b2);
+        let us = self.rows.image_at(sample, &mut b1);
+        let vs = self.rows.text_at(sample, &mut b2);
         let block = ((SAMPLE_BLOCK_BYTES / 4) as usize / m).clamp(16, BLOCK_ROWS);
         let parts: Vec<Vec<f64>> = (0..n.div_ceil(block))
             .into_par_iter()
             .map(|b| {
                 let r = b * block..((b + 1) * block).min(n);
                 let (mut bu, mut bv) = (Vec::new(), Vec::new());
-                let u = self.store.image_rows(o + r.start..o + r.end, &mut bu);
-                let v = self.store.text_rows(o + r.start..o + r.end, &mut bv);
+                let u = self.rows.image(r.clone(), &mut bu);
+                let v = self.rows.text(r.clone(), &mut bv);
                 sampled_sums(u, v, us, vs, d, tau, r, sample, n)
             })
             .collect();
         parts.concat()
     }
 
-    /// `sum_j phi(<u_i, v_j>) + phi(<u_j, v_i>)`, tile by tile.
-    ///
-    /// Stripe `I` of image rows meets every stripe `J` of caption rows; its
-    /// row sums complete the first half for rows `I`, its column sums add to
-    /// the second half for rows `J`. Stripes are dealt to a fixed number of
-    /// groups, each with its own column-sum vector.
+    /// `sum_j phi(<u_i, v_j>) + phi(<u_j, v_i>)`, tile by tile: every
+    /// block of [`cross_block`] in parallel, then [`cross_reduce`].
     fn cross_tiled(&self, tau: f32, tile: usize) -> Vec<f64> {
-        let n = self.range.len();
-        let o = self.range.start;
-        let d = self.store.d();
-        let tile = tile.max(1);
-        let stripes = n.div_ceil(tile);
-        let groups = stripes.min(STRIPE_GROUPS);
-        let stripe = |i: usize| (i * tile)..((i + 1) * tile).min(n);
-        let parts: Vec<GroupSums> = (0..groups)
+        let n = self.rows.len();
+        let blocks: Vec<TileBlock> = (0..cross_blocks(n, tile))
             .into_par_iter()
-            .map(|g| {
-                let mut cols = vec![0.0f64; n];
-                let mut rows_out = Vec::new();
-                let (mut bu, mut bv, mut sim, mut scratch) =
-                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                for si in (g..stripes).step_by(groups) {
-                    let ri = stripe(si);
-                    let u = self.store.image_rows(o + ri.start..o + ri.end, &mut bu);
-                    let mut rows = vec![0.0f64; ri.len()];
-                    for sj in 0..stripes {
-                        let rj = stripe(sj);
-                        let v = self.store.text_rows(o + rj.start..o + rj.end, &mut bv);
-                        sim.resize(ri.len() * rj.len(), 0.0);
-                        gemm_abt(u, v, d, &mut sim);
-                        threshold_sums(&sim, rj.len(), tau, &mut rows, &mut cols[rj], &mut scratch);
-                    }
-                    rows_out.push((si, rows));
-                }
-                (rows_out, cols)
-            })
+            .map(|g| cross_block(self.rows, tau, tile, g))
             .collect();
-        let mut out = vec![0.0f64; n];
-        for (rows_out, _) in &parts {
-            for (si, rows) in rows_out {
-                out[stripe(*si)].copy_from_slice(rows);
-            }
-        }
-        for (_, cols) in &parts {
-            for (o, c) in out.iter_mut().zip(cols) {
-                *o += c;
-            }
-        }
-        out
+        cross_reduce(n, tile, &blocks)
     }
+}
+
+/// The tiled cross sum of a class of `n` rows is cut into this many
+/// blocks (stripe groups), each a task of its own ([`cross_block`]).
+///
+/// Stripe `I` of image rows meets every stripe `J` of caption rows; its
+/// row sums complete the first half for rows `I`, its column sums add to
+/// the second half for rows `J`. Stripes are dealt to a fixed number of
+/// groups (not the thread count, for determinism), each with its own
+/// column-sum vector.
+pub fn cross_blocks(n: usize, tile: usize) -> usize {
+    n.div_ceil(tile.max(1)).min(STRIPE_GROUPS)
+}
+
+/// One block's share of a class's tiled cross sum: the full row sums of
+/// its stripes and its column sums over the whole class.
+#[derive(Clone, Debug, Default)]
+pub struct TileBlock {
+    /// `(stripe, row sums)` of the stripes `g, g + blocks, ...`.
+    pub rows: Vec<(usize, Vec<f64>)>,
+    /// `[n]`: the block's column sums.
+    pub cols: Vec<f64>,
+}
+
+/// Block `g` of [`cross_blocks`] of a class's tiled cross sum.
+pub fn cross_block(rows: &dyn ClassRows, tau: f32, tile: usize, g: usize) -> TileBlock {
+    let (n, d) = (rows.len(), rows.d());
+    let tile = tile.max(1);
+    let stripes = n.div_ceil(tile);
+    let groups = cross_blocks(n, tile);
+    let stripe = |i: usize| (i * tile)..((i + 1) * tile).min(n);
+    let mut cols = vec![0.0f64; n];
+    let mut rows_out = Vec::new();
+    let (mut bu, mut bv, mut sim, mut scratch) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for si in (g..stripes).step_by(groups.max(1)) {
+        let ri = stripe(si);
+        let u = rows.image(ri.clone(), &mut bu);
+        let mut sums = vec![0.0f64; ri.len()];
+        for sj in 0..stripes {
+            let rj = stripe(sj);
+            let v = rows.text(rj.clone(), &mut bv);
+            sim.resize(ri.len() * rj.len(), 0.0);
+            gemm_abt(u, v, d, &mut sim);
+            threshold_sums(&sim, rj.len(), tau, &mut sums, &mut cols[rj], &mut scratch);
+        }
+        rows_out.push((si, sums));
+    }
+    TileBlock {
+        rows: rows_out,
+        cols,
+    }
+}
+
+/// The class's `n_k * cross_i` from all its blocks: the row sums put in
+/// place, then the column sums added block by block in block order.
+pub fn cross_reduce(n: usize, tile: usize, blocks: &[TileBlock]) -> Vec<f64> {
+    let tile = tile.max(1);
+    let stripe = |i: usize| (i * tile)..((i + 1) * tile).min(n);
+    let mut out = vec![0.0f64; n];
+    for b in blocks {
+        for (si, rows) in &b.rows {
+            out[stripe(*si)].copy_from_slice(rows);
+        }
+    }
+    for b in blocks {
+        for (o, c) in out.iter_mut().zip(&b.cols) {
+            *o += c;
+        }
+    }
+    out
 }
 
 /// [`ClassCtx::cross_sampled`] for the rows `rows` (local indices) of a

@@ -517,3 +517,98 @@ impl Store {
         self.ids.get(self.order.as_slice()[pos] as usize)
     }
 }
+
+/// One class's rows as normalised `f32`, addressed by local index (0 is
+/// the class's first row): what score and select compute on. The CLI
+/// reads a class of the staged store ([`StoreClass`]); the Python bindings
+/// and the Ray recipe pass a class's rows held in memory ([`SliceRows`]).
+/// Both give the same values, so the same code gives the same bits.
+pub trait ClassRows: Sync {
+    fn d(&self) -> usize;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Image rows `r`.
+    fn image<'a>(&'a self, r: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32];
+    /// Caption rows `r`.
+    fn text<'a>(&'a self, r: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32];
+    /// Image rows at the local indices `idx`.
+    fn image_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32];
+    /// Caption rows at the local indices `idx`.
+    fn text_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32];
+}
+
+/// Class `range` (sorted positions) of the staged store.
+pub struct StoreClass<'a> {
+    pub store: &'a Store,
+    pub range: Range<usize>,
+}
+
+impl StoreClass<'_> {
+    fn file_rows(&self, idx: &[usize]) -> Vec<u64> {
+        let order = self.store.order.as_slice();
+        idx.iter().map(|&i| order[self.range.start + i]).collect()
+    }
+}
+
+impl ClassRows for StoreClass<'_> {
+    fn d(&self) -> usize {
+        self.store.d()
+    }
+    fn len(&self) -> usize {
+        self.range.len()
+    }
+    fn image<'a>(&'a self, r: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let o = self.range.start;
+        self.store.image_rows(o + r.start..o + r.end, buf)
+    }
+    fn text<'a>(&'a self, r: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let o = self.range.start;
+        self.store.text_rows(o + r.start..o + r.end, buf)
+    }
+    fn image_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        self.store.emb.image_gather(&self.file_rows(idx), buf)
+    }
+    fn text_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        self.store.emb.text_gather(&self.file_rows(idx), buf)
+    }
+}
+
+/// A class's normalised rows held in memory, row-major `[n, d]`.
+pub struct SliceRows<'a> {
+    pub image: &'a [f32],
+    pub text: &'a [f32],
+    pub d: usize,
+}
+
+impl SliceRows<'_> {
+    fn gather<'a>(x: &[f32], d: usize, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        buf.clear();
+        for &i in idx {
+            buf.extend_from_slice(&x[i * d..(i + 1) * d]);
+        }
+        buf
+    }
+}
+
+impl ClassRows for SliceRows<'_> {
+    fn d(&self) -> usize {
+        self.d
+    }
+    fn len(&self) -> usize {
+        self.image.len() / self.d.max(1)
+    }
+    fn image<'a>(&'a self, r: Range<usize>, _: &'a mut Vec<f32>) -> &'a [f32] {
+        &self.image[r.start * self.d..r.end * self.d]
+    }
+    fn text<'a>(&'a self, r: Range<usize>, _: &'a mut Vec<f32>) -> &'a [f32] {
+        &self.text[r.start * self.d..r.end * self.d]
+    }
+    fn image_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        Self::gather(self.image, self.d, idx, buf)
+    }
+    fn text_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        Self::gather(self.text, self.d, idx, buf)
+    }
+}
