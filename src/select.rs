@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::kernels::dense::{dot_mixed, gemm_abt, threshold_row_sums};
 use crate::kernels::topk::{better_first, top_k};
 use crate::score::{Tau, BETWEEN, CROSS, EASY, LABEL, TERMS};
-use crate::store::Store;
+use crate::store::{ClassRows, Store, StoreClass};
 
 /// The weights of the initial score.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -332,9 +332,9 @@ impl ClassGreedy {
     }
 
     /// Queues the next period: the top `R` unselected rows.
-    fn fill(&mut self, store: &Store, opts: &SelectOptions, refresh: usize) {
+    fn fill(&mut self, rows: &dyn ClassRows, opts: &SelectOptions, refresh: usize) {
         if self.lazy.is_some() {
-            return self.fill_lazy(store, opts, refresh);
+            return self.fill_lazy(rows, opts, refresh);
         }
         let candidates: Vec<(f64, usize)> = self
             .scores
@@ -350,7 +350,7 @@ impl ClassGreedy {
     /// [`Self::fill`] for the lazy refresh: brings rows up to date from the
     /// top of the heap until the next `R` picks are certain, that is their
     /// fresh scores beat every remaining bound.
-    fn fill_lazy(&mut self, store: &Store, opts: &SelectOptions, refresh: usize) {
+    fn fill_lazy(&mut self, rows: &dyn ClassRows, opts: &SelectOptions, refresh: usize) {
         let need = refresh.min(self.remaining);
         let lz = self.lazy.as_mut().expect("lazy state");
         let now = lz.rounds.len();
@@ -387,7 +387,7 @@ impl ClassGreedy {
                     batch.push(b.i());
                 }
             }
-            self.catch_up(&mut batch, store, opts);
+            self.catch_up(&mut batch, rows, opts);
             fresh.extend(batch.iter().map(|&i| (self.scores[i], i)));
         }
         fresh.sort_unstable_by(|a, b| better_first(*a, *b));
@@ -401,35 +401,30 @@ impl ClassGreedy {
 
     /// Replays on the rows `batch` the refreshes they missed, in order and
     /// with the eager refresh's arithmetic.
-    fn catch_up(&mut self, batch: &mut [usize], store: &Store, opts: &SelectOptions) {
+    fn catch_up(&mut self, batch: &mut [usize], class: &dyn ClassRows, opts: &SelectOptions) {
         if batch.is_empty() {
             return;
         }
-        let d = store.d();
+        let d = class.d();
         let n = self.scores.len();
         let tau = opts.tau.as_f32();
         let w = &opts.weights;
         let inv_n = 1.0 / n as f64;
-        let o = self.start;
         let lz = self.lazy.as_mut().expect("lazy state");
         let now = lz.rounds.len();
         // Oldest first: the rows that missed refresh t are a prefix.
         batch.sort_by_key(|&i| lz.seen[i]);
-        let order = store.order.as_slice();
-        let file_rows = |idx: &[usize]| -> Vec<u64> { idx.iter().map(|&i| order[o + i]).collect() };
-        let rows = file_rows(batch);
         let (mut bu, mut bv, mut pu, mut pv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let u = store.emb.image_gather(&rows, &mut bu);
-        let v = store.emb.text_gather(&rows, &mut bv);
+        let u = class.image_at(batch, &mut bu);
+        let v = class.text_at(batch, &mut bv);
         let mut prefix = 0;
         for t in lz.seen[batch[0]] as usize..now {
             while prefix < batch.len() && lz.seen[batch[prefix]] as usize <= t {
                 prefix += 1;
             }
             let round = &lz.rounds[t];
-            let picks = file_rows(&round.picks);
-            let un = store.emb.image_gather(&picks, &mut pu);
-            let vn = store.emb.text_gather(&picks, &mut pv);
+            let un = class.image_at(&round.picks, &mut pu);
+            let vn = class.text_at(&round.picks, &mut pv);
             let red = stripes_redundancy(&u[..prefix * d], &v[..prefix * d], un, vn, d, tau);
             for (&i, r) in batch[..prefix].iter().zip(&red) {
                 let s = &mut self.scores[i];
@@ -460,11 +455,29 @@ impl ClassGreedy {
         (s, i)
     }
 
+    /// Takes the head pick; when that ends a period (`c_k` a multiple of
+    /// `R`) and `more` picks may follow, refreshes the class and queues its
+    /// next period.
+    fn pick(
+        &mut self,
+        rows: &dyn ClassRows,
+        terms: &[f64],
+        opts: &SelectOptions,
+        refresh: usize,
+        more: bool,
+    ) -> (f64, usize) {
+        let picked = self.take(terms, &opts.weights);
+        if self.queue.is_empty() && self.remaining > 0 && more {
+            self.refresh(rows, opts);
+            self.fill(rows, opts, refresh);
+        }
+        picked
+    }
+
     /// The refresh of spec section 3, step 2.
-    fn refresh(&mut self, store: &Store, opts: &SelectOptions) {
+    fn refresh(&mut self, rows: &dyn ClassRows, opts: &SelectOptions) {
         let n = self.scores.len();
-        let d = store.d();
-        let o = self.start;
+        let d = rows.d();
         let new = std::mem::take(&mut self.new);
         let w = &opts.weights;
         let inv_n = 1.0 / n as f64;
@@ -491,8 +504,8 @@ impl ClassGreedy {
         );
         let mut buf = Vec::new();
         for &j in &new {
-            un.extend_from_slice(store.image_rows(o + j..o + j + 1, &mut buf));
-            vn.extend_from_slice(store.text_rows(o + j..o + j + 1, &mut buf));
+            un.extend_from_slice(rows.image(j..j + 1, &mut buf));
+            vn.extend_from_slice(rows.text(j..j + 1, &mut buf));
         }
         let redundancy: Vec<f64> = match opts.tau {
             Tau::None => {
@@ -503,7 +516,7 @@ impl ClassGreedy {
                         sv[k] += y[k] as f64;
                     }
                 }
-                self.per_stripe(store, opts.tile_rows, |u, v, _| {
+                self.per_stripe(rows, opts.tile_rows, |u, v, _| {
                     u.chunks_exact(d)
                         .zip(v.chunks_exact(d))
                         .map(|(ui, vi)| dot_mixed(ui, &sv) + dot_mixed(vi, &su))
@@ -512,7 +525,7 @@ impl ClassGreedy {
             }
             Tau::Threshold(t) => {
                 let tau = Some(t as f32);
-                self.per_stripe(store, opts.tile_rows, |u, v, _| {
+                self.per_stripe(rows, opts.tile_rows, |u, v, _| {
                     redundancy(u, v, &un, &vn, d, tau)
                 })
             }
@@ -529,20 +542,19 @@ impl ClassGreedy {
     /// and concatenates the per-row results.
     fn per_stripe(
         &self,
-        store: &Store,
+        rows: &dyn ClassRows,
         tile: usize,
         f: impl Fn(&[f32], &[f32], usize) -> Vec<f64> + Sync,
     ) -> Vec<f64> {
         let n = self.scores.len();
         let tile = tile.max(1);
-        let o = self.start;
         let parts: Vec<Vec<f64>> = (0..n.div_ceil(tile))
             .into_par_iter()
             .map(|s| {
                 let r = (s * tile)..((s + 1) * tile).min(n);
                 let (mut bu, mut bv) = (Vec::new(), Vec::new());
-                let u = store.image_rows(o + r.start..o + r.end, &mut bu);
-                let v = store.text_rows(o + r.start..o + r.end, &mut bv);
+                let u = rows.image(r.clone(), &mut bu);
+                let v = rows.text(r.clone(), &mut bv);
                 f(u, v, r.len())
             })
             .collect();
@@ -635,7 +647,7 @@ pub fn select_with_stats(
             let r = store.meta.class_range(k);
             let t = &terms[r.start * TERMS..r.end * TERMS];
             let mut g = ClassGreedy::new(k, r.start, t, &w, lazy);
-            g.fill(store, opts, refresh);
+            g.fill(&StoreClass { store, range: r }, opts, refresh);
             g
         })
         .collect();
@@ -656,20 +668,16 @@ pub fn select_with_stats(
     while picks.len() < budget {
         let Some(top) = heap.pop() else { break };
         let g = &mut classes[top.item];
-        let class_terms = &terms[g.start * TERMS..(g.start + g.scores.len()) * TERMS];
-        let (score, i) = g.take(class_terms, &w);
+        let range = g.start..g.start + g.scores.len();
+        let class_terms = &terms[range.start * TERMS..range.end * TERMS];
+        let view = StoreClass { store, range };
+        let more = picks.len() + 1 < budget;
+        let (score, i) = g.pick(&view, class_terms, opts, refresh, more);
         picks.push(Pick {
             pos: g.start + i,
             class: g.class,
             score,
         });
-        if g.queue.is_empty() && g.remaining > 0 {
-            // c_k is now a multiple of R: refresh, then queue the next period.
-            if picks.len() < budget {
-                g.refresh(store, opts);
-                g.fill(store, opts, refresh);
-            }
-        }
         if let Some(h) = head_of(g) {
             heap.push(h);
         }
@@ -685,6 +693,88 @@ pub fn select_with_stats(
         stats.eager_pair_evaluations += g.stats.eager_pair_evaluations;
     }
     (picks, stats)
+}
+
+/// One class's greedy on its own (spec section 3): its first `max_picks`
+/// picks, in order, as `(score at the pick, local index)`. `terms` is the
+/// class's `[n_k, 4]`; `opts.refresh` the resolved period `R`. The class
+/// runs exactly as inside [`select`], so [`merge_sequences`] of every
+/// class's sequence gives `select`'s picks.
+pub fn class_sequence(
+    rows: &dyn ClassRows,
+    terms: &[f64],
+    opts: &SelectOptions,
+    max_picks: usize,
+) -> (Vec<(f64, usize)>, RefreshStats) {
+    let refresh = opts.refresh.max(1);
+    let lazy = opts.mode.effective(opts.tau, &opts.weights) == RefreshMode::Lazy;
+    let mut g = ClassGreedy::new(0, 0, terms, &opts.weights, lazy);
+    g.fill(rows, opts, refresh);
+    let max_picks = max_picks.min(rows.len());
+    let mut out = Vec::with_capacity(max_picks);
+    while out.len() < max_picks && g.head().is_some() {
+        let more = out.len() + 1 < max_picks;
+        out.push(g.pick(rows, terms, opts, refresh, more));
+    }
+    let mut stats = g.stats;
+    stats.mode = if lazy { "lazy" } else { "eager" };
+    (out, stats)
+}
+
+/// One class's pick sequence, as the merge reads it.
+pub struct ClassSequence<'a> {
+    pub class: usize,
+    /// Canonical row index of each pick (the tie-break).
+    pub rows: &'a [u64],
+    /// Score of each pick.
+    pub scores: &'a [f64],
+    /// `false` when the class may have more picks than these.
+    pub complete: bool,
+}
+
+/// What [`merge_sequences`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// The ranked selection: `(sequence, index in it)` per rank.
+    Done(Vec<(usize, usize)>),
+    /// The merge needs a pick past the end of this incomplete sequence.
+    NeedMore(usize),
+}
+
+/// The heap merge of per-class sequences into the global order (largest
+/// score first, ties to the smallest row index), up to `budget` picks.
+pub fn merge_sequences(seqs: &[ClassSequence], budget: usize) -> Merged {
+    let mut heap = BinaryHeap::with_capacity(seqs.len());
+    let head = |s: usize, at: usize| -> Option<Ranked<(usize, usize)>> {
+        let q = &seqs[s];
+        (at < q.scores.len()).then(|| Ranked {
+            score: q.scores[at],
+            index: q.rows[at],
+            item: (s, at),
+        })
+    };
+    for (s, q) in seqs.iter().enumerate() {
+        match head(s, 0) {
+            Some(h) => heap.push(h),
+            None if !q.complete => return Merged::NeedMore(s),
+            None => {}
+        }
+    }
+    let mut out = Vec::with_capacity(budget);
+    while out.len() < budget {
+        let Some(top) = heap.pop() else { break };
+        let (s, at) = top.item;
+        out.push((s, at));
+        if out.len() == budget {
+            break;
+        }
+        match head(s, at + 1) {
+            Some(h) => heap.push(h),
+            None if !seqs[s].complete => return Merged::NeedMore(s),
+            None => {}
+        }
+    }
+    Merged::Done(out)
 }
 
 #[cfg(test)]
