@@ -372,6 +372,104 @@ impl BatchCtx<'_> {
     }
 }
 
+/// One batch's rows validated, normalised and classed by ingest's own
+/// code, without a store: what the Python bindings and the Ray recipe use.
+#[derive(Debug, Default)]
+pub struct PreparedRows {
+    /// Index in the batch of each kept row.
+    pub keep: Vec<usize>,
+    /// `[kept, d]` unit rows in `f32`, exactly as the staged store gives
+    /// them back (float16 input: the f16 value times its factor).
+    pub image: Vec<f32>,
+    pub text: Vec<f32>,
+    /// Latent class of each kept row (0 without `opts.classify`).
+    pub labels: Vec<u32>,
+    /// Rows left out (`--on-bad-row skip`): index in the batch, reason.
+    pub bad: Vec<(usize, String)>,
+    pub d: usize,
+}
+
+/// Validates, normalises and classes the rows of `batch` as ingest does
+/// (same checks, same messages, same arithmetic). `path` and
+/// `first_row_in_file` name the rows in errors, as for a shard.
+pub fn prepare_batch(
+    path: &Path,
+    batch: &arrow_array::RecordBatch,
+    first_row_in_file: u64,
+    opts: &IngestOptions,
+) -> Result<PreparedRows> {
+    let shard = crate::formats::canonical::check_schema(path, &batch.schema(), &opts.columns)?;
+    let dtype = store_dtype(&shard);
+    let column = |name: &str| batch.column(batch.schema().index_of(name).expect("checked"));
+    let (image, text, id) = (
+        column(&opts.columns.image),
+        column(&opts.columns.text),
+        column(&opts.columns.id),
+    );
+    let img = EmbeddingView::try_new(image).expect("type checked");
+    let txt = EmbeddingView::try_new(text).expect("type checked");
+    let n = batch.num_rows();
+    let d = match &opts.expected_d {
+        Some((d, _)) => *d,
+        None if n == 0 => 0,
+        None => img.row_len(0),
+    };
+    let ctx = BatchCtx {
+        path,
+        first_row: 0,
+        first_row_in_file,
+        d,
+        dtype,
+        img,
+        txt,
+        id_nulls: id.nulls(),
+        opts,
+    };
+    let parts: Vec<Result<Prepared>> = (0..n.div_ceil(PREPARE_ROWS))
+        .into_par_iter()
+        .map(|c| {
+            let mut p = ctx.prepare(c * PREPARE_ROWS..((c + 1) * PREPARE_ROWS).min(n))?;
+            match &opts.classify {
+                Some(cl) => p.classify(cl, d),
+                None => p.labels = vec![0; p.keep.len()],
+            }
+            Ok(p)
+        })
+        .collect();
+    let mut out = PreparedRows {
+        d,
+        ..Default::default()
+    };
+    for part in parts {
+        let part = part?; // the first error in row order
+        out.keep.extend_from_slice(&part.keep);
+        out.labels.extend_from_slice(&part.labels);
+        out.bad.extend(part.bad);
+        if dtype == Dtype::F16 {
+            // As `Embeddings::gather_f32` reads an f16 store back.
+            use half::slice::HalfFloatSliceExt;
+            for (src, slot, dst) in [
+                (&part.image16, 0, &mut out.image),
+                (&part.text16, 1, &mut out.text),
+            ] {
+                let start = dst.len();
+                dst.resize(start + src.len(), 0.0);
+                src.convert_to_f32_slice(&mut dst[start..]);
+                for (r, row) in dst[start..].chunks_exact_mut(d.max(1)).enumerate() {
+                    let s = part.scale[2 * r + slot];
+                    for x in row {
+                        *x *= s;
+                    }
+                }
+            }
+        } else {
+            out.image.extend_from_slice(&part.image32);
+            out.text.extend_from_slice(&part.text32);
+        }
+    }
+    Ok(out)
+}
+
 /// A class's rows waiting to be written as a chunk.
 #[derive(Default)]
 struct Bucket {

@@ -64,3 +64,131 @@ def select(
     """
     args = select_flags(data=data, prompts=prompts, fraction=fraction, out=out, **options)
     return json.loads(_clipcov.select(args, quiet=quiet, log_format=log_format))
+
+
+# ----------------------------------------------------------------- stages
+#
+# Each function below calls the Rust code the command line runs for that
+# stage. Embeddings are FixedSizeList<float32> arrays of unit rows (what
+# `normalise` returns); chunked arrays are combined first.
+
+import pyarrow as pa  # noqa: E402
+
+__all__ += [
+    "read_prompts", "normalise", "class_sums", "class_terms", "cross_blocks",
+    "cross_block", "cross_reduce", "class_sequence", "merge", "write_subset",
+]
+
+
+def _array(a):
+    if isinstance(a, pa.ChunkedArray):
+        return a.combine_chunks()
+    return a
+
+
+def read_prompts(path):
+    """The class prompts file: ``(c, class_ids, names)`` with ``c`` the unit
+    class embeddings as a FixedSizeList<float32> array ``[K, d]`` (templates
+    of one class averaged and renormalised, as the CLI does)."""
+    return _clipcov.read_prompts(os.fspath(path))
+
+
+def normalise(batch, classes, *, path="<batch>", first_row_in_file=0, prompts_path=None,
+              id_column="id", image_column="image_embedding", text_column="text_embedding",
+              assign_text=False, on_bad_row="error"):
+    """Validates, L2-normalises and classes one RecordBatch with ingest's code.
+
+    Returns ``(rows, bad)``: ``rows`` a RecordBatch ``index`` (the row in
+    ``batch``), ``class`` (``argmax_k <u_i, c_k>``, ties to the smallest k),
+    ``image_embedding``, ``text_embedding`` (unit float32 rows, as the staged
+    store holds them); ``bad`` the ``(index, reason)`` of rows skipped with
+    ``on_bad_row="skip"``. A bad row raises :class:`ClipcovError` with the
+    CLI's message naming ``path`` and the row ``first_row_in_file + index``.
+    """
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
+            pa.RecordBatch.from_pylist([], schema=batch.schema)
+    return _clipcov.normalise(
+        batch, _array(classes), path=os.fspath(path), first_row_in_file=first_row_in_file,
+        prompts_path=None if prompts_path is None else os.fspath(prompts_path),
+        id_column=id_column, image_column=image_column, text_column=text_column,
+        assign_text=assign_text, on_bad_row=on_bad_row)
+
+
+def class_sums(image, text):
+    """``(sum_j u_j, sum_j v_j)`` over one class's rows in row order, as two
+    float64 arrays of length d (the CLI's class sums). Sums of parts (batches)
+    add up to the whole, equal to the CLI's to rounding; one call over the
+    class in row order is equal to the bit."""
+    return _clipcov.class_sums(_array(image), _array(text))
+
+
+def class_terms(image, text, k, class_embeddings, image_sums, text_sums, sizes, *,
+                tau="0", tile_rows=256, cross_sums=None, cross_sample="exact", seed=0,
+                total_rows=0, memory_limit_bytes=4 << 30):
+    """The four terms (spec section 2) of class ``k``'s rows, as a RecordBatch
+    ``easy``, ``cross``, ``label``, ``between``.
+
+    ``class_embeddings``: every ``c_k`` ``[K, d]``; ``image_sums``,
+    ``text_sums``: every class's sums as FixedSizeList<float64> ``[K, d]``;
+    ``sizes``: every class's rows. ``cross_sums``: the class's
+    ``n_k * cross_i`` from :func:`cross_reduce` when the tiles ran elsewhere.
+    """
+    return _clipcov.class_terms(
+        _array(image), _array(text), k, _array(class_embeddings), _array(image_sums),
+        _array(text_sums), [int(s) for s in sizes], tau=str(tau), tile_rows=tile_rows,
+        cross_sums=None if cross_sums is None else _array(cross_sums),
+        cross_sample=str(cross_sample), seed=seed, total_rows=total_rows,
+        memory_limit_bytes=memory_limit_bytes)
+
+
+def cross_blocks(n, tile_rows):
+    """How many tile blocks (tasks) the tiled ``cross`` of a class of ``n`` rows has."""
+    return _clipcov.cross_blocks(n, tile_rows)
+
+
+def cross_block(image, text, tau, tile_rows, block):
+    """Block ``block`` of a class's tiled ``cross`` sum: ``(stripes, row sums
+    of those stripes, column sums over the class)``."""
+    return _clipcov.cross_block(_array(image), _array(text), str(tau), tile_rows, block)
+
+
+def cross_reduce(n, tile_rows, blocks):
+    """The class's ``n_k * cross_i`` (float64 ``[n]``) from all its blocks,
+    reduced in block order exactly as the CLI does."""
+    return _clipcov.cross_reduce(n, tile_rows, [(list(s), _array(r), _array(c)) for s, r, c in blocks])
+
+
+def class_sequence(image, text, terms, refresh, max_picks, *, tau="0", weights="1,2,0.5,1",
+                   tile_rows=256, refresh_mode="lazy"):
+    """One class's greedy (spec section 3): its first ``max_picks`` picks as
+    ``(local index, score at the pick)`` arrays. ``refresh`` is the resolved
+    period ``R``; ``weights`` ``"w_cross,w_easy,w_label,w_between"``."""
+    if isinstance(weights, (list, tuple)):
+        weights = ",".join(str(w) for w in weights)
+    return _clipcov.class_sequence(_array(image), _array(text), terms, refresh, max_picks,
+                                   tau=str(tau), weights=weights, tile_rows=tile_rows,
+                                   refresh_mode=refresh_mode)
+
+
+def merge(sequences, budget):
+    """The heap merge of per-class pick sequences into the ranked subset.
+
+    ``sequences``: ``(rows, scores, complete)`` per class, ``rows`` the
+    canonical row index of each pick (uint64), ``complete`` False when the
+    class may have more picks. Returns ``("done", [(sequence, position), ...])``
+    in rank order, or ``("more", s)`` when sequence ``s`` ran out too early.
+    """
+    seqs = [(pa.array(r, pa.uint64()), pa.array(s, pa.float64()), bool(c)) for r, s, c in sequences]
+    kind, picks, more = _clipcov.merge(seqs, budget)
+    return (kind, picks) if kind == "done" else (kind, more)
+
+
+def write_subset(out, ids, rows, classes, scores, terms):
+    """Writes ``OUT/clipcov/subset.parquet`` and ``subset.csv`` (and
+    ``datacomp_uids.npy`` for DataComp uids) with the CLI's writers, in rank
+    order, each atomically. Returns the files as ``(path, rows, bytes, sha256)``."""
+    out = os.fspath(out)
+    return _clipcov.write_subset(
+        out, os.path.join(out, "clipcov"), _array(ids), pa.array(rows, pa.uint64()),
+        pa.array(classes, pa.int32()), pa.array(scores, pa.float64()), terms)
