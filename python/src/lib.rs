@@ -208,8 +208,9 @@ fn select_config(py: Python<'_>, args: Vec<String>) -> PyResult<String> {
     })
 }
 
-/// The Parquet shards of `data` in canonical row order: `(path, relative
-/// path, rows)` each. Only the canonical layout (Parquet shards holding
+/// The Parquet shards of `data` in canonical row order, `(path, relative
+/// path, rows)` each, and the columns `(id, image, text)` with the layout's
+/// defaults filled in. Only the canonical layout (Parquet shards holding
 /// the embeddings).
 #[pyfunction]
 #[pyo3(signature = (data, id_column = "id", image_column = "image_embedding", text_column = "text_embedding"))]
@@ -219,7 +220,7 @@ fn discover(
     id_column: &str,
     image_column: &str,
     text_column: &str,
-) -> PyResult<Vec<(String, String, u64)>> {
+) -> PyResult<(Vec<(String, String, u64)>, (String, String, String))> {
     let cols = Columns {
         id: id_column.into(),
         image: image_column.into(),
@@ -236,13 +237,14 @@ fn discover(
         }
         let (files, cols) =
             layout::discover_layout(&data, Layout::Canonical, &cols, Default::default())?;
-        files
+        let files = files
             .iter()
             .map(|f| {
                 let rows = layout::shard_rows(f, &cols)?;
                 Ok((f.path.display().to_string(), f.relative.clone(), rows))
             })
-            .collect()
+            .collect::<R<Vec<_>>>()?;
+        Ok((files, (cols.id, cols.image, cols.text)))
     })
 }
 
