@@ -147,7 +147,7 @@ def _load(k: int, staging: str):
     return data, (su, sv, t.num_rows, _task_info("load", k, t0))
 
 
-@ray.remote(max_retries=3)
+@ray.remote(max_retries=3, scheduling_strategy="SPREAD")
 def _block(data, k: int, tau: str, tile: int, b: int, staging: str):
     t0 = time.time()
     _failpoint("block", staging)
@@ -157,7 +157,7 @@ def _block(data, k: int, tau: str, tile: int, b: int, staging: str):
     return (stripes, rows, cols), info
 
 
-@ray.remote(max_retries=3)
+@ray.remote(max_retries=3, scheduling_strategy="SPREAD")
 def _terms(data, k: int, c, si, st, sizes, cfg: dict, tile: int, total_rows: int, staging: str, *blocks):
     t0 = time.time()
     _failpoint("terms", staging)
@@ -174,7 +174,7 @@ def _terms(data, k: int, c, si, st, sizes, cfg: dict, tile: int, total_rows: int
     return terms, infos + [_task_info("terms", k, t0)]
 
 
-@ray.remote(max_retries=3)
+@ray.remote(max_retries=3, scheduling_strategy="SPREAD")
 def _sequence(data, terms, k: int, refresh: int, cap: int, cfg: dict, tile: int, staging: str):
     t0 = time.time()
     _failpoint("greedy", staging)

@@ -56,6 +56,9 @@ def test_ray_split_class_equals_cli(cli, one_big_class, tmp_path):
     m = cray.select(data=d / "data", prompts=d / "prompts.parquet", fraction=0.05,
                     out=tmp_path / "ray", tile_rows=100, split_rows=1000)
     assert m["engine"]["split_classes"], "no class was split"
+    nodes = int(os.environ.get("CLIPCOV_RAY_NODES", "1"))
+    assert m["engine"]["nodes"] == nodes
+    assert m["engine"]["nodes_used"] == nodes, "every node ran tasks"
     assert m["engine"]["tasks_by_kind"]["cross_block"] >= 8
     assert_same_subset(tmp_path / "cli", tmp_path / "ray")
 
