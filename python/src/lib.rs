@@ -5,6 +5,9 @@
 //! All uses of the main crate's modules are in this file, in the `use`
 //! block below, so a move of a module changes one line here.
 
+// The functions return Python tuples, spelled out as Rust tuples.
+#![allow(clippy::type_complexity)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
