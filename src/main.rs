@@ -7,14 +7,14 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Deserialize;
 
+use clipcov::cli::pipeline_file::PipelineFile;
 use clipcov::error::Error;
-use clipcov::methods::cli::DataArgs;
-use clipcov::pipeline::{self, ClassSource, SelectConfig};
-use clipcov::pipeline_file::PipelineFile;
+use clipcov::io::remote;
+use clipcov::jobs::baseline::DataArgs;
+use clipcov::jobs::pipeline::{self, ClassSource, SelectConfig};
 use clipcov::progress::{self, LogFormat};
-use clipcov::remote;
-use clipcov::score::CrossSample;
-use clipcov::select::Refresh;
+use clipcov::stages::score::CrossSample;
+use clipcov::stages::select::Refresh;
 use clipcov::synth::{self, SynthOptions};
 use clipcov::Result;
 
@@ -48,11 +48,11 @@ enum Command {
     /// Select a ClipCov subset.
     Select(Box<SelectArgs>),
     /// Run one baseline method (random, clip_score, semdedup, ssp, c_rho, ...).
-    Baseline(Box<clipcov::methods::cli::BaselineArgs>),
+    Baseline(Box<clipcov::jobs::baseline::BaselineArgs>),
     /// Run ClipCov and the baselines side by side on the same data and budget.
-    Compare(Box<clipcov::compare::CompareArgs>),
+    Compare(Box<clipcov::jobs::compare::CompareArgs>),
     /// Measure speed and memory on synthetic data (see README, Performance).
-    Bench(Box<clipcov::bench::BenchArgs>),
+    Bench(Box<clipcov::jobs::bench::BenchArgs>),
     /// Score a subset: covariance preservation, a linear-CLIP proxy, kinds.
     Eval(Box<clipcov::eval::EvalArgs>),
     /// Run a pipeline file (pipelines/<name>.toml); flags after it override its values.
@@ -479,9 +479,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Baseline(a) => clipcov::methods::cli::run_baseline(*a),
-        Command::Compare(a) => clipcov::compare::run_compare(*a),
-        Command::Bench(a) => clipcov::bench::run_bench(&a),
+        Command::Baseline(a) => clipcov::jobs::baseline::run_baseline(*a),
+        Command::Compare(a) => clipcov::jobs::compare::run_compare(*a),
+        Command::Bench(a) => clipcov::jobs::bench::run_bench(&a),
         Command::Eval(a) => clipcov::eval::run_eval(*a),
         Command::Run { file, overrides } => run_pipeline_file(&file, &overrides, global),
     }

@@ -35,12 +35,12 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::formats::canonical::{batches, open_parquet, SourceFile};
 use crate::formats::embedding::EmbeddingView;
+use crate::jobs::baseline::{thread_pool, RowArgs};
+use crate::jobs::pipeline::{self, Budget, ClassSource, SelectConfig};
 use crate::memory::parse_size;
-use crate::methods::cli::{thread_pool, RowArgs};
-use crate::pipeline::{self, Budget, ClassSource, SelectConfig};
 use crate::rng::Rng;
-use crate::score::Tau;
-use crate::select::{Refresh, Weights};
+use crate::stages::score::Tau;
+use crate::stages::select::{Refresh, Weights};
 use crate::store::Store;
 use covariance::CovMetrics;
 use kinds::Kinds;
@@ -724,7 +724,7 @@ fn subset_positions(path: &Path, store: &Store) -> Result<Vec<usize>> {
 /// temporary store, evaluates the subset, prints the metrics.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     // Before any thread starts: an interrupted eval removes its work folder.
-    crate::interrupt::install();
+    crate::io::interrupt::install();
     let opts = a.proxy.options(a.seed)?;
     if a.subset
         .extension()
@@ -737,7 +737,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         )));
     }
     for p in [&a.subset, &a.eval_set, &a.prompts] {
-        crate::remote::stat(p)?;
+        crate::io::remote::stat(p)?;
     }
     let threads = a
         .threads
@@ -748,14 +748,16 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     let work = match &a.work {
         Some(w) => w.clone(),
         // A subset read from a URL: a local folder named after it.
-        None if crate::remote::is_url(&a.subset) => crate::remote::work_dir(&a.subset, None),
+        None if crate::io::remote::is_url(&a.subset) => {
+            crate::io::remote::work_dir(&a.subset, None)
+        }
         None => a
             .subset
             .parent()
             .unwrap_or(Path::new("."))
             .join(".clipcov-eval"),
     };
-    crate::outdir::check_outside_inputs(&[("--work", &work)], &[("--data", &a.data)])?;
+    crate::io::outdir::check_outside_inputs(&[("--work", &work)], &[("--data", &a.data)])?;
     let cfg = SelectConfig {
         data: a.data.clone(),
         classes: ClassSource::Prompts(a.prompts.clone()),
@@ -783,7 +785,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         publish_to: None,
         filter: None,
     };
-    let _cleanup = crate::interrupt::remove_on_interrupt(work.clone());
+    let _cleanup = crate::io::interrupt::remove_on_interrupt(work.clone());
     if let Err(e) = std::fs::create_dir_all(&work) {
         let hint = if a.work.is_none() {
             " (eval's work folder, beside the subset; give --work DIR in a writable place)"

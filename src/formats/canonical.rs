@@ -2,7 +2,7 @@
 //!
 //! Files are found recursively, sorted by their path relative to the root
 //! (byte-wise), and read memory-mapped (or, for a URL, with ranged reads
-//! through [`crate::remote`]), one record batch at a time, so the dataset
+//! through [`crate::io::remote`]), one record batch at a time, so the dataset
 //! never has to fit in memory. The canonical row index is the position in
 //! the concatenation of the files' rows in that order ([`ShardStarts`]).
 //!
@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use super::embedding::{embedding_kind, FloatKind};
 use super::layout::{NpyShard, ShardKind};
 use crate::error::{Error, IoContext, Result};
-use crate::remote::{self, RemoteFile, RemoteRead};
+use crate::ids::IdKind;
+use crate::io::remote::{self, RemoteFile, RemoteRead};
 
 /// One input file, as recorded in the manifest.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -353,15 +354,6 @@ pub fn corrupt(path: &Path, e: impl std::fmt::Display) -> Error {
         .to_string();
     Error::file(path, format!("not a readable Parquet file ({msg})"))
         .with_hint("the file is corrupt or truncated: re-export it or remove it from the dataset")
-}
-
-/// The id column's type, the same in every shard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdKind {
-    Utf8,
-    Int64,
-    UInt64,
 }
 
 /// What every shard must agree on.

@@ -19,7 +19,8 @@ use super::embedding::EmbeddingView;
 use super::npy::NpyMatrix;
 use super::npz::Npz;
 use crate::error::{Error, IoContext, Result};
-use crate::remote;
+use crate::ids::IdKind;
+use crate::io::remote;
 
 /// `--id-column` value that makes the canonical row index the id.
 pub const ROW_INDEX_ID: &str = ":row";
@@ -370,7 +371,7 @@ impl NpyShard {
                 )?;
                 (Some(reader), id_kind)
             }
-            _ => (None, super::canonical::IdKind::UInt64),
+            _ => (None, IdKind::UInt64),
         };
         let schema = ShardSchema {
             id_kind,

@@ -45,7 +45,7 @@ pub struct Keep<'a> {
     /// Where each shard's rows are in the canonical row order.
     pub starts: ShardStarts,
     /// `--train-csv`: also write `train.csv` (src/train_csv.rs).
-    pub train: Option<crate::train_csv::TrainCsv>,
+    pub train: Option<crate::output::train_csv::TrainCsv>,
 }
 
 impl Keep<'_> {

@@ -24,7 +24,7 @@ use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::atomic::atomic_write;
+use crate::io::atomic::atomic_write;
 use crate::rng::Rng;
 use class_local::LocalModel;
 use options::{draw_class, noise, unit, Pair};

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 
 /// Name prefix of staging folders (a dead run's are removed by
-/// [`crate::outdir::remove_stale_temporaries`]).
+/// [`crate::io::outdir::remove_stale_temporaries`]).
 pub const STAGING_PREFIX: &str = ".staging-";
 
 /// The outputs one run is about to publish into `OUT`.

@@ -8,20 +8,21 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::c_rho::Learner;
-use super::{output, Ctx, Method, MethodOptions, Rule, Selection};
-use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::canonical::Columns;
 use crate::formats::layout::{Layout, Model};
-use crate::formats::publish::OutputSet;
-use crate::ingest::{BadRowPolicy, DuplicatePolicy};
+use crate::io::remote;
+use crate::jobs::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
 use crate::memory::{parse_size, RssMonitor};
-use crate::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
-use crate::remote;
-use crate::score::Tau;
-use crate::select::{Refresh, Weights};
-use crate::train_csv::{TrainCsv, TrainFormat};
+use crate::methods::c_rho::Learner;
+use crate::methods::{Ctx, Method, MethodOptions, Rule, Selection};
+use crate::output::emit::{self, Manifest, StageTiming};
+use crate::output::method_files;
+use crate::output::publish::OutputSet;
+use crate::output::train_csv::{TrainCsv, TrainFormat};
+use crate::stages::ingest::{BadRowPolicy, DuplicatePolicy};
+use crate::stages::score::Tau;
+use crate::stages::select::{Refresh, Weights};
 
 /// How rows are read: the columns and what to do with bad rows. Shared by
 /// every command that stages data (`eval` too).
@@ -239,7 +240,7 @@ impl DataArgs {
         if let Some(w) = &self.work {
             outputs.push(("--work", w));
         }
-        crate::outdir::check_outside_inputs(&outputs, &[("--data", &self.data)])?;
+        crate::io::outdir::check_outside_inputs(&outputs, &[("--data", &self.data)])?;
         // A URL --out: work in a local folder, upload the results at the end.
         let (out, publish_to) = if remote::is_url(&self.out) {
             remote::locate(&self.out)?;
@@ -307,7 +308,7 @@ impl MethodArgs {
             if let Some(w) = &data.work {
                 outputs.push(("--work", w));
             }
-            crate::outdir::check_outside_inputs(&outputs, &[("--learner-data", l)])?;
+            crate::io::outdir::check_outside_inputs(&outputs, &[("--learner-data", l)])?;
         }
         if let Some(e) = self.eps {
             if !e.is_finite() {
@@ -428,7 +429,7 @@ pub fn learner<'a>(
 /// Runs `clipcov baseline`.
 pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     let opts = a.options.options(&a.data)?;
-    super::check(a.method, &opts, a.options.learner_data.is_some())?;
+    crate::methods::check(a.method, &opts, a.options.learner_data.is_some())?;
     // `compare` runs several methods with one set of options; here a flag
     // the method would ignore is a mistake.
     let (dc, image) = (
@@ -455,7 +456,7 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
         ));
     }
     let cfg = a.data.config(ClassSource::Single)?;
-    let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
+    let _lock = crate::io::lock::OutLock::acquire(&cfg.out)?;
     let (manifest, sel_summary) = thread_pool(cfg.threads)?.install(|| {
         let r = baseline(a.method, &cfg, &opts, &a.options);
         if r.is_err() {
@@ -545,7 +546,7 @@ fn baseline(
     let staging = set.dir().to_path_buf();
     let t = Instant::now();
     crate::progress::stage_start(method.name(), n);
-    let sel = super::run(method, &ctx, opts, &staging, learner.as_ref())?;
+    let sel = crate::methods::run(method, &ctx, opts, &staging, learner.as_ref())?;
     if sel.picks.is_empty() {
         return Err(Error::Usage(format!(
             "{} keeps none of the {n} rows with these options{}; loosen them",
@@ -562,11 +563,11 @@ fn baseline(
         n,
     ));
     let t = Instant::now();
-    let mut outputs = output::write_subset(&staging, &ctx, &sel, &staged.keep(cfg))?;
+    let mut outputs = method_files::write_subset(&staging, &ctx, &sel, &staged.keep(cfg))?;
     if !staged.ingested.rejects.is_empty() {
         let rp = staging.join("rejects.parquet");
         emit::write_rejects(&rp, &staged.ingested.rejects)?;
-        outputs.push(emit::record(
+        outputs.push(crate::io::written::record(
             &staging,
             &rp,
             staged.ingested.rejects.len() as u64,

@@ -22,18 +22,23 @@
 //! recovered (`--rule datacomp` clusters them). Every file is written under a temporary name and renamed
 //! when complete.
 
+pub mod journal;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arrow_array::builder::{Int64Builder, StringBuilder, UInt64Builder};
+use arrow_array::ArrayRef;
 use half::f16;
 use memmap2::{Advice, Mmap, MmapMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::atomic::temp_path;
-use crate::formats::canonical::IdKind;
+use crate::ids::{IdKind, IdRef};
+use crate::io::atomic::temp_path;
 
 #[cfg(target_endian = "big")]
 compile_error!("the staged store is little-endian; clipcov supports little-endian targets only");
@@ -328,24 +333,6 @@ pub enum IdStore {
     UInt(Mapped<u64>),
 }
 
-/// One id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IdRef<'a> {
-    Utf8(&'a str),
-    Int(i64),
-    UInt(u64),
-}
-
-impl std::fmt::Display for IdRef<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            IdRef::Utf8(s) => f.write_str(s),
-            IdRef::Int(v) => write!(f, "{v}"),
-            IdRef::UInt(v) => write!(f, "{v}"),
-        }
-    }
-}
-
 impl IdStore {
     pub fn open(dir: &Path, kind: IdKind) -> Result<Self> {
         Ok(match kind {
@@ -515,5 +502,38 @@ impl Store {
 
     pub fn id(&self, pos: usize) -> IdRef<'_> {
         self.ids.get(self.order.as_slice()[pos] as usize)
+    }
+
+    /// The ids of `positions`, as an Arrow array of the ids' type.
+    pub fn id_array(&self, positions: &[usize]) -> ArrayRef {
+        match self.meta.id_kind {
+            IdKind::Utf8 => {
+                let mut b = StringBuilder::new();
+                for &p in positions {
+                    if let IdRef::Utf8(s) = self.id(p) {
+                        b.append_value(s);
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            IdKind::Int64 => {
+                let mut b = Int64Builder::with_capacity(positions.len());
+                for &p in positions {
+                    if let IdRef::Int(v) = self.id(p) {
+                        b.append_value(v);
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            IdKind::UInt64 => {
+                let mut b = UInt64Builder::with_capacity(positions.len());
+                for &p in positions {
+                    if let IdRef::UInt(v) = self.id(p) {
+                        b.append_value(v);
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        }
     }
 }

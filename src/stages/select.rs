@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::kernels::dense::{dot_mixed, gemm_abt, threshold_row_sums};
 use crate::kernels::topk::{better_first, top_k};
-use crate::score::{Tau, BETWEEN, CROSS, EASY, LABEL, TERMS};
+use crate::stages::score::{Tau, BETWEEN, CROSS, EASY, LABEL, TERMS};
 use crate::store::Store;
 
 /// The weights of the initial score.

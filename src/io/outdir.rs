@@ -54,12 +54,12 @@ fn normalised(p: &Path) -> PathBuf {
 /// skipped.
 pub fn check_outside_inputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
     for &(in_flag, input) in inputs {
-        if crate::remote::is_url(input) || !input.is_dir() {
+        if crate::io::remote::is_url(input) || !input.is_dir() {
             continue;
         }
         let input_abs = resolved(input);
         for &(out_flag, out) in outputs {
-            if crate::remote::is_url(out) {
+            if crate::io::remote::is_url(out) {
                 continue;
             }
             if resolved(out).starts_with(&input_abs) {

@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::kmeans::{self, KMeansOptions, RowSource};
+use crate::kernels::kmeans::{self, KMeansOptions, RowSource};
 use crate::store::{Pair, SeqWriter};
 
 /// The image (or caption) rows of a store in file order, as a k-means row

@@ -14,11 +14,11 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::atomic::atomic_write;
-use super::metadata::{check_csv_type, csv_text};
-use super::npy::header_bytes;
 use crate::error::{Error, IoContext, Result};
-use crate::store::IdRef;
+use crate::formats::metadata::{check_csv_type, csv_text};
+use crate::formats::npy::header_bytes;
+use crate::ids::IdRef;
+use crate::io::atomic::atomic_write;
 
 /// One output row.
 #[derive(Clone, Debug)]

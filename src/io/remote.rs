@@ -575,7 +575,7 @@ pub fn local_copy(path: &Path) -> Result<PathBuf> {
     if std::fs::metadata(&local).is_ok_and(|m| m.len() == meta.size) {
         return Ok(local);
     }
-    crate::formats::atomic::atomic_write(&local, |w| {
+    crate::io::atomic::atomic_write(&local, |w| {
         block_on(async {
             let got = o
                 .store
@@ -692,7 +692,7 @@ fn add_urls(path: &Path, base: &str) -> Result<()> {
         }
     }
     m["published_to"] = base.into();
-    crate::emit::write_json(path, &m)
+    crate::io::written::write_json(path, &m)
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {

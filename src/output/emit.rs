@@ -14,16 +14,17 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::atomic::atomic_write;
 use crate::formats::canonical::SourceFile;
 use crate::formats::metadata::Keep;
-use crate::formats::publish::OutputSet;
-use crate::formats::subset::{write_csv, write_parquet, write_uids_npy, SubsetRow};
-use crate::ingest::{Ingested, Reject};
+use crate::io::atomic::atomic_write;
+use crate::io::written::{record, write_json, OutputFile};
+use crate::jobs::pipeline::SelectConfig;
 use crate::memory::{MemoryReport, Plan};
-use crate::pipeline::SelectConfig;
-use crate::score::{BETWEEN, CROSS, EASY, LABEL, TERMS};
-use crate::select::Pick;
+use crate::output::publish::OutputSet;
+use crate::output::subset::{write_csv, write_parquet, write_uids_npy, SubsetRow};
+use crate::stages::ingest::{Ingested, Reject};
+use crate::stages::score::{BETWEEN, CROSS, EASY, LABEL, TERMS};
+use crate::stages::select::Pick;
 use crate::store::{Store, StoreMeta};
 
 /// Wall time and throughput of one stage.
@@ -37,19 +38,10 @@ pub struct StageTiming {
     pub gb_per_second: f64,
     /// The score stage's kernels: work and time of each.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernels: Option<crate::score::ScoreStats>,
+    pub kernels: Option<crate::stages::score::ScoreStats>,
     /// The select stage's refreshes: rows and pairs re-evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub refresh: Option<crate::select::RefreshStats>,
-}
-
-/// One output file.
-#[derive(Clone, Debug, Serialize)]
-pub struct OutputFile {
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub sha256: String,
+    pub refresh: Option<crate::stages::select::RefreshStats>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -89,7 +81,7 @@ pub struct Manifest {
     pub outputs: Vec<OutputFile>,
     /// `--where`: the predicate, the columns it read, rows before and after.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefilter: Option<crate::prefilter::PrefilterReport>,
+    pub prefilter: Option<crate::stages::prefilter::PrefilterReport>,
     /// `OUT/manifest.json` only: every method folder's manifest in OUT,
     /// this run's and earlier runs' (several `baseline` runs share an OUT).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -164,38 +156,6 @@ fn hex_digest(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Writes `value` as pretty JSON, atomically.
-pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    atomic_write(path, |w| {
-        serde_json::to_writer_pretty(&mut *w, value)
-            .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
-        use std::io::Write;
-        w.write_all(b"\n").at_path(path)
-    })
-}
-
-fn sha256_file(path: &Path) -> Result<(u64, String)> {
-    let bytes = std::fs::read(path).at_path(path)?;
-    let digest = Sha256::digest(&bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((bytes.len() as u64, hex))
-}
-
-/// Describes the written file `path` (relative to `out`) with its checksum.
-pub fn record(out: &Path, path: &Path, rows: u64) -> Result<OutputFile> {
-    let (bytes, sha256) = sha256_file(path)?;
-    Ok(OutputFile {
-        path: path
-            .strip_prefix(out)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned(),
-        rows,
-        bytes,
-        sha256,
-    })
-}
-
 /// Writes `OUT/clipcov/subset.{parquet,csv}` and `OUT/rejects.parquet`.
 pub fn emit_clipcov(
     out: &Path,
@@ -256,7 +216,7 @@ pub fn write_subset_files(
     for (f, _) in &extra {
         crate::formats::metadata::check_csv_type(f.name(), f.data_type())?;
     }
-    let train = crate::train_csv::prepare(keep, &source_rows)?;
+    let train = crate::output::train_csv::prepare(keep, &source_rows)?;
     let pq = dir.join("subset.parquet");
     let csv = dir.join("subset.csv");
     write_parquet(&pq, rows, names, &extra)?;
@@ -268,7 +228,7 @@ pub fn write_subset_files(
         files.push(record(out, &uids, n)?);
     }
     if let Some(t) = train {
-        files.push(crate::train_csv::write(out, dir, t)?);
+        files.push(crate::output::train_csv::write(out, dir, t)?);
     }
     Ok(files)
 }

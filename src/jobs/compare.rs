@@ -16,19 +16,22 @@ use std::time::Instant;
 use clap::Args;
 use serde::Serialize;
 
-use crate::emit::{self, OutputFile};
 use crate::error::{Error, Result};
 use crate::eval::fractions::{self as by_budget, Budgeted, Subset, SubsetOf};
 use crate::eval::{plus_minus, EvalMetrics, Evaluator, ProxyArgs};
-use crate::formats::atomic::atomic_write;
-use crate::formats::publish::OutputSet;
-use crate::methods::cli::{
+use crate::io::atomic::atomic_write;
+use crate::io::written::write_json;
+use crate::io::written::OutputFile;
+use crate::jobs::baseline::{
     learner, learner_store, stage_learner, thread_pool, DataArgs, MethodArgs,
 };
+use crate::jobs::pipeline::{self, Budget, ClassSource, SelectConfig};
 use crate::methods::context::SharedStage;
-use crate::methods::{self, output, Ctx, Method, MethodOptions};
-use crate::pipeline::{self, Budget, ClassSource, SelectConfig};
-use crate::select::Refresh;
+use crate::methods::{self, Ctx, Method, MethodOptions};
+use crate::output::emit;
+use crate::output::method_files;
+use crate::output::publish::OutputSet;
+use crate::stages::select::Refresh;
 
 pub const DEFAULT_METHODS: &str = "clipcov,random,clip_score,semdedup,ssp,neg_clip_loss";
 
@@ -421,7 +424,7 @@ pub fn run_compare(mut a: CompareArgs) -> Result<()> {
             ))
         }
         (Some(e), Some(_)) => {
-            crate::remote::stat(e)?;
+            crate::io::remote::stat(e)?;
             Some(a.proxy.options(a.data.seed)?)
         }
         _ => None,
@@ -445,7 +448,7 @@ pub fn run_compare(mut a: CompareArgs) -> Result<()> {
     cfg.tau = pipeline::parse_tau(&a.tau)?;
     cfg.weights = pipeline::parse_weights(&a.weights)?;
     cfg.refresh = a.refresh.parse().map_err(Error::Usage)?;
-    let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
+    let _lock = crate::io::lock::OutLock::acquire(&cfg.out)?;
     let c = thread_pool(cfg.threads)?.install(|| {
         let r = compare(&entries, &cfg, &opts, &a, eval_opts, fractions.as_deref());
         if r.is_err() {
@@ -554,7 +557,7 @@ fn compare(
                     classes_covered: prompts.then(|| covered(&mut positions())),
                     clusters: sel.clusters,
                     clusters_covered: sel.clusters_covered(),
-                    outputs: output::write_subset(&staging, &ctx, &sel, &staged.keep(cfg))?,
+                    outputs: method_files::write_subset(&staging, &ctx, &sel, &staged.keep(cfg))?,
                     report: sel.report.clone(),
                     ..MethodResult::kept(m.name(), &ctx, positions())
                 }
@@ -620,7 +623,7 @@ fn compare(
         .collect();
     match &clip {
         Some((picks, terms)) => {
-            crate::report::write_clipcov_report(
+            crate::output::report::write_clipcov_report(
                 &staging,
                 "clipcov compare",
                 store,
@@ -630,9 +633,9 @@ fn compare(
                 &pipeline::report_parameters(cfg),
             )?;
         }
-        None => crate::report::write(
+        None => crate::output::report::write(
             &staging.join("report.html"),
-            &crate::report::Report {
+            &crate::output::report::Report {
                 title: "clipcov compare".into(),
                 summary: vec![("rows".into(), ctx.n().to_string())]
                     .into_iter()
@@ -696,7 +699,7 @@ fn compare(
         budgets,
         seconds_total: started.elapsed().as_secs_f64(),
     };
-    emit::write_json(&staging.join("compare.json"), &c)?;
+    write_json(&staging.join("compare.json"), &c)?;
     let md = markdown(&c);
     let path = staging.join("compare.md");
     atomic_write(&path, |w| {

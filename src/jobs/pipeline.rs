@@ -7,21 +7,24 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::classes;
-use crate::emit::{self, Manifest, StageTiming};
 use crate::error::{Error, IoContext, Result};
-use crate::formats::canonical::IdKind;
 use crate::formats::canonical::{Columns, SourceFile};
 use crate::formats::layout::{self, Layout, Model};
 use crate::formats::metadata::Keep;
 use crate::formats::prompts::{read_prompts, Prompts};
-use crate::formats::publish::OutputSet;
-use crate::ingest::{self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested};
+use crate::ids::IdKind;
+use crate::io::written::write_json;
 use crate::memory::{self, Plan, RssMonitor};
-use crate::prefilter::Predicate;
-use crate::resume::{self, Journal};
-use crate::score::{self, CrossSample, ScoreOptions, ScoreStats, Tau, TERMS};
-use crate::select::{self, Pick, Refresh, RefreshMode, SelectOptions, Weights};
+use crate::output::emit::{self, Manifest, StageTiming};
+use crate::output::publish::OutputSet;
+use crate::stages::classes;
+use crate::stages::ingest::{
+    self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested,
+};
+use crate::stages::prefilter::Predicate;
+use crate::stages::score::{self, CrossSample, ScoreOptions, ScoreStats, Tau, TERMS};
+use crate::stages::select::{self, Pick, Refresh, RefreshMode, SelectOptions, Weights};
+use crate::store::journal::{self, Journal};
 use crate::store::{Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
 
 /// Where latent classes come from.
@@ -128,7 +131,7 @@ pub struct SelectConfig {
     /// Metadata columns carried into the subset files.
     pub keep_columns: Vec<String>,
     /// `--train-csv`: also write each method's `train.csv`.
-    pub train_csv: Option<crate::train_csv::TrainCsv>,
+    pub train_csv: Option<crate::output::train_csv::TrainCsv>,
     /// The URL prefix the results in `out` (then a local work folder) are
     /// uploaded to when the run succeeds.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,7 +173,7 @@ pub fn run_select(cfg: &SelectConfig) -> Result<SelectSummary> {
         .num_threads(cfg.threads)
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let _lock = crate::lock::OutLock::acquire(&cfg.out)?;
+    let _lock = crate::io::lock::OutLock::acquire(&cfg.out)?;
     let summary = pool.install(|| {
         let store_dir = cfg.out.join("store");
         let result = run(cfg, &store_dir);
@@ -190,7 +193,7 @@ pub fn run_select(cfg: &SelectConfig) -> Result<SelectSummary> {
 /// Uploads the finished results when `--out` is a URL; the URLs written.
 pub fn publish(cfg: &SelectConfig) -> Result<Vec<String>> {
     match &cfg.publish_to {
-        Some(url) => crate::remote::publish(&cfg.out, url),
+        Some(url) => crate::io::remote::publish(&cfg.out, url),
         None => Ok(Vec::new()),
     }
 }
@@ -273,7 +276,7 @@ pub fn stage_data(
 ) -> Result<Staged> {
     // Remote .npy/.npz inputs are copied here (kept for reruns, outside
     // the store, which a restaging run removes).
-    crate::remote::set_cache_dir(&cfg.out.join("remote-cache"));
+    crate::io::remote::set_cache_dir(&cfg.out.join("remote-cache"));
     // A predicate that does not parse fails before anything is read.
     let predicate = cfg.filter.as_deref().map(Predicate::parse).transpose()?;
     let layout = match cfg.layout {
@@ -431,8 +434,8 @@ pub fn stage_data(
         class_ids,
         class_names,
     };
-    emit::write_json(&store_dir.join("store.json"), &meta)?;
-    emit::write_json(&store_dir.join("ingest.json"), &ing)?;
+    write_json(&store_dir.join("store.json"), &meta)?;
+    write_json(&store_dir.join("ingest.json"), &ing)?;
     let mut w = SeqWriter::create(&store_dir.join("classemb.bin"))?;
     w.write(&class_emb)?;
     w.finish()?;
@@ -488,13 +491,13 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Res
         }
         for p in paths {
             // A file's modification time in nanoseconds, an object's ETag.
-            let st = crate::remote::stat(&p)?;
+            let st = crate::io::remote::stat(&p)?;
             inputs.push((p, st.bytes, st.version));
         }
     }
     let classes = match &cfg.classes {
         ClassSource::Prompts(p) => {
-            let st = crate::remote::stat(p)?;
+            let st = crate::io::remote::stat(p)?;
             serde_json::json!({"prompts": p, "bytes": st.bytes, "modified": st.version, "assign_text": cfg.assign_text})
         }
         ClassSource::KMeans {
@@ -505,7 +508,7 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Res
         }
         ClassSource::Single => serde_json::json!("single"),
     };
-    Ok(resume::key_of(&serde_json::json!({
+    Ok(journal::key_of(&serde_json::json!({
         "version": STORE_VERSION,
         "tool": env!("CARGO_PKG_VERSION"),
         "inputs": inputs,
@@ -581,7 +584,7 @@ pub fn clipcov_picks(
         ),
         _ => cfg.cross.describe(cfg.tau, cfg.seed),
     };
-    let key = resume::key_of(&(
+    let key = journal::key_of(&(
         &staged.key,
         cfg.tau.to_string(),
         staged.tile_rows,
@@ -657,7 +660,7 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
             &staged.ingested.rejects,
             &staged.keep(cfg),
         )?;
-        m.outputs.push(crate::report::write_clipcov_report(
+        m.outputs.push(crate::output::report::write_clipcov_report(
             &staging,
             "clipcov select",
             store,

@@ -22,7 +22,7 @@ impl OutLock {
     /// Takes the lock of `out` (creating the folder), or fails at once with
     /// [`Error::Busy`] naming the process that holds it.
     pub fn acquire(out: &Path) -> Result<OutLock> {
-        crate::outdir::check_is_folder(out)?;
+        crate::io::outdir::check_is_folder(out)?;
         std::fs::create_dir_all(out).at_path(out)?;
         let path = out.join(".clipcov.lock");
         let mut file = OpenOptions::new()
@@ -50,7 +50,7 @@ impl OutLock {
         file.seek(SeekFrom::Start(0)).at_path(&path)?;
         writeln!(file, "pid {}", std::process::id()).at_path(&path)?;
         // No other run writes here now: what dead runs left can go.
-        crate::outdir::remove_stale_temporaries(out);
+        crate::io::outdir::remove_stale_temporaries(out);
         Ok(OutLock { _file: file, path })
     }
 }

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::atomic::atomic_write;
+use crate::io::atomic::atomic_write;
 use crate::kernels::dense::gemm_abt;
 use crate::synth::{self, SynthOptions};
 
@@ -171,8 +171,8 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
                 "bench --lse needs --dim, --lse-batch and --lse-seconds above 0".into(),
             ));
         }
-        let rows = crate::lse_bench::measure(a.dim, a.lse_batch, a.lse_seconds);
-        print!("{}", crate::lse_bench::markdown(&rows));
+        let rows = crate::jobs::lse_bench::measure(a.dim, a.lse_batch, a.lse_seconds);
+        print!("{}", crate::jobs::lse_bench::markdown(&rows));
         return Ok(());
     }
     let sizes: Vec<u64> = a.rows.split(',').map(parse_count).collect::<Result<_>>()?;
@@ -285,7 +285,7 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
         use std::io::Write;
         w.write_all(md.as_bytes()).at_path(&md_path)
     })?;
-    crate::emit::write_json(&a.work.join("bench.json"), &rows)?;
+    crate::io::written::write_json(&a.work.join("bench.json"), &rows)?;
     Ok(())
 }
 

@@ -228,7 +228,7 @@ impl PipelineFile {
 /// is absolute or a URL.
 fn beside(file: &Path, value: &str) -> String {
     let p = Path::new(value);
-    if p.is_absolute() || crate::remote::is_url(p) {
+    if p.is_absolute() || crate::io::remote::is_url(p) {
         return value.to_string();
     }
     match file.parent() {

@@ -14,8 +14,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::emit::write_json;
 use crate::error::Result;
+use crate::io::written::write_json;
 use crate::store::Mapped;
 
 /// One file a stage wrote.

@@ -27,11 +27,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::formats::canonical::{
-    Columns, IdKind, ShardBatch, ShardReader, ShardSchema, ShardStarts, SourceFile,
+    Columns, ShardBatch, ShardReader, ShardSchema, ShardStarts, SourceFile,
 };
 use crate::formats::embedding::{EmbeddingView, FloatKind, Floats, RowProblem};
-use crate::kmeans;
-use crate::prefilter::{PrefilterReport, RowFilter};
+use crate::ids::IdKind;
+use crate::kernels::kmeans;
+use crate::stages::prefilter::{PrefilterReport, RowFilter};
 use crate::store::{Dtype, IdStore, Mapped, SeqWriter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]

@@ -21,12 +21,13 @@ use arrow_schema::{DataType, Schema};
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::emit::{record, OutputFile};
 use crate::error::{Error, IoContext, Result};
-use crate::formats::atomic::atomic_write;
 use crate::formats::canonical::{column_names, open_parquet, SourceFile};
 use crate::formats::layout::metadata_path;
 use crate::formats::metadata::Keep;
+use crate::io::atomic::atomic_write;
+use crate::io::written::record;
+use crate::io::written::OutputFile;
 
 /// The file name in each method's folder.
 pub const FILE: &str = "train.csv";

@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
-use crate::formats::atomic::atomic_write;
-use crate::score::{BETWEEN, CROSS, EASY, LABEL, TERMS};
-use crate::select::Pick;
+use crate::io::atomic::atomic_write;
+use crate::stages::score::{BETWEEN, CROSS, EASY, LABEL, TERMS};
+use crate::stages::select::Pick;
 use crate::store::Store;
 
 /// Histogram bins per term.
@@ -304,7 +304,7 @@ pub fn write_clipcov_report(
     picks: &[Pick],
     overlap: Option<(Vec<String>, Vec<Vec<f64>>)>,
     parameters: &[(String, String)],
-) -> Result<crate::emit::OutputFile> {
+) -> Result<crate::io::written::OutputFile> {
     let (classes, dists) = clipcov_sections(store, terms, picks);
     let nonempty = classes.sizes.iter().filter(|&&s| s > 0).count();
     let covered = classes.picked.iter().filter(|&&s| s > 0).count();
@@ -329,7 +329,7 @@ pub fn write_clipcov_report(
     r.summary.extend(parameters.iter().cloned());
     let path = out.join("report.html");
     write(&path, &r)?;
-    crate::emit::record(out, &path, picks.len() as u64)
+    crate::io::written::record(out, &path, picks.len() as u64)
 }
 
 /// The page as text.

@@ -1,0 +1,3 @@
+//! The command line: pipeline files turned into flags.
+
+pub mod pipeline_file;
