@@ -54,7 +54,7 @@ enum Command {
     /// Measure speed and memory on synthetic data (see README, Performance).
     Bench(Box<clipcov::jobs::bench::BenchArgs>),
     /// Score a subset: covariance preservation, a linear-CLIP proxy, kinds.
-    Eval(Box<clipcov::eval::EvalArgs>),
+    Eval(Box<clipcov::jobs::eval::EvalArgs>),
     /// Run a pipeline file (pipelines/<name>.toml); flags after it override its values.
     Run {
         /// The pipeline file (TOML).
@@ -482,7 +482,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Baseline(a) => clipcov::jobs::baseline::run_baseline(*a),
         Command::Compare(a) => clipcov::jobs::compare::run_compare(*a),
         Command::Bench(a) => clipcov::jobs::bench::run_bench(&a),
-        Command::Eval(a) => clipcov::eval::run_eval(*a),
+        Command::Eval(a) => clipcov::jobs::eval::run_eval(*a),
         Command::Run { file, overrides } => run_pipeline_file(&file, &overrides, global),
     }
 }

@@ -142,7 +142,9 @@ fn every_import_points_down_a_layer() {
     let mut wrong = Vec::new();
     for (from, tos) in &graph {
         let Some(lf) = layer_of(top(from)) else {
-            wrong.push(format!("{from}: its top module is in no layer of tests/layers.rs"));
+            wrong.push(format!(
+                "{from}: its top module is in no layer of tests/layers.rs"
+            ));
             continue;
         };
         for to in tos {
@@ -205,7 +207,8 @@ fn no_two_files_import_each_other() {
 #[test]
 fn the_check_sees_an_upward_import() {
     // The parser the two tests above rely on, on a known upward import.
-    let code = "use crate::jobs::pipeline::{self, Staged};\nfn f() { crate::io::written::record(); }";
+    let code =
+        "use crate::jobs::pipeline::{self, Staged};\nfn f() { crate::io::written::record(); }";
     let paths = crate_paths(code);
     assert!(paths.contains(&"jobs::pipeline::Staged".to_string()));
     assert!(paths.contains(&"io::written::record".to_string()));

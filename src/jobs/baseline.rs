@@ -9,10 +9,10 @@ use std::time::Instant;
 use clap::Args;
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::canonical::Columns;
-use crate::formats::layout::{Layout, Model};
+use crate::formats::dataset::Columns;
+use crate::formats::dataset::{Layout, Model};
 use crate::io::remote;
-use crate::jobs::pipeline::{self, Budget, ClassSource, SelectConfig, Staged};
+use crate::jobs::pipeline::{self, ClassSource, SelectConfig, Staged};
 use crate::memory::{parse_size, RssMonitor};
 use crate::methods::c_rho::Learner;
 use crate::methods::{Ctx, Method, MethodOptions, Rule, Selection};
@@ -22,6 +22,7 @@ use crate::output::publish::OutputSet;
 use crate::output::train_csv::{TrainCsv, TrainFormat};
 use crate::stages::ingest::{BadRowPolicy, DuplicatePolicy};
 use crate::stages::score::Tau;
+use crate::stages::select::Budget;
 use crate::stages::select::{Refresh, Weights};
 
 /// How rows are read: the columns and what to do with bad rows. Shared by
@@ -563,7 +564,7 @@ fn baseline(
         n,
     ));
     let t = Instant::now();
-    let mut outputs = method_files::write_subset(&staging, &ctx, &sel, &staged.keep(cfg))?;
+    let mut outputs = method_files::write_subset(&staging, &ctx, &sel, &staged.extras(cfg))?;
     if !staged.ingested.rejects.is_empty() {
         let rp = staging.join("rejects.parquet");
         emit::write_rejects(&rp, &staged.ingested.rejects)?;
@@ -587,7 +588,9 @@ fn baseline(
     };
     let mut m = emit::finish_manifest(
         m,
-        cfg,
+        cfg.manifest_parameters(),
+        cfg.refresh
+            .period(budget, staged.store.meta.nonempty_classes()),
         &staged.files,
         &staged.ingested,
         &staged.store.meta,

@@ -18,19 +18,21 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::eval::fractions::{self as by_budget, Budgeted, Subset, SubsetOf};
-use crate::eval::{plus_minus, EvalMetrics, Evaluator, ProxyArgs};
+use crate::eval::{plus_minus, EvalMetrics, Evaluator};
 use crate::io::atomic::atomic_write;
 use crate::io::written::write_json;
 use crate::io::written::OutputFile;
 use crate::jobs::baseline::{
     learner, learner_store, stage_learner, thread_pool, DataArgs, MethodArgs,
 };
-use crate::jobs::pipeline::{self, Budget, ClassSource, SelectConfig};
+use crate::jobs::eval::ProxyArgs;
+use crate::jobs::pipeline::{self, ClassSource, SelectConfig};
 use crate::methods::context::SharedStage;
 use crate::methods::{self, Ctx, Method, MethodOptions};
 use crate::output::emit;
 use crate::output::method_files;
 use crate::output::publish::OutputSet;
+use crate::stages::select::Budget;
 use crate::stages::select::Refresh;
 
 pub const DEFAULT_METHODS: &str = "clipcov,random,clip_score,semdedup,ssp,neg_clip_loss";
@@ -530,7 +532,7 @@ fn compare(
                     terms.as_slice(),
                     &picks,
                     &staged.ingested.rejects,
-                    &staged.keep(cfg),
+                    &staged.extras(cfg),
                 )?;
                 let k = covered(&mut picks.iter().map(|p| p.pos));
                 let r = MethodResult {
@@ -557,7 +559,7 @@ fn compare(
                     classes_covered: prompts.then(|| covered(&mut positions())),
                     clusters: sel.clusters,
                     clusters_covered: sel.clusters_covered(),
-                    outputs: method_files::write_subset(&staging, &ctx, &sel, &staged.keep(cfg))?,
+                    outputs: method_files::write_subset(&staging, &ctx, &sel, &staged.extras(cfg))?,
                     report: sel.report.clone(),
                     ..MethodResult::kept(m.name(), &ctx, positions())
                 }

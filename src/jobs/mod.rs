@@ -5,5 +5,6 @@
 pub mod baseline;
 pub mod bench;
 pub mod compare;
+pub mod eval;
 pub mod lse_bench;
 pub mod pipeline;

@@ -8,14 +8,15 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::canonical::{Columns, SourceFile};
-use crate::formats::layout::{self, Layout, Model};
+use crate::formats::dataset::{Columns, SourceFile};
+use crate::formats::dataset::{Layout, Model};
 use crate::formats::metadata::Keep;
 use crate::formats::prompts::{read_prompts, Prompts};
+use crate::formats::{dataset, shards};
 use crate::ids::IdKind;
 use crate::io::written::write_json;
 use crate::memory::{self, Plan, RssMonitor};
-use crate::output::emit::{self, Manifest, StageTiming};
+use crate::output::emit::{self, Manifest, StageTiming, SubsetExtras};
 use crate::output::publish::OutputSet;
 use crate::stages::classes;
 use crate::stages::ingest::{
@@ -23,7 +24,7 @@ use crate::stages::ingest::{
 };
 use crate::stages::prefilter::Predicate;
 use crate::stages::score::{self, CrossSample, ScoreOptions, ScoreStats, Tau, TERMS};
-use crate::stages::select::{self, Pick, Refresh, RefreshMode, SelectOptions, Weights};
+use crate::stages::select::{self, Budget, Pick, Refresh, RefreshMode, SelectOptions, Weights};
 use crate::store::journal::{self, Journal};
 use crate::store::{Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
 
@@ -38,60 +39,6 @@ pub enum ClassSource {
     },
     /// One class holding every row (for methods that need no classes).
     Single,
-}
-
-/// How many rows to keep.
-#[derive(Clone, Copy, Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Budget {
-    Fraction(f64),
-    Count(u64),
-}
-
-impl Budget {
-    /// `B = floor(f * N)` or the count, capped at `N`.
-    pub fn rows(self, n: u64) -> u64 {
-        match self {
-            Budget::Fraction(f) => ((f * n as f64).floor() as u64).min(n),
-            Budget::Count(c) => c.min(n),
-        }
-    }
-}
-
-impl Budget {
-    /// The budget for `n` staged rows, checked: a budget that keeps no row
-    /// is a usage error naming the numbers; a count above `n` is capped at
-    /// `n`, with the warning returned (and printed) for the manifest.
-    pub fn checked_rows(self, n: u64) -> Result<(u64, Option<String>)> {
-        let rows = self.rows(n);
-        match self {
-            Budget::Count(0) => Err(Error::Usage(
-                "--budget 0 keeps no rows; give a budget of at least 1".into(),
-            )),
-            Budget::Fraction(f) if rows == 0 => Err(Error::Usage(format!(
-                "--fraction {f} of the {n} rows keeps floor({f} x {n}) = 0 rows; give --fraction of at least {} or --budget COUNT",
-                1.0 / n as f64
-            ))),
-            Budget::Count(c) if c > n => {
-                let w = format!(
-                    "--budget {c} is more than the {n} rows staged; keeping all {n}"
-                );
-                warn(&w);
-                Ok((rows, Some(w)))
-            }
-            _ => Ok((rows, None)),
-        }
-    }
-}
-
-/// Prints a warning on stderr (a `warning` event in JSON mode), unless
-/// `--quiet`.
-pub fn warn(message: &str) {
-    if crate::progress::json() {
-        crate::progress::event("warning", serde_json::json!({ "message": message }));
-    } else if !crate::progress::quiet() {
-        eprintln!("clipcov: warning: {message}");
-    }
 }
 
 /// A validated `select` configuration.
@@ -140,6 +87,20 @@ pub struct SelectConfig {
     /// keeps are staged (src/prefilter.rs).
     #[serde(rename = "where")]
     pub filter: Option<String>,
+}
+
+impl SelectConfig {
+    /// The configuration as the manifest records it (`tau` as its flag).
+    pub fn manifest_parameters(&self) -> serde_json::Value {
+        let mut params = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = params.as_object_mut() {
+            o.insert(
+                "tau".into(),
+                serde_json::Value::String(self.tau.to_string()),
+            );
+        }
+        params
+    }
 }
 
 fn serialize_cross<S: serde::Serializer>(
@@ -255,11 +216,13 @@ pub struct Staged {
 impl Staged {
     /// What `--keep-columns` and `--train-csv` need to fetch the selected
     /// rows' metadata.
-    pub fn keep(&self, cfg: &SelectConfig) -> Keep<'_> {
-        Keep {
-            names: cfg.keep_columns.clone(),
-            files: &self.files,
-            starts: self.ingested.starts(),
+    pub fn extras(&self, cfg: &SelectConfig) -> SubsetExtras<'_> {
+        SubsetExtras {
+            keep: Keep {
+                names: cfg.keep_columns.clone(),
+                files: &self.files,
+                starts: self.ingested.starts(),
+            },
             train: cfg.train_csv.clone(),
         }
     }
@@ -281,9 +244,9 @@ pub fn stage_data(
     let predicate = cfg.filter.as_deref().map(Predicate::parse).transpose()?;
     let layout = match cfg.layout {
         Some(l) => l,
-        None => layout::detect(&cfg.data)?,
+        None => dataset::detect(&cfg.data)?,
     };
-    let (files, columns) = layout::discover_layout(&cfg.data, layout, &cfg.columns, cfg.model)?;
+    let (files, columns) = dataset::discover_layout(&cfg.data, layout, &cfg.columns, cfg.model)?;
     if let Some(t) = &cfg.train_csv {
         t.check_columns(&files)?;
     }
@@ -294,7 +257,7 @@ pub fn stage_data(
     // Row count and size from the footers, to plan memory before reading.
     let file_rows = files
         .iter()
-        .map(|f| layout::shard_rows(f, &columns))
+        .map(|f| shards::shard_rows(f, &columns))
         .collect::<Result<Vec<u64>>>()?;
     let total_rows: u64 = file_rows.iter().sum();
     let input_bytes: u64 = files.iter().map(|f| f.bytes).sum();
@@ -302,7 +265,7 @@ pub fn stage_data(
     // prompts, and their tiles grow with d.
     let d_hint = match &prompts {
         Some(p) => p.d,
-        None => layout::probe_d(&files, &columns).unwrap_or(512),
+        None => shards::probe_d(&files, &columns).unwrap_or(512),
     };
     let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d_hint, cfg.threads)?;
     let tile_rows = cfg.tile_rows.unwrap_or(plan.tile_rows);
@@ -482,9 +445,9 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Res
     for f in files {
         let mut paths = vec![f.path.clone()];
         match &f.kind {
-            layout::ShardKind::Parquet => {}
-            layout::ShardKind::Datacomp { npz } => paths.push(npz.clone()),
-            layout::ShardKind::ClipRetrieval { text, metadata } => {
+            dataset::ShardKind::Parquet => {}
+            dataset::ShardKind::Datacomp { npz } => paths.push(npz.clone()),
+            dataset::ShardKind::ClipRetrieval { text, metadata } => {
                 paths.push(text.clone());
                 paths.extend(metadata.clone());
             }
@@ -658,7 +621,7 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
             terms.as_slice(),
             &picks,
             &staged.ingested.rejects,
-            &staged.keep(cfg),
+            &staged.extras(cfg),
         )?;
         m.outputs.push(crate::output::report::write_clipcov_report(
             &staging,
@@ -671,13 +634,15 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
         )?);
         Ok(m)
     })?;
+    let budget = cfg.budget.rows(store.meta.rows) as usize;
     let mut manifest = emit::finish_manifest(
         manifest,
-        cfg,
+        cfg.manifest_parameters(),
+        cfg.refresh.period(budget, store.meta.nonempty_classes()),
         &staged.files,
         &staged.ingested,
         &store.meta,
-        cfg.budget.rows(store.meta.rows) as usize,
+        budget,
         timings,
         monitor.report(),
         staged.plan,

@@ -25,7 +25,7 @@ pub use context::{default_clusters, Clusters, Ctx};
 
 use crate::error::{Error, Result};
 use crate::io::written::OutputFile;
-use crate::jobs::pipeline::Budget;
+use crate::stages::select::Budget;
 
 /// A baseline method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]

@@ -14,14 +14,14 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::canonical::SourceFile;
+use crate::formats::dataset::SourceFile;
 use crate::formats::metadata::Keep;
 use crate::io::atomic::atomic_write;
 use crate::io::written::{record, write_json, OutputFile};
-use crate::jobs::pipeline::SelectConfig;
 use crate::memory::{MemoryReport, Plan};
 use crate::output::publish::OutputSet;
 use crate::output::subset::{write_csv, write_parquet, write_uids_npy, SubsetRow};
+use crate::output::train_csv::{self, TrainCsv};
 use crate::stages::ingest::{Ingested, Reject};
 use crate::stages::score::{BETWEEN, CROSS, EASY, LABEL, TERMS};
 use crate::stages::select::Pick;
@@ -163,7 +163,7 @@ pub fn emit_clipcov(
     terms: &[f64],
     picks: &[Pick],
     rejects: &[Reject],
-    keep: &Keep,
+    extras: &SubsetExtras,
 ) -> Result<Manifest> {
     let dir = out.join("clipcov");
     std::fs::create_dir_all(&dir).at_path(&dir)?;
@@ -183,7 +183,7 @@ pub fn emit_clipcov(
         })
         .collect();
     let names = ["easy", "cross", "label", "between"];
-    let mut outputs = write_subset_files(out, &dir, &rows, &names, keep)?;
+    let mut outputs = write_subset_files(out, &dir, &rows, &names, extras)?;
     let mut classes: Vec<usize> = picks.iter().map(|p| p.class).collect();
     classes.sort_unstable();
     classes.dedup();
@@ -200,6 +200,14 @@ pub fn emit_clipcov(
     })
 }
 
+/// What a method's subset files carry besides the picks: the
+/// `--keep-columns` values and, with `--train-csv`, a `train.csv`.
+#[derive(Clone, Default)]
+pub struct SubsetExtras<'a> {
+    pub keep: Keep<'a>,
+    pub train: Option<TrainCsv>,
+}
+
 /// Writes a method's files in `dir`: `subset.parquet`, `subset.csv` (with
 /// the `--keep-columns` values), when every id is a 32-hex uid,
 /// `datacomp_uids.npy`, and with `--train-csv`, `train.csv`.
@@ -208,15 +216,18 @@ pub fn write_subset_files(
     dir: &Path,
     rows: &[SubsetRow],
     names: &[&str],
-    keep: &Keep,
+    extras: &SubsetExtras,
 ) -> Result<Vec<OutputFile>> {
     let source_rows: Vec<u64> = rows.iter().map(|r| r.row).collect();
-    let extra = keep.columns(&source_rows)?;
+    let extra = extras.keep.columns(&source_rows)?;
     // Fail before writing anything when a kept column cannot go to CSV.
     for (f, _) in &extra {
         crate::formats::metadata::check_csv_type(f.name(), f.data_type())?;
     }
-    let train = crate::output::train_csv::prepare(keep, &source_rows)?;
+    let train = match &extras.train {
+        Some(t) => Some(train_csv::prepare(t, &extras.keep, &source_rows)?),
+        None => None,
+    };
     let pq = dir.join("subset.parquet");
     let csv = dir.join("subset.csv");
     write_parquet(&pq, rows, names, &extra)?;
@@ -228,7 +239,7 @@ pub fn write_subset_files(
         files.push(record(out, &uids, n)?);
     }
     if let Some(t) = train {
-        files.push(crate::output::train_csv::write(out, dir, t)?);
+        files.push(train_csv::write(out, dir, t)?);
     }
     Ok(files)
 }
@@ -285,11 +296,13 @@ pub fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
     })
 }
 
-/// Fills in everything but the outputs.
+/// Fills in everything but the outputs. `parameters` is the run's
+/// configuration as JSON; `refresh_period` the `R` the greedy used.
 #[allow(clippy::too_many_arguments)]
 pub fn finish_manifest(
     mut m: Manifest,
-    cfg: &SelectConfig,
+    mut parameters: serde_json::Value,
+    refresh_period: usize,
     files: &[SourceFile],
     ing: &Ingested,
     meta: &StoreMeta,
@@ -312,9 +325,7 @@ pub fn finish_manifest(
             rows: s.rows,
         })
         .collect();
-    let mut params = serde_json::to_value(cfg).unwrap_or_default();
-    if let Some(o) = params.as_object_mut() {
-        o.insert("tau".into(), serde_json::Value::String(cfg.tau.to_string()));
+    if let Some(o) = parameters.as_object_mut() {
         if let Some(f) = files.first() {
             o.insert("layout".into(), f.kind.layout().name().into());
         }
@@ -324,7 +335,7 @@ pub fn finish_manifest(
             "refresh_period".into(),
             serde_json::json!({
                 "per_class_budget": budget as f64 / meta.nonempty_classes().max(1) as f64,
-                "R": cfg.refresh.period(budget, meta.nonempty_classes()),
+                "R": refresh_period,
             }),
         );
         o.insert("tile_rows".into(), tile_rows.into());
@@ -334,7 +345,7 @@ pub fn finish_manifest(
             serde_json::to_value(meta.dtype).unwrap_or_default(),
         );
     }
-    m.parameters = params;
+    m.parameters = parameters;
     let nonempty = meta.nonempty_classes();
     m.rows = Some(RowCounts {
         read: ing.rows_read,

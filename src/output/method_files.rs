@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::metadata::{Keep, RESERVED};
+use crate::formats::metadata::RESERVED;
 use crate::io::written::OutputFile;
 use crate::methods::{Ctx, Selection};
-use crate::output::emit::write_subset_files;
+use crate::output::emit::{write_subset_files, SubsetExtras};
 use crate::output::subset::SubsetRow;
 
 /// Writes the subset files of `sel` under `out/<method>/`.
@@ -15,7 +15,7 @@ pub fn write_subset(
     out: &Path,
     ctx: &Ctx,
     sel: &Selection,
-    keep: &Keep,
+    extras: &SubsetExtras,
 ) -> Result<Vec<OutputFile>> {
     // --keep-columns refuses the reserved names: a term missing from them
     // could be written twice.
@@ -40,7 +40,7 @@ pub fn write_subset(
             terms: p.terms.clone(),
         })
         .collect();
-    let mut files = write_subset_files(out, &dir, &rows, &sel.term_names, keep)?;
+    let mut files = write_subset_files(out, &dir, &rows, &sel.term_names, extras)?;
     files.extend(sel.files.iter().cloned());
     Ok(files)
 }

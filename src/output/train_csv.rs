@@ -22,9 +22,10 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::canonical::{column_names, open_parquet, SourceFile};
-use crate::formats::layout::metadata_path;
+use crate::formats::dataset::metadata_path;
+use crate::formats::dataset::SourceFile;
 use crate::formats::metadata::Keep;
+use crate::formats::parquet_read::{column_names, open_parquet};
 use crate::io::atomic::atomic_write;
 use crate::io::written::record;
 use crate::io::written::OutputFile;
@@ -174,20 +175,15 @@ fn text_at(a: &dyn Array, i: usize) -> &str {
 }
 
 /// Reads and checks the paths and captions of `rows` (canonical row
-/// indices, in rank order) when `keep` asks for a train.csv; nothing is
-/// written.
+/// indices, in rank order) from the shards of `keep`; nothing is written.
 ///
 /// # Errors
 /// A data error naming the file, row (in the file) and column for a
 /// missing column, a null or empty path, a null caption or one pandas
 /// reads as missing.
-pub fn prepare(keep: &Keep, rows: &[u64]) -> Result<Option<TrainRows>> {
-    let Some(t) = &keep.train else {
-        return Ok(None);
-    };
+pub fn prepare(t: &TrainCsv, keep: &Keep, rows: &[u64]) -> Result<TrainRows> {
     let fetch = Keep {
         names: t.columns().map(String::from).to_vec(),
-        train: None,
         ..keep.clone()
     };
     let cols = fetch.fetch(rows, "--train-csv")?;
@@ -233,11 +229,11 @@ pub fn prepare(keep: &Keep, rows: &[u64]) -> Result<Option<TrainRows>> {
             .with_hint("drop such rows with --where"));
         }
     }
-    Ok(Some(TrainRows {
+    Ok(TrainRows {
         format: t.format,
         paths,
         captions: caption_col.clone(),
-    }))
+    })
 }
 
 /// The metadata file and row in it of canonical row `r`, for messages.

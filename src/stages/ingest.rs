@@ -26,10 +26,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::formats::canonical::{
-    Columns, ShardBatch, ShardReader, ShardSchema, ShardStarts, SourceFile,
-};
+use crate::formats::dataset::{Columns, ShardStarts, SourceFile};
 use crate::formats::embedding::{EmbeddingView, FloatKind, Floats, RowProblem};
+use crate::formats::shards::{ShardBatch, ShardReader, ShardSchema};
 use crate::ids::IdKind;
 use crate::kernels::kmeans;
 use crate::stages::prefilter::{PrefilterReport, RowFilter};

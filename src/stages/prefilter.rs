@@ -20,8 +20,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::formats::canonical::{column_names, open_parquet, SourceFile};
-use crate::formats::layout::metadata_path;
+use crate::formats::dataset::metadata_path;
+use crate::formats::dataset::SourceFile;
+use crate::formats::parquet_read::{column_names, open_parquet};
 
 /// A parsed `--where` predicate.
 #[derive(Clone)]
@@ -299,7 +300,7 @@ impl Predicate {
     /// of the file, and polars has no float16 embeddings).
     #[cfg(feature = "prefilter")]
     fn passing_rows(&self, path: &std::path::Path, columns: &[String]) -> Result<Vec<u64>> {
-        use crate::formats::canonical::batches;
+        use crate::formats::parquet_read::batches;
         use parquet::arrow::ProjectionMask;
         use polars::prelude::*;
 

@@ -24,10 +24,55 @@ use std::collections::{BinaryHeap, VecDeque};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::error::{Error, Result};
 use crate::kernels::dense::{dot_mixed, gemm_abt, threshold_row_sums};
 use crate::kernels::topk::{better_first, top_k};
 use crate::stages::score::{Tau, BETWEEN, CROSS, EASY, LABEL, TERMS};
 use crate::store::Store;
+
+/// How many rows to keep.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    Fraction(f64),
+    Count(u64),
+}
+
+impl Budget {
+    /// `B = floor(f * N)` or the count, capped at `N`.
+    pub fn rows(self, n: u64) -> u64 {
+        match self {
+            Budget::Fraction(f) => ((f * n as f64).floor() as u64).min(n),
+            Budget::Count(c) => c.min(n),
+        }
+    }
+}
+
+impl Budget {
+    /// The budget for `n` staged rows, checked: a budget that keeps no row
+    /// is a usage error naming the numbers; a count above `n` is capped at
+    /// `n`, with the warning returned (and printed) for the manifest.
+    pub fn checked_rows(self, n: u64) -> Result<(u64, Option<String>)> {
+        let rows = self.rows(n);
+        match self {
+            Budget::Count(0) => Err(Error::Usage(
+                "--budget 0 keeps no rows; give a budget of at least 1".into(),
+            )),
+            Budget::Fraction(f) if rows == 0 => Err(Error::Usage(format!(
+                "--fraction {f} of the {n} rows keeps floor({f} x {n}) = 0 rows; give --fraction of at least {} or --budget COUNT",
+                1.0 / n as f64
+            ))),
+            Budget::Count(c) if c > n => {
+                let w = format!(
+                    "--budget {c} is more than the {n} rows staged; keeping all {n}"
+                );
+                crate::progress::warn(&w);
+                Ok((rows, Some(w)))
+            }
+            _ => Ok((rows, None)),
+        }
+    }
+}
 
 /// The weights of the initial score.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

@@ -1,26 +1,191 @@
-//! Input layouts (docs/formats.md): canonical Parquet shards, the DataComp pool
-//! (`X.parquet` + sibling `X.npz`) and clip-retrieval output
-//! (`img_emb/`, `text_emb/`, `metadata/`). Each becomes a list of
-//! [`SourceFile`]s in canonical row order whose [`ShardKind`] tells the
-//! shard reader where the ids and embeddings are, so every layout yields
-//! the same `ShardBatch` stream and ingest does not know the difference.
+//! Finding a dataset's shards (docs/formats.md): canonical Parquet shards,
+//! the DataComp pool (`X.parquet` + sibling `X.npz`) and clip-retrieval
+//! output (`img_emb/`, `text_emb/`, `metadata/`). Each layout becomes a
+//! list of [`SourceFile`]s in canonical row order (files sorted by their
+//! path relative to the root, byte-wise) whose [`ShardKind`] tells the
+//! shard reader where the ids and embeddings are. The canonical row index
+//! is the position in the concatenation of the files' rows in that order
+//! ([`ShardStarts`]).
 
 use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
 
-use arrow_array::{ArrayRef, UInt64Array};
-use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
-use super::canonical::{
-    batches, check_id, column_names, discover, open_parquet, Batches, Columns, ShardReader,
-    ShardSchema, SourceFile,
-};
-use super::embedding::EmbeddingView;
-use super::npy::NpyMatrix;
-use super::npz::Npz;
 use crate::error::{Error, IoContext, Result};
-use crate::ids::IdKind;
 use crate::io::remote;
+
+/// One input file, as recorded in the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    /// Path relative to the dataset root: the sort key of the row order.
+    pub relative: String,
+    pub bytes: u64,
+    pub modified_unix: u64,
+    /// Where the shard's embeddings are (npy layouts); Parquet by default.
+    #[serde(default)]
+    pub kind: ShardKind,
+}
+
+/// Where each shard's rows sit in the canonical row order, from the rows
+/// of every shard: the one row -> shard lookup (dedup messages, c_rho's
+/// learner rows, `--keep-columns`). An empty shard owns no row.
+#[derive(Clone, Debug)]
+pub struct ShardStarts {
+    /// `starts[i]`: canonical index of shard `i`'s first row; one more
+    /// entry holds the total.
+    starts: Vec<u64>,
+}
+
+impl Default for ShardStarts {
+    /// No shards.
+    fn default() -> Self {
+        ShardStarts::from_rows([])
+    }
+}
+
+impl ShardStarts {
+    pub fn from_rows(rows: impl IntoIterator<Item = u64>) -> Self {
+        let mut starts = vec![0u64];
+        for n in rows {
+            starts.push(starts[starts.len() - 1] + n);
+        }
+        ShardStarts { starts }
+    }
+
+    /// The canonical rows of shard `i`.
+    pub fn range(&self, i: usize) -> std::ops::Range<u64> {
+        self.starts[i]..self.starts[i + 1]
+    }
+
+    /// The shard holding canonical row `row` and the row's index inside
+    /// it; `None` past the last row.
+    pub fn locate(&self, row: u64) -> Option<(usize, u64)> {
+        let shards = self.starts.len() - 1;
+        if row >= self.starts[shards] {
+            return None;
+        }
+        // The last shard starting at or before `row`: empty shards share
+        // their start with the next one and are skipped.
+        let i = self.starts[..shards].partition_point(|&s| s <= row) - 1;
+        Some((i, row - self.starts[i]))
+    }
+}
+
+/// The column names to read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Columns {
+    pub id: String,
+    pub image: String,
+    pub text: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns {
+            id: "id".into(),
+            image: "image_embedding".into(),
+            text: "text_embedding".into(),
+        }
+    }
+}
+
+/// Finds the `*.parquet` files under `root` (or `root` itself when it is a
+/// file), in canonical order. `root` may be a URL (a prefix or an object).
+pub fn discover(root: &Path) -> Result<Vec<SourceFile>> {
+    if remote::is_url(root) {
+        return discover_remote(root);
+    }
+    let meta = std::fs::metadata(root).at_path(root)?;
+    let mut paths = Vec::new();
+    if meta.is_file() {
+        paths.push(root.to_path_buf());
+    } else {
+        walk(root, &mut paths)?;
+    }
+    let base = if meta.is_file() {
+        root.parent().unwrap_or(Path::new(""))
+    } else {
+        root
+    };
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
+        let m = std::fs::metadata(&path).at_path(&path)?;
+        let relative = path
+            .strip_prefix(base)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        let modified_unix = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        files.push(SourceFile {
+            path,
+            relative,
+            bytes: m.len(),
+            modified_unix,
+            kind: ShardKind::Parquet,
+        });
+    }
+    files.sort_by(|a, b| a.relative.as_bytes().cmp(b.relative.as_bytes()));
+    if files.is_empty() {
+        return Err(Error::file(root, "no *.parquet files found").with_hint(
+            "point --data at a folder of Parquet shards (searched recursively) or at one .parquet file",
+        ));
+    }
+    Ok(files)
+}
+
+fn discover_remote(root: &Path) -> Result<Vec<SourceFile>> {
+    let mut files: Vec<SourceFile> = remote::list(root)?
+        .into_iter()
+        // The rules of `walk`: no hidden or temporary names at any level.
+        .filter(|o| {
+            o.relative.ends_with(".parquet")
+                && !o
+                    .relative
+                    .split('/')
+                    .any(|seg| seg.starts_with('.') || seg.starts_with('_'))
+        })
+        .map(|o| SourceFile {
+            path: o.path,
+            relative: o.relative,
+            bytes: o.stat.bytes,
+            modified_unix: o.stat.modified_unix,
+            kind: ShardKind::Parquet,
+        })
+        .collect();
+    files.sort_by(|a, b| a.relative.as_bytes().cmp(b.relative.as_bytes()));
+    if files.is_empty() {
+        return Err(Error::file(root, "no *.parquet objects found").with_hint(
+            "point --data at a prefix holding Parquet shards (listed recursively) or at one .parquet object",
+        ));
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at_path(dir)? {
+        let entry = entry.at_path(dir)?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Hidden files and our own temporary files are never data.
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let ft = entry.file_type().at_path(&path)?;
+        if ft.is_dir() {
+            walk(&path, out)?;
+        } else if name.ends_with(".parquet") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
 
 /// `--id-column` value that makes the canonical row index the id.
 pub const ROW_INDEX_ID: &str = ":row";
@@ -250,179 +415,26 @@ fn discover_clip_retrieval(root: &Path, cols: &Columns) -> Result<(Vec<SourceFil
     Ok((files, c))
 }
 
-/// The rows of one shard, checking that its files agree.
-///
-/// # Errors
-/// A data error naming both files and both counts when they differ.
-pub fn shard_rows(f: &SourceFile, cols: &Columns) -> Result<u64> {
-    match &f.kind {
-        ShardKind::Parquet => {
-            Ok(open_parquet(&f.path)?.metadata().file_metadata().num_rows() as u64)
-        }
-        _ => Ok(NpyShard::open(f, cols, 1)?.0.rows as u64),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The embedding length `d` of the data: the length of the first usable
-/// image embedding in the first batch of the first shard with rows, so the
-/// memory plan can size its buffers before ingest. `None` when that batch
-/// has no usable row or cannot be read (ingest then reports why).
-pub fn probe_d(files: &[SourceFile], cols: &Columns) -> Option<usize> {
-    let batch = ShardReader::new(files, cols.clone(), 64).next()?.ok()?;
-    let view = EmbeddingView::try_new(&batch.image)?;
-    (0..view.len())
-        .map(|i| view.row_len(i))
-        .enumerate()
-        .find(|&(i, n)| n > 0 && view.row(i, n).is_ok())
-        .map(|(_, n)| n)
-}
-
-/// An opened npy-layout shard: the id source and the two matrices.
-pub struct NpyShard {
-    ids: Option<Batches>,
-    image: NpyMatrix,
-    text: NpyMatrix,
-    pub rows: usize,
-    next: usize,
-    batch_rows: usize,
-}
-
-fn count_mismatch(a: &Path, an: usize, b: &Path, bn: usize, what: &str) -> Error {
-    Error::file(
-        a,
-        format!(
-            "{an} rows, but {} has {bn} rows{what}; the files of a shard must be row-aligned",
-            b.display()
-        ),
-    )
-    .with_hint("re-export the shard so both files hold the same pairs")
-}
-
-impl NpyShard {
-    /// Opens the shard's files and checks their row counts and widths.
-    pub fn open(f: &SourceFile, cols: &Columns, batch_rows: usize) -> Result<(Self, ShardSchema)> {
-        let (meta, image, text, text_path) = match &f.kind {
-            ShardKind::Datacomp { npz } => {
-                let mut z = Npz::open(npz)?;
-                let image = z.matrix(npz, &cols.image)?;
-                let text = z.matrix(npz, &cols.text)?;
-                (Some(f.path.clone()), image, text, npz.clone())
-            }
-            ShardKind::ClipRetrieval { text, metadata } => (
-                metadata.clone(),
-                NpyMatrix::open(&f.path)?,
-                NpyMatrix::open(text)?,
-                text.clone(),
-            ),
-            ShardKind::Parquet => unreachable!("Parquet shards are read by ShardReader"),
-        };
-        if image.rows() != text.rows() {
-            let what = format!(" ('{}' vs '{}')", cols.image, cols.text);
-            return Err(count_mismatch(
-                &image.path,
-                image.rows(),
-                &text_path,
-                text.rows(),
-                &what,
-            ));
-        }
-        if image.cols() != text.cols() {
-            return Err(Error::file(
-                &text_path,
-                format!(
-                    "'{}' has d = {}, '{}' has d = {}; both towers must match",
-                    cols.image,
-                    image.cols(),
-                    cols.text,
-                    text.cols()
-                ),
-            ));
-        }
-        let rows = image.rows();
-        let (ids, id_kind) = match meta {
-            Some(mp) if cols.id != ROW_INDEX_ID => {
-                let builder = open_parquet(&mp)?;
-                let n = builder.metadata().file_metadata().num_rows() as usize;
-                if n != rows {
-                    let emb = match &f.kind {
-                        ShardKind::Datacomp { npz } => npz.clone(),
-                        _ => f.path.clone(),
-                    };
-                    return Err(count_mismatch(&mp, n, &emb, rows, ""));
-                }
-                let schema = builder.schema().clone();
-                let id_kind = check_id(&mp, &schema, &cols.id).map_err(|e| {
-                    if schema.field_with_name(&cols.id).is_err() {
-                        Error::column(&mp, &cols.id, "missing column").with_hint(format!(
-                            "the file has columns: {}; name the id with --id-column (or --id-column :row for row indices)",
-                            column_names(&schema)
-                        ))
-                    } else {
-                        e
-                    }
-                })?;
-                let idx = schema.index_of(&cols.id).expect("checked");
-                let mask = ProjectionMask::roots(builder.parquet_schema(), [idx]);
-                let reader = batches(
-                    &mp,
-                    builder
-                        .with_projection(mask)
-                        .with_batch_size(batch_rows.max(1)),
-                )?;
-                (Some(reader), id_kind)
-            }
-            _ => (None, IdKind::UInt64),
-        };
-        let schema = ShardSchema {
-            id_kind,
-            image_kind: image.header.dtype.kind(),
-            text_kind: text.header.dtype.kind(),
-        };
-        Ok((
-            NpyShard {
-                ids,
-                image,
-                text,
-                rows,
-                next: 0,
-                batch_rows: batch_rows.max(1),
-            },
-            schema,
-        ))
-    }
-
-    /// The next `(id, image, text)` batch; `first_row` is the canonical
-    /// row index of the shard's first row (the id of row-index shards).
-    pub fn next_batch(
-        &mut self,
-        path: &Path,
-        first_row: u64,
-    ) -> Result<Option<(ArrayRef, ArrayRef, ArrayRef)>> {
-        let id: ArrayRef = match &mut self.ids {
-            Some(reader) => match reader.next() {
-                None => return Ok(None),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(b)) => b.column(0).clone(),
-            },
-            None => {
-                if self.next >= self.rows {
-                    return Ok(None);
-                }
-                let n = self.batch_rows.min(self.rows - self.next);
-                let s = first_row + self.next as u64;
-                std::sync::Arc::new(UInt64Array::from_iter_values(s..s + n as u64))
-            }
-        };
-        let n = id.len();
-        if self.next + n > self.rows {
-            return Err(Error::Internal(format!(
-                "{}: id batch past the end of the embeddings",
-                path.display()
-            )));
-        }
-        let img = self.image.rows_array(self.next, n);
-        let txt = self.text.rows_array(self.next, n);
-        self.next += n;
-        Ok(Some((id, img, txt)))
+    #[test]
+    fn locate_skips_empty_shards() {
+        let s = ShardStarts::from_rows([3, 0, 2, 0]);
+        let got: Vec<_> = (0..6).map(|r| s.locate(r)).collect();
+        assert_eq!(
+            got,
+            [
+                Some((0, 0)),
+                Some((0, 1)),
+                Some((0, 2)),
+                Some((2, 0)),
+                Some((2, 1)),
+                None
+            ]
+        );
+        assert_eq!(s.range(1), 3..3);
+        assert_eq!(ShardStarts::from_rows([0, 0]).locate(0), None);
     }
 }
