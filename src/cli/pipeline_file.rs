@@ -25,8 +25,13 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::{CommandFactory, FromArgMatches};
+
+use super::args::Cli;
 use crate::error::{Error, Result};
-use crate::synth::SynthOptions;
+use crate::io::remote;
+use crate::progress::{self, LogFormat};
+use crate::synth::{self, SynthOptions};
 
 /// The tables whose keys are flags.
 pub const FLAG_TABLES: [&str; 4] = ["input", "select", "output", "options"];
@@ -295,6 +300,160 @@ fn synth_options(
         }
     }
     Ok(o)
+}
+
+/// The clap command with later flags overriding earlier ones (file values
+/// first, then the user's flags).
+fn overriding_command(sub: &str) -> clap::Command {
+    Cli::command().mut_subcommand(sub, |c| c.args_override_self(true))
+}
+
+/// The first line of a clap error, without its `error: ` prefix.
+fn clap_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.trim_start_matches("error: ").to_string()
+}
+
+/// The value of the last `--flag V` or `--flag=V` in `args`.
+fn last_flag(args: &[String], flag: &str) -> Option<String> {
+    let mut found = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            found = it.next().cloned();
+        } else if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+            found = Some(v.to_string());
+        }
+    }
+    found
+}
+
+/// Runs the command of a pipeline file, with `overrides` (flags given after
+/// the file) and the global flags given before it.
+pub fn run(
+    pf: &PipelineFile,
+    overrides: &[String],
+    (log_format, quiet): (LogFormat, bool),
+) -> Result<()> {
+    let cli_cmd = Cli::command();
+    let sub = cli_cmd
+        .find_subcommand(&pf.command)
+        .ok_or_else(|| Error::Internal(format!("no subcommand {}", pf.command)))?;
+    for a in &pf.args {
+        if !sub
+            .get_arguments()
+            .any(|x| x.get_long() == Some(&a.flag[2..]))
+        {
+            return Err(Error::Usage(format!(
+                "{}: line {}: unknown key '{}' in [{}]: `clipcov {}` has no {} flag",
+                pf.path.display(),
+                a.line,
+                a.key,
+                a.table,
+                pf.command,
+                a.flag
+            )));
+        }
+    }
+    // A missing input the file names is reported with its key and line.
+    for a in &pf.args {
+        let input = ["data", "prompts", "learner_data", "targets", "eval_set"];
+        let p = std::path::Path::new(&a.value);
+        if input.contains(&a.key.as_str())
+            && last_flag(overrides, &a.flag).is_none()
+            && !remote::is_url(p)
+        {
+            if let Err(e) = std::fs::metadata(p) {
+                let at = pf.locate(&a.flag).unwrap_or_default();
+                return Err(Error::io(
+                    format!("{at} (relative to the file's folder): {}", p.display()),
+                    e,
+                ));
+            }
+        }
+    }
+    let mut argv: Vec<String> = vec!["clipcov".into()];
+    argv.extend(pf.argv());
+    // A wrong value in the file is reported with its key and line.
+    if let Err(e) = overriding_command(&pf.command).try_get_matches_from(&argv) {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        if matches!(
+            e.kind(),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation
+        ) {
+            if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+                let flag = arg.split_whitespace().next().unwrap_or_default();
+                if let Some(at) = pf.locate(flag) {
+                    let msg = clap_line(&e);
+                    return Err(Error::Usage(format!("{at}: {msg}")));
+                }
+            }
+        }
+    }
+    // Global flags given before the file still apply.
+    if log_format == LogFormat::Json {
+        argv.extend(["--log-format".into(), "json".into()]);
+    }
+    if quiet {
+        argv.push("--quiet".into());
+    }
+    let mut tail: Vec<String> = overrides.to_vec();
+    if let Some(opts) = &pf.synth {
+        // The demo form: synthesise into OUT/dataset, select into OUT/result.
+        let out = last_flag(overrides, "--out")
+            .or_else(|| pf.arg("--out").map(|a| a.value.clone()))
+            .unwrap_or_else(|| "clipcov-demo".into());
+        let out = PathBuf::from(out);
+        let data_dir = out.join("dataset");
+        if !progress::quiet() {
+            println!(
+                "making a synthetic dataset: {} pairs, {} classes, d = {} -> {}",
+                opts.rows,
+                opts.classes,
+                opts.dim,
+                data_dir.display()
+            );
+        }
+        let made = synth::synth(opts, &data_dir)?;
+        if pf.arg("--data").is_none() {
+            argv.extend(["--data".into(), data_dir.join("data").display().to_string()]);
+        }
+        if pf.arg("--prompts").is_none()
+            && pf.arg("--clusters").is_none()
+            && pf.command != "baseline"
+        {
+            argv.extend(["--prompts".into(), made.prompts.display().to_string()]);
+        }
+        // Synthetic image paths are relative to the dataset folder.
+        let train_csv =
+            pf.arg("--train-csv").is_some() || last_flag(overrides, "--train-csv").is_some();
+        if opts.images && train_csv && pf.arg("--image-root").is_none() {
+            argv.extend(["--image-root".into(), data_dir.display().to_string()]);
+        }
+        tail.extend(["--out".into(), out.join("result").display().to_string()]);
+    }
+    argv.extend(tail);
+    let matches = overriding_command(&pf.command)
+        .try_get_matches_from(&argv)
+        .map_err(|e| Error::Usage(clap_line(&e)))?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| Error::Usage(e.to_string()))?;
+    super::run(cli).map_err(|e| match e {
+        // Name the file's key when a checked value came from it.
+        Error::Usage(msg) => {
+            let from_file = pf.args.iter().find(|a| {
+                msg.contains(&format!("{} ", a.flag)) || msg.contains(&format!("{}'", a.flag))
+            });
+            match from_file {
+                Some(a) if last_flag(overrides, &a.flag).is_none() => Error::Usage(format!(
+                    "{msg} ({})",
+                    pf.locate(&a.flag).unwrap_or_default()
+                )),
+                _ => Error::Usage(msg),
+            }
+        }
+        other => other,
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,28 @@ use covariance::CovMetrics;
 use kinds::Kinds;
 use proxy::{PairSource, ProxyOptions};
 
+/// `|A ∩ B| / |A ∪ B|` of two sorted, distinct lists (1 when both empty).
+pub fn jaccard<T: Ord>(a: &[T], b: &[T]) -> f64 {
+    let (mut i, mut j, mut both) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - both;
+    if union == 0 {
+        1.0
+    } else {
+        both as f64 / union as f64
+    }
+}
+
 /// What the evaluation needs besides the data.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalOptions {
@@ -631,4 +653,16 @@ pub fn text_report(m: &EvalMetrics) -> String {
         let _ = writeln!(s, "kind share               {}", parts.join(", "));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jaccard_counts_the_overlap() {
+        assert_eq!(jaccard(&[1, 2, 3], &[2, 3, 4]), 0.5);
+        assert_eq!(jaccard::<u64>(&[], &[]), 1.0);
+        assert_eq!(jaccard(&[1], &[]), 0.0);
+    }
 }

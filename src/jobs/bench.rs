@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
+use crate::eval::jaccard;
 use crate::io::atomic::atomic_write;
 use crate::kernels::dense::gemm_abt;
 use crate::synth::{self, SynthOptions};
@@ -142,25 +143,17 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|e| Error::file(path, format!("not valid JSON: {e}")))
 }
 
+/// The ids of a subset CSV, sorted and distinct (for [`jaccard`]).
 fn ids_of_csv(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).at_path(path)?;
-    Ok(text
+    let mut ids: Vec<String> = text
         .lines()
         .skip(1)
         .filter_map(|l| l.split(',').next().map(str::to_string))
-        .collect())
-}
-
-fn jaccard(a: &[String], b: &[String]) -> f64 {
-    let sa: std::collections::HashSet<&String> = a.iter().collect();
-    let sb: std::collections::HashSet<&String> = b.iter().collect();
-    let inter = sa.intersection(&sb).count();
-    let union = sa.len() + sb.len() - inter;
-    if union == 0 {
-        1.0
-    } else {
-        inter as f64 / union as f64
-    }
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 /// Runs the benchmark and prints its table.

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::eval::fractions::{self as by_budget, Budgeted, Subset, SubsetOf};
-use crate::eval::{plus_minus, EvalMetrics, Evaluator};
+use crate::eval::{jaccard, plus_minus, EvalMetrics, Evaluator};
 use crate::io::atomic::atomic_write;
 use crate::io::written::write_json;
 use crate::io::written::OutputFile;
@@ -369,28 +369,6 @@ fn by_method<S: serde::Serializer>(
         entries.push((&m.method, v));
     }
     s.collect_map(entries)
-}
-
-/// `|A ∩ B| / |A ∪ B|` of two sorted, distinct lists (1 when both empty).
-pub fn jaccard(a: &[u64], b: &[u64]) -> f64 {
-    let (mut i, mut j, mut both) = (0, 0, 0usize);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                both += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    let union = a.len() + b.len() - both;
-    if union == 0 {
-        1.0
-    } else {
-        both as f64 / union as f64
-    }
 }
 
 /// Runs `clipcov compare`.
@@ -861,13 +839,6 @@ pub fn markdown(c: &Comparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jaccard_counts_the_overlap() {
-        assert_eq!(jaccard(&[1, 2, 3], &[2, 3, 4]), 0.5);
-        assert_eq!(jaccard(&[], &[]), 1.0);
-        assert_eq!(jaccard(&[1], &[]), 0.0);
-    }
 
     #[test]
     fn methods_parse() {

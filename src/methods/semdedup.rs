@@ -20,7 +20,7 @@ use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 
 use super::{budget_rows, top, Clusters, Ctx, Method, MethodOptions, Pick, Selection};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::formats::parquet_write::{write_batches, BATCH_ROWS};
 use crate::io::written::record;
 use crate::kernels::dense::gemm_abt;
@@ -205,7 +205,7 @@ fn write_neighbours(path: &Path, ctx: &Ctx, cl: &Clusters, m: &[f64], arg: &[usi
             Arc::new(max_sim.finish()),
             Arc::new(max_row.finish()),
         ];
-        RecordBatch::try_new(schema.clone(), cols)
+        RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Internal(e.to_string()))
     });
     write_batches(path, schema.clone(), batches)
 }

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use arrow_array::builder::{StringBuilder, UInt64Builder};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::formats::dataset::SourceFile;
 use crate::formats::metadata::Keep;
-use crate::io::atomic::atomic_write;
+use crate::formats::parquet_write::write_batches_with;
 use crate::io::written::{record, write_json, OutputFile};
 use crate::memory::{MemoryReport, Plan};
 use crate::output::publish::OutputSet;
@@ -285,15 +285,14 @@ pub fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<()> {
             Arc::new(reason.finish()),
         ],
     )
-    .map_err(|e| Error::Internal(e.to_string()))?;
-    atomic_write(path, |w| {
-        let mut writer =
-            ArrowWriter::try_new(w, schema, None).map_err(|e| Error::Internal(e.to_string()))?;
-        writer
-            .write(&batch)
-            .and_then(|_| writer.close().map(|_| ()))
-            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
-    })
+    .map_err(|e| Error::Internal(e.to_string()));
+    // Uncompressed, as rejects.parquet always was.
+    write_batches_with(
+        path,
+        schema,
+        WriterProperties::builder().build(),
+        std::iter::once(batch),
+    )
 }
 
 /// Fills in everything but the outputs. `parameters` is the run's

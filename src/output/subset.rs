@@ -10,13 +10,11 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use crate::error::{Error, IoContext, Result};
 use crate::formats::metadata::{check_csv_type, csv_text};
 use crate::formats::npy::header_bytes;
+use crate::formats::parquet_write::{write_batches, BATCH_ROWS};
 use crate::ids::IdRef;
 use crate::io::atomic::atomic_write;
 
@@ -31,9 +29,6 @@ pub struct SubsetRow<'a> {
     /// The method's own terms, in the order of the writer's `term_names`.
     pub terms: Vec<f64>,
 }
-
-/// Rows per Parquet row group / record batch.
-const BATCH_ROWS: usize = 65_536;
 
 fn id_type(rows: &[SubsetRow]) -> DataType {
     match rows.first().map(|r| r.id) {
@@ -132,36 +127,14 @@ pub fn write_parquet(
     extra: &[(Field, ArrayRef)],
 ) -> Result<()> {
     let schema = schema(id_type(rows), term_names, extra);
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(BATCH_ROWS))
-        .build();
-    atomic_write(path, |w| {
-        let mut writer = ArrowWriter::try_new(w, schema.clone(), Some(props))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        for (i, chunk) in rows.chunks(BATCH_ROWS).enumerate() {
-            let ex: Vec<ArrayRef> = extra
-                .iter()
-                .map(|(_, a)| a.slice(i * BATCH_ROWS, chunk.len()))
-                .collect();
-            let b = batch(&schema, chunk, term_names.len(), &ex)?;
-            writer.write(&b).map_err(|e| parquet_write_error(path, e))?;
-        }
-        writer.close().map_err(|e| parquet_write_error(path, e))?;
-        Ok(())
-    })
-}
-
-fn parquet_write_error(path: &Path, e: parquet::errors::ParquetError) -> Error {
-    match e {
-        parquet::errors::ParquetError::External(inner) => {
-            match inner.downcast::<std::io::Error>() {
-                Ok(io) => Error::io(path, *io),
-                Err(other) => Error::io(path, std::io::Error::other(other.to_string())),
-            }
-        }
-        other => Error::io(path, std::io::Error::other(other.to_string())),
-    }
+    let batches = rows.chunks(BATCH_ROWS).enumerate().map(|(i, chunk)| {
+        let ex: Vec<ArrayRef> = extra
+            .iter()
+            .map(|(_, a)| a.slice(i * BATCH_ROWS, chunk.len()))
+            .collect();
+        batch(&schema, chunk, term_names.len(), &ex)
+    });
+    write_batches(path, schema.clone(), batches)
 }
 
 /// Quotes a CSV field when it needs it (RFC 4180).
