@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::jobs::baseline::DataArgs;
-use crate::jobs::pipeline::{self, ClassSource, SelectConfig};
+use crate::jobs::pipeline::{ClassSource, SelectConfig};
 use crate::progress::LogFormat;
 use crate::stages::score::CrossSample;
 use crate::synth::SynthOptions;
@@ -248,12 +248,12 @@ impl SelectArgs {
         }
         let refresh = self.refresh.parse().map_err(Error::Usage)?;
         let mut cfg = self.data.config(classes)?;
-        cfg.tau = pipeline::parse_tau(&self.tau)?;
+        cfg.tau = self.tau.parse()?;
         cfg.refresh = refresh;
         cfg.refresh_mode = self.refresh_mode.parse().map_err(Error::Usage)?;
         cfg.cross =
             CrossSample::parse(&self.cross_sample, self.cross_error).map_err(Error::Usage)?;
-        cfg.weights = pipeline::parse_weights(&self.weights)?;
+        cfg.weights = self.weights.parse()?;
         cfg.chunk_rows = self.chunk_rows;
         cfg.assign_text = self.assign == "text";
         Ok(cfg)

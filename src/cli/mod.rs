@@ -61,7 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let s = synth::synth(&args::synth_options(&a)?, &local)?;
             let uploaded = match url {
-                Some(url) => remote::publish(&local, url)?.len(),
+                Some(url) => crate::output::publish::publish(&local, url)?.len(),
                 None => 0,
             };
             if progress::quiet() {
@@ -89,7 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let summary = pipeline::run_select(&cfg)?;
             print_summary(&summary, &cfg.out);
             if !progress::quiet() {
-                pipeline::print_published(&cfg, &summary.published);
+                crate::jobs::shell::print_published(cfg.publish_to.as_deref(), &summary.published);
             }
             Ok(())
         }

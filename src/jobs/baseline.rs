@@ -13,6 +13,7 @@ use crate::formats::dataset::Columns;
 use crate::formats::dataset::{Layout, Model};
 use crate::io::remote;
 use crate::jobs::pipeline::{self, ClassSource, SelectConfig, Staged};
+use crate::jobs::shell::{learner_store, print_published, run_job};
 use crate::memory::{parse_size, RssMonitor};
 use crate::methods::c_rho::Learner;
 use crate::methods::{Ctx, Method, MethodOptions, Rule, Selection};
@@ -345,14 +346,6 @@ impl MethodArgs {
     }
 }
 
-/// A rayon pool of `threads` threads.
-pub fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))
-}
-
 /// The timing of a stage that is not an input pass.
 pub fn timing(stage: &str, seconds: f64, rows: u64) -> StageTiming {
     crate::progress::stage_end(stage, seconds, rows);
@@ -401,10 +394,6 @@ pub fn stage_learner(
         timings.push(s);
     }
     Ok(Some(staged))
-}
-
-pub fn learner_store(out: &Path) -> PathBuf {
-    out.join("learner-store")
 }
 
 /// Matches a staged learner to the main rows.
@@ -457,17 +446,10 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
         ));
     }
     let cfg = a.data.config(ClassSource::Single)?;
-    let _lock = crate::io::lock::OutLock::acquire(&cfg.out)?;
-    let (manifest, sel_summary) = thread_pool(cfg.threads)?.install(|| {
-        let r = baseline(a.method, &cfg, &opts, &a.options);
-        if r.is_err() {
-            // A failed run leaves no store that could be mistaken for complete.
-            let _ = std::fs::remove_dir_all(cfg.out.join("store"));
-            let _ = std::fs::remove_dir_all(learner_store(&cfg.out));
-        }
-        r
-    })?;
-    let published = pipeline::publish(&cfg)?;
+    let ((manifest, sel_summary), published) =
+        run_job(&cfg.out, cfg.threads, cfg.publish_to.as_deref(), || {
+            baseline(a.method, &cfg, &opts, &a.options)
+        })?;
     if crate::progress::quiet() {
         return Ok(());
     }
@@ -489,7 +471,7 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     let own = Path::new(a.method.name()).join("manifest.json");
     println!("  wrote {}", cfg.out.join(own).display());
     println!("  wrote {}", cfg.out.join("manifest.json").display());
-    pipeline::print_published(&cfg, &published);
+    print_published(cfg.publish_to.as_deref(), &published);
     Ok(())
 }
 

@@ -22,11 +22,10 @@ use crate::eval::{jaccard, plus_minus, EvalMetrics, Evaluator};
 use crate::io::atomic::atomic_write;
 use crate::io::written::write_json;
 use crate::io::written::OutputFile;
-use crate::jobs::baseline::{
-    learner, learner_store, stage_learner, thread_pool, DataArgs, MethodArgs,
-};
+use crate::jobs::baseline::{learner, stage_learner, DataArgs, MethodArgs};
 use crate::jobs::eval::ProxyArgs;
 use crate::jobs::pipeline::{self, ClassSource, SelectConfig};
+use crate::jobs::shell::{print_published, run_job};
 use crate::methods::context::SharedStage;
 use crate::methods::{self, Ctx, Method, MethodOptions};
 use crate::output::emit;
@@ -425,19 +424,12 @@ pub fn run_compare(mut a: CompareArgs) -> Result<()> {
         }
     };
     let mut cfg = a.data.config(classes)?;
-    cfg.tau = pipeline::parse_tau(&a.tau)?;
-    cfg.weights = pipeline::parse_weights(&a.weights)?;
+    cfg.tau = a.tau.parse()?;
+    cfg.weights = a.weights.parse()?;
     cfg.refresh = a.refresh.parse().map_err(Error::Usage)?;
-    let _lock = crate::io::lock::OutLock::acquire(&cfg.out)?;
-    let c = thread_pool(cfg.threads)?.install(|| {
-        let r = compare(&entries, &cfg, &opts, &a, eval_opts, fractions.as_deref());
-        if r.is_err() {
-            let _ = std::fs::remove_dir_all(cfg.out.join("store"));
-            let _ = std::fs::remove_dir_all(learner_store(&cfg.out));
-        }
-        r
+    let (c, published) = run_job(&cfg.out, cfg.threads, cfg.publish_to.as_deref(), || {
+        compare(&entries, &cfg, &opts, &a, eval_opts, fractions.as_deref())
     })?;
-    let published = pipeline::publish(&cfg)?;
     if crate::progress::quiet() {
         return Ok(());
     }
@@ -454,7 +446,7 @@ pub fn run_compare(mut a: CompareArgs) -> Result<()> {
     println!("  wrote {}", cfg.out.join("compare.md").display());
     println!("  wrote {}", cfg.out.join("compare.json").display());
     println!("  wrote {}", cfg.out.join("report.html").display());
-    pipeline::print_published(&cfg, &published);
+    print_published(cfg.publish_to.as_deref(), &published);
     Ok(())
 }
 

@@ -8,3 +8,4 @@ pub mod compare;
 pub mod eval;
 pub mod lse_bench;
 pub mod pipeline;
+pub mod shell;

@@ -15,6 +15,7 @@ use crate::formats::prompts::{read_prompts, Prompts};
 use crate::formats::{dataset, shards};
 use crate::ids::IdKind;
 use crate::io::written::write_json;
+use crate::jobs::shell::{run_job, store_dir};
 use crate::memory::{self, Plan, RssMonitor};
 use crate::output::emit::{self, Manifest, StageTiming, SubsetExtras};
 use crate::output::publish::OutputSet;
@@ -26,7 +27,7 @@ use crate::stages::prefilter::Predicate;
 use crate::stages::score::{self, CrossSample, ScoreOptions, ScoreStats, Tau, TERMS};
 use crate::stages::select::{self, Budget, Pick, Refresh, RefreshMode, SelectOptions, Weights};
 use crate::store::journal::{self, Journal};
-use crate::store::{Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
+use crate::store::{files, Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
 
 /// Where latent classes come from.
 #[derive(Clone, Debug, Serialize)]
@@ -130,40 +131,13 @@ pub struct SelectSummary {
 
 /// Runs the whole `select` job on a rayon pool of `cfg.threads` threads.
 pub fn run_select(cfg: &SelectConfig) -> Result<SelectSummary> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cfg.threads)
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let _lock = crate::io::lock::OutLock::acquire(&cfg.out)?;
-    let summary = pool.install(|| {
-        let store_dir = cfg.out.join("store");
-        let result = run(cfg, &store_dir);
-        if result.is_err() {
-            // A failed run leaves no store that could be mistaken for complete.
-            let _ = std::fs::remove_dir_all(&store_dir);
-        }
-        result
+    let (summary, published) = run_job(&cfg.out, cfg.threads, cfg.publish_to.as_deref(), || {
+        run(cfg, &store_dir(&cfg.out))
     })?;
-    let published = publish(cfg)?;
     Ok(SelectSummary {
         published,
         ..summary
     })
-}
-
-/// Uploads the finished results when `--out` is a URL; the URLs written.
-pub fn publish(cfg: &SelectConfig) -> Result<Vec<String>> {
-    match &cfg.publish_to {
-        Some(url) => crate::io::remote::publish(&cfg.out, url),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// Prints where [`publish`] put the results.
-pub fn print_published(cfg: &SelectConfig, urls: &[String]) {
-    if let Some(url) = &cfg.publish_to {
-        println!("  uploaded {} files to {}", urls.len(), url.display());
-    }
 }
 
 fn stage<T>(
@@ -397,24 +371,24 @@ pub fn stage_data(
         class_ids,
         class_names,
     };
-    write_json(&store_dir.join("store.json"), &meta)?;
-    write_json(&store_dir.join("ingest.json"), &ing)?;
-    let mut w = SeqWriter::create(&store_dir.join("classemb.bin"))?;
+    write_json(&store_dir.join(files::META), &meta)?;
+    write_json(&store_dir.join(files::INGEST), &ing)?;
+    let mut w = SeqWriter::create(&store_dir.join(files::CLASS_EMB))?;
     w.write(&class_emb)?;
     w.finish()?;
     let mut files_written: Vec<&str> = vec![
-        "image.bin",
-        "text.bin",
-        "scale.bin",
-        "row.bin",
-        "order.bin",
-        "store.json",
-        "ingest.json",
-        "classemb.bin",
+        files::IMAGE,
+        files::TEXT,
+        files::SCALE,
+        files::ROW,
+        files::ORDER,
+        files::META,
+        files::INGEST,
+        files::CLASS_EMB,
     ];
     files_written.extend(match ing.id_kind {
-        IdKind::Utf8 => ["ids.off", "ids.dat"].as_slice(),
-        _ => ["ids.int"].as_slice(),
+        IdKind::Utf8 => [files::IDS_OFF, files::IDS_DAT].as_slice(),
+        _ => [files::IDS_INT].as_slice(),
     });
     Journal::default().record(
         store_dir,
@@ -499,10 +473,10 @@ fn reopen(
     let bad =
         |name: &str, e: serde_json::Error| Error::file(dir.join(name), format!("unreadable: {e}"));
     let meta: StoreMeta =
-        serde_json::from_str(&read("store.json")?).map_err(|e| bad("store.json", e))?;
+        serde_json::from_str(&read(files::META)?).map_err(|e| bad(files::META, e))?;
     let ingested: Ingested =
-        serde_json::from_str(&read("ingest.json")?).map_err(|e| bad("ingest.json", e))?;
-    let class_emb = Mapped::<f32>::open(&dir.join("classemb.bin"))?
+        serde_json::from_str(&read(files::INGEST)?).map_err(|e| bad(files::INGEST, e))?;
+    let class_emb = Mapped::<f32>::open(&dir.join(files::CLASS_EMB))?
         .as_slice()
         .to_vec();
     Ok(Staged {
@@ -572,14 +546,14 @@ pub fn clipcov_picks(
                 score::score(store, &staged.class_emb, &opts, &store.dir)
             })?;
             let report = serde_json::to_value(&stats).unwrap_or_default();
-            journal.record(&store.dir, "score", &key, &["terms.bin"], report)?;
+            journal.record(&store.dir, "score", &key, &[files::TERMS], report)?;
             stats
         }
     };
     if let Some(t) = timings.last_mut() {
         t.kernels = Some(stats);
     }
-    let terms = Mapped::<f64>::open(&store.dir.join("terms.bin"))?;
+    let terms = Mapped::<f64>::open(&store.dir.join(files::TERMS))?;
     let budget = cfg.budget.rows(n) as usize;
     let sel_opts = SelectOptions {
         weights: cfg.weights,
@@ -695,41 +669,4 @@ pub fn report_parameters(cfg: &SelectConfig) -> Vec<(String, String)> {
         v.push(("where".into(), f.clone()));
     }
     v
-}
-
-/// Parses `--weights w_cross,w_easy,w_label,w_between`.
-pub fn parse_weights(s: &str) -> Result<Weights> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f64>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| {
-            Error::Usage(format!(
-                "invalid --weights '{s}': expected four numbers, e.g. 1,2,0.5,1"
-            ))
-        })?;
-    if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
-        return Err(Error::Usage(format!(
-            "invalid --weights '{s}': expected four finite numbers w_cross,w_easy,w_label,w_between"
-        )));
-    }
-    Ok(Weights {
-        cross: v[0],
-        easy: v[1],
-        label: v[2],
-        between: v[3],
-    })
-}
-
-/// Parses `--tau 0|none|<x>`.
-pub fn parse_tau(s: &str) -> Result<Tau> {
-    if s.eq_ignore_ascii_case("none") {
-        return Ok(Tau::None);
-    }
-    match s.parse::<f64>() {
-        Ok(t) if t.is_finite() => Ok(Tau::Threshold(t)),
-        _ => Err(Error::Usage(format!(
-            "invalid --tau '{s}': expected a number or 'none'"
-        ))),
-    }
 }

@@ -9,10 +9,15 @@
 //! puts the earlier files back, so after any failure `OUT` holds the
 //! earlier run's complete set, or nothing of this run. A run that fails
 //! before the commit drops the set, which removes the staging folder.
+//!
+//! With a URL `--out`, [`publish`] then uploads the results, the manifest
+//! last (with each output's URL added).
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
+use crate::io::remote::upload;
+use crate::io::written::write_json;
 
 /// Name prefix of staging folders (a dead run's are removed by
 /// [`crate::io::outdir::remove_stale_temporaries`]).
@@ -185,4 +190,73 @@ fn failpoint(rel: &Path) -> Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// Folders and files of a local output folder that are working state, not
+/// results: never uploaded.
+const NOT_PUBLISHED: [&str; 4] = ["store", "learner-store", "remote-cache", "work"];
+
+/// Uploads the results in the local folder `local` under the prefix `url`:
+/// every file but the working state (the staged store, caches, the lock,
+/// temporary files), `manifest.json` last, after adding to it the URL of
+/// each output. Returns the URLs written.
+///
+/// # Errors
+/// An I/O error naming the file or URL that failed; objects uploaded
+/// before it stay, but without the manifest the run does not look done.
+pub fn publish(local: &Path, url: &Path) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    collect(local, local, &mut files)?;
+    // The files that say a run is done go last.
+    files.sort_by_key(|r| (LAST.iter().position(|l| l == r), r.clone()));
+    let base = url.to_string_lossy().trim_end_matches('/').to_string();
+    let target = |rel: &str| PathBuf::from(format!("{base}/{rel}"));
+    let mut done = Vec::new();
+    for rel in &files {
+        if rel == "manifest.json" {
+            add_urls(&local.join(rel), &base)?;
+        }
+        upload(&local.join(rel), &target(rel))?;
+        done.push(format!("{base}/{rel}"));
+    }
+    Ok(done)
+}
+
+/// Uploaded after every other file, in this order.
+const LAST: [&str; 2] = ["compare.json", "manifest.json"];
+
+/// Adds to the manifest `path` the URL of each output and the prefix.
+fn add_urls(path: &Path, base: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).at_path(path)?;
+    let Ok(mut m) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(());
+    };
+    if let Some(outputs) = m.get_mut("outputs").and_then(|o| o.as_array_mut()) {
+        for o in outputs {
+            if let Some(p) = o.get("path").and_then(|p| p.as_str()).map(String::from) {
+                o["url"] = format!("{base}/{p}").into();
+            }
+        }
+    }
+    m["published_to"] = base.into();
+    write_json(path, &m)
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at_path(dir)? {
+        let entry = entry.at_path(dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        // Hidden names are the lock and temporary files.
+        if name.starts_with('.') || (dir == root && NOT_PUBLISHED.contains(&name.as_str())) {
+            continue;
+        }
+        if entry.file_type().at_path(&path)?.is_dir() {
+            collect(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::kernels::kmeans::{self, KMeansOptions, RowSource};
-use crate::store::{Pair, SeqWriter};
+use crate::store::{files, Pair, SeqWriter};
 
 /// The image (or caption) rows of a store in file order, as a k-means row
 /// source.
@@ -113,7 +113,7 @@ pub fn order_from_labels(labels: &[u32], classes: usize, dropped: &[u64]) -> (Ve
 
 /// Writes `order.bin`.
 pub fn write_order(dir: &Path, order: &[u64]) -> Result<()> {
-    let mut w = SeqWriter::create(&dir.join("order.bin"))?;
+    let mut w = SeqWriter::create(&dir.join(files::ORDER))?;
     w.write(order)?;
     w.finish()
 }

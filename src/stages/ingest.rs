@@ -32,7 +32,7 @@ use crate::formats::shards::{ShardBatch, ShardReader, ShardSchema};
 use crate::ids::IdKind;
 use crate::kernels::kmeans;
 use crate::stages::prefilter::{PrefilterReport, RowFilter};
-use crate::store::{Dtype, IdStore, Mapped, SeqWriter};
+use crate::store::{files, Dtype, IdStore, Mapped, SeqWriter};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -410,12 +410,12 @@ impl Writers {
         let w = |n: &str| SeqWriter::create(&dir.join(n));
         let utf8 = id_kind == IdKind::Utf8;
         let mut me = Writers {
-            image: w("image.bin")?,
-            text: w("text.bin")?,
-            scale: w("scale.bin")?,
-            row: w("row.bin")?,
-            id_main: w(if utf8 { "ids.off" } else { "ids.int" })?,
-            id_dat: if utf8 { Some(w("ids.dat")?) } else { None },
+            image: w(files::IMAGE)?,
+            text: w(files::TEXT)?,
+            scale: w(files::SCALE)?,
+            row: w(files::ROW)?,
+            id_main: w(if utf8 { files::IDS_OFF } else { files::IDS_INT })?,
+            id_dat: if utf8 { Some(w(files::IDS_DAT)?) } else { None },
             id_total: 0,
             file_rows: 0,
             chunks: Vec::new(),
@@ -692,7 +692,7 @@ fn find_duplicates(
 ) -> Result<()> {
     hashes.par_sort_unstable();
     let ids = IdStore::open(dir, ing.id_kind)?;
-    let row_map = Mapped::<u64>::open(&dir.join("row.bin"))?;
+    let row_map = Mapped::<u64>::open(&dir.join(files::ROW))?;
     let row_of = |f: u64| row_map.as_slice()[f as usize];
     // (dropped file row, kept file row)
     let mut dups: Vec<(u64, u64)> = Vec::new();

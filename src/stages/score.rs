@@ -23,7 +23,7 @@ use crate::kernels::dense::{
     dot_f64, dot_mixed, gemm_abt, normalised, phi, sum_phi, threshold_row_sums, threshold_sums,
 };
 use crate::rng::Rng;
-use crate::store::{MapWriter, Store};
+use crate::store::{files, MapWriter, Store};
 
 /// Number of `f64`s per row in `terms.bin`.
 pub const TERMS: usize = 4;
@@ -45,6 +45,23 @@ impl Tau {
         match self {
             Tau::Threshold(t) => Some(t as f32),
             Tau::None => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Tau {
+    type Err = crate::error::Error;
+
+    /// `--tau 0|none|<x>`.
+    fn from_str(s: &str) -> crate::error::Result<Tau> {
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(Tau::None);
+        }
+        match s.parse::<f64>() {
+            Ok(t) if t.is_finite() => Ok(Tau::Threshold(t)),
+            _ => Err(crate::error::Error::Usage(format!(
+                "invalid --tau '{s}': expected a number or 'none'"
+            ))),
         }
     }
 }
@@ -185,7 +202,7 @@ pub fn score(
     let centre_img = centre(&sums.image);
     let centre_txt = centre(&sums.text);
 
-    let mut out = MapWriter::create::<f64>(&dir.join("terms.bin"), n * TERMS)?;
+    let mut out = MapWriter::create::<f64>(&dir.join(files::TERMS), n * TERMS)?;
     let mut stats = ScoreStats::default();
     {
         let terms = out.slice_mut::<f64>();

@@ -83,6 +83,34 @@ pub struct Weights {
     pub between: f64,
 }
 
+impl std::str::FromStr for Weights {
+    type Err = Error;
+
+    /// `--weights w_cross,w_easy,w_label,w_between`.
+    fn from_str(s: &str) -> Result<Weights> {
+        let v: Vec<f64> = s
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                Error::Usage(format!(
+                    "invalid --weights '{s}': expected four numbers, e.g. 1,2,0.5,1"
+                ))
+            })?;
+        if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Usage(format!(
+                "invalid --weights '{s}': expected four finite numbers w_cross,w_easy,w_label,w_between"
+            )));
+        }
+        Ok(Weights {
+            cross: v[0],
+            easy: v[1],
+            label: v[2],
+            between: v[3],
+        })
+    }
+}
+
 impl Default for Weights {
     fn default() -> Self {
         Weights {

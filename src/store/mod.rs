@@ -24,6 +24,34 @@
 
 pub mod journal;
 
+/// The names of the store's files, in one place.
+pub mod files {
+    /// Image embeddings, `[rows, d]` in the store dtype, class-sorted.
+    pub const IMAGE: &str = "image.bin";
+    /// Caption embeddings, as [`IMAGE`].
+    pub const TEXT: &str = "text.bin";
+    /// Per-row normalising factors.
+    pub const SCALE: &str = "scale.bin";
+    /// Each store position's canonical row index (`u64`).
+    pub const ROW: &str = "row.bin";
+    /// The class-sorted order of the raw positions.
+    pub const ORDER: &str = "order.bin";
+    /// The four terms of each row (`[rows, 4]` f64), written by score.
+    pub const TERMS: &str = "terms.bin";
+    /// The class embeddings (`[K, d]` f32).
+    pub const CLASS_EMB: &str = "classemb.bin";
+    /// Utf8 ids: offsets into [`IDS_DAT`].
+    pub const IDS_OFF: &str = "ids.off";
+    /// Utf8 ids: their bytes.
+    pub const IDS_DAT: &str = "ids.dat";
+    /// Integer ids.
+    pub const IDS_INT: &str = "ids.int";
+    /// [`StoreMeta`] as JSON.
+    pub const META: &str = "store.json";
+    /// What ingest read and skipped, as JSON.
+    pub const INGEST: &str = "ingest.json";
+}
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Range;
@@ -337,11 +365,11 @@ impl IdStore {
     pub fn open(dir: &Path, kind: IdKind) -> Result<Self> {
         Ok(match kind {
             IdKind::Utf8 => IdStore::Utf8 {
-                off: Mapped::open(&dir.join("ids.off"))?,
-                dat: Mapped::open(&dir.join("ids.dat"))?,
+                off: Mapped::open(&dir.join(files::IDS_OFF))?,
+                dat: Mapped::open(&dir.join(files::IDS_DAT))?,
             },
-            IdKind::Int64 => IdStore::Int(Mapped::open(&dir.join("ids.int"))?),
-            IdKind::UInt64 => IdStore::UInt(Mapped::open(&dir.join("ids.int"))?),
+            IdKind::Int64 => IdStore::Int(Mapped::open(&dir.join(files::IDS_INT))?),
+            IdKind::UInt64 => IdStore::UInt(Mapped::open(&dir.join(files::IDS_INT))?),
         })
     }
 
@@ -407,9 +435,9 @@ pub struct Pair {
 impl Pair {
     pub fn open(dir: &Path, dtype: Dtype, d: usize) -> Result<Self> {
         Ok(Pair {
-            image: Embeddings::open(&dir.join("image.bin"), dtype)?,
-            text: Embeddings::open(&dir.join("text.bin"), dtype)?,
-            scale: Mapped::open(&dir.join("scale.bin"))?,
+            image: Embeddings::open(&dir.join(files::IMAGE), dtype)?,
+            text: Embeddings::open(&dir.join(files::TEXT), dtype)?,
+            scale: Mapped::open(&dir.join(files::SCALE))?,
             d,
         })
     }
@@ -469,8 +497,8 @@ impl Store {
     pub fn open(dir: &Path, meta: StoreMeta) -> Result<Self> {
         Ok(Store {
             emb: Pair::open(dir, meta.dtype, meta.d)?,
-            order: Mapped::open(&dir.join("order.bin"))?,
-            row: Mapped::open(&dir.join("row.bin"))?,
+            order: Mapped::open(&dir.join(files::ORDER))?,
+            row: Mapped::open(&dir.join(files::ROW))?,
             ids: IdStore::open(dir, meta.id_kind)?,
             dir: dir.to_path_buf(),
             meta,
