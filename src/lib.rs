@@ -12,37 +12,36 @@
 //! ```
 //!
 //! Where the algorithm (`docs/algorithm.md`) lives in the code:
-//! section 1 in [`classes`], section 2 in [`score`], section 3 in [`select`].
+//! section 1 in [`stages::classes`], section 2 in [`stages::score`], section 3
+//! in [`stages::select`].
 
-pub mod bench;
-pub mod classes;
-pub mod compare;
-pub mod emit;
+// Layers, each importing only the ones above it in this list (checked by
+// tests/layers.rs; ARCHITECTURE.md explains them).
 pub mod error;
-pub mod eval;
-pub mod formats;
-pub mod ingest;
-pub mod interrupt;
-pub mod kernels;
-pub mod kmeans;
-pub mod lock;
-pub mod lse_bench;
-pub mod memory;
-pub mod methods;
-pub mod outdir;
-pub mod pipeline;
-pub mod pipeline_file;
-pub mod prefilter;
+pub mod ids;
 pub mod progress;
-pub mod remote;
-pub mod report;
-pub mod resume;
 pub mod rng;
-pub mod score;
-pub mod select;
-pub mod select_args;
+
+pub mod kernels;
+
+pub mod io;
+
+pub mod formats;
+
+pub mod memory;
 pub mod store;
+
+pub mod stages;
+
+pub mod methods;
 pub mod synth;
-pub mod train_csv;
+
+pub mod eval;
+
+pub mod output;
+
+pub mod jobs;
+
+pub mod cli;
 
 pub use error::{Error, Result};

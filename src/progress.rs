@@ -45,6 +45,16 @@ pub fn json() -> bool {
     JSON.load(Ordering::Relaxed) && !quiet()
 }
 
+/// Prints a warning on stderr (a `warning` event in JSON mode), unless
+/// `--quiet`.
+pub fn warn(message: &str) {
+    if json() {
+        event("warning", serde_json::json!({ "message": message }));
+    } else if !quiet() {
+        eprintln!("clipcov: warning: {message}");
+    }
+}
+
 fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -109,10 +109,7 @@ fn read_class_table(path: &Path) -> Vec<(usize, usize, usize, u64, bool)> {
 }
 
 fn class_local(dir: &Path, flags: &str) {
-    let mut args = vec!["synth", "--model", "class-local"];
-    args.extend(flags.split_whitespace());
-    args.extend(["--out", s(dir)]);
-    clipcov_ok(&args);
+    synth_at(dir, &format!("--model class-local {flags}"));
 }
 
 #[test]

@@ -148,7 +148,7 @@ fn sampled_cross_is_the_stated_estimator() {
             continue;
         }
         sampled_classes += 1;
-        let sample: Vec<usize> = clipcov::score::cross_sample_rows(n, m, 7, k)
+        let sample: Vec<usize> = clipcov::stages::score::cross_sample_rows(n, m, 7, k)
             .into_iter()
             .map(|j| rows[j])
             .collect();

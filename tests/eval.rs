@@ -340,21 +340,10 @@ fn covariance_metrics_match_brute_force() {
 fn eval_is_deterministic_per_seed_and_across_threads() {
     let dir = Dir::new("eval-det");
     let ds = dir.join("ds");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "3000",
-        "--classes",
-        "6",
-        "--dim",
-        "16",
-        "--eval-rows",
-        "300",
-        "--seed",
-        "2",
-        "--out",
-        s(&ds),
-    ]);
+    synth_at(
+        &ds,
+        "--rows 3000 --classes 6 --dim 16 --eval-rows 300 --seed 2",
+    );
     let data = ds.join("data");
     let out = dir.join("out");
     clipcov_ok(&[
@@ -435,25 +424,7 @@ fn eval_is_deterministic_per_seed_and_across_threads() {
 fn eval_learns_on_clean_synth_data() {
     let dir = Dir::new("eval-clean");
     let ds = dir.join("ds");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "4000",
-        "--classes",
-        "8",
-        "--dim",
-        "32",
-        "--eval-rows",
-        "400",
-        "--mismatch-rate",
-        "0",
-        "--duplicate-rate",
-        "0",
-        "--junk-rate",
-        "0",
-        "--out",
-        s(&ds),
-    ]);
+    synth_at(&ds, "--rows 4000 --classes 8 --dim 32 --eval-rows 400 --mismatch-rate 0 --duplicate-rate 0 --junk-rate 0");
     let out = dir.join("out");
     let data = ds.join("data");
     clipcov_ok(&[
@@ -536,19 +507,7 @@ fn eval_rejects_a_subset_of_other_data() {
 fn compare_with_eval_set_adds_the_metrics_of_every_method() {
     let dir = Dir::new("compare-eval");
     let ds = dir.join("ds");
-    clipcov_ok(&[
-        "synth",
-        "--rows",
-        "3000",
-        "--classes",
-        "8",
-        "--dim",
-        "16",
-        "--eval-rows",
-        "200",
-        "--out",
-        s(&ds),
-    ]);
+    synth_at(&ds, "--rows 3000 --classes 8 --dim 16 --eval-rows 200");
     let (data, prompts, eval) = (
         ds.join("data"),
         ds.join("prompts.parquet"),

@@ -65,22 +65,10 @@ fn synth_is_deterministic() {
     let a = dir.join("a");
     let b = dir.join("b");
     for o in [&a, &b] {
-        clipcov_ok(&[
-            "synth",
-            "--rows",
-            "3000",
-            "--classes",
-            "5",
-            "--dim",
-            "16",
-            "--shards",
-            "3",
-            "--f16",
-            "--seed",
-            "4",
-            "--out",
-            s(o),
-        ]);
+        synth_at(
+            o,
+            "--rows 3000 --classes 5 --dim 16 --shards 3 --f16 --seed 4",
+        );
     }
     for f in [
         "data/part-00000.parquet",

@@ -5,6 +5,9 @@
 
 mod util;
 
+// The layers of the library: imports point down, no circles.
+mod layers;
+
 // The ClipCov pipeline against a literal float64 implementation of the spec.
 mod parity;
 // --cross-sample: the sampled cross term against its estimator in float64.

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use clipcov::formats::canonical::{discover, Columns};
+use clipcov::formats::dataset::{Columns, discover};
 use clipcov::ingest::{ingest, BadRowPolicy, DuplicatePolicy, IngestOptions};
 
 fuzz_target!(|data: &[u8]| {

@@ -23,21 +23,28 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-use clipcov::emit::write_subset_files;
+use clipcov::cli::args::select_config as parse_select_flags;
 use clipcov::error::Error;
-use clipcov::formats::canonical::{Columns, ShardStarts};
-use clipcov::formats::layout::{self, Layout};
+use clipcov::formats::dataset::{self as layout, Columns, Layout, ShardStarts};
 use clipcov::formats::metadata::Keep;
 use clipcov::formats::prompts::read_prompts as read_prompts_file;
-use clipcov::formats::subset::SubsetRow;
-use clipcov::ingest::{prepare_batch, BadRowPolicy, Classify, IngestOptions};
+use clipcov::formats::shards::shard_rows;
+use clipcov::ids::IdRef;
+use clipcov::jobs::pipeline::{self, ClassSource, SelectConfig};
 use clipcov::memory;
-use clipcov::pipeline::{self, Budget, ClassSource, SelectConfig};
+use clipcov::output::emit::{write_subset_files, SubsetExtras};
+use clipcov::output::subset::SubsetRow;
 use clipcov::progress::{self, LogFormat};
-use clipcov::score::{self, Centres, ClassSums, CrossSample, ScoreOptions, Tau, TileBlock, TERMS};
-use clipcov::select::{self as greedy, ClassSequence, Merged, RefreshMode, SelectOptions, Weights};
-use clipcov::select_args;
-use clipcov::store::{IdRef, SliceRows};
+use clipcov::stages::ingest::{
+    prepare_batch, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions,
+};
+use clipcov::stages::score::{
+    self, Centres, ClassSums, CrossSample, ScoreOptions, Tau, TileBlock, TERMS,
+};
+use clipcov::stages::select::{
+    self as greedy, Budget, ClassSequence, Merged, RefreshMode, SelectOptions, Weights,
+};
+use clipcov::store::SliceRows;
 
 type R<T> = clipcov::Result<T>;
 
@@ -137,7 +144,11 @@ fn to_py(py: Python<'_>, a: ArrayRef) -> PyResult<Bound<'_, PyAny>> {
 }
 
 fn parse_weights(w: &str) -> R<Weights> {
-    pipeline::parse_weights(w)
+    w.parse()
+}
+
+fn parse_tau(t: &str) -> R<Tau> {
+    t.parse()
 }
 
 // ---------------------------------------------------------------- the job
@@ -154,7 +165,7 @@ fn select(py: Python<'_>, args: Vec<String>, quiet: bool, log_format: &str) -> P
     };
     progress::init(format, quiet);
     run(py, move || {
-        let cfg = select_args::select_config(&args)?;
+        let cfg = parse_select_flags(&args)?;
         let summary = pipeline::run_select(&cfg)?;
         serde_json::to_string(&summary.manifest).map_err(|e| Error::Internal(e.to_string()))
     })
@@ -165,7 +176,7 @@ fn select(py: Python<'_>, args: Vec<String>, quiet: bool, log_format: &str) -> P
 #[pyfunction]
 fn select_config(py: Python<'_>, args: Vec<String>) -> PyResult<String> {
     run(py, move || {
-        let cfg: SelectConfig = select_args::select_config(&args)?;
+        let cfg: SelectConfig = parse_select_flags(&args)?;
         let prompts = match &cfg.classes {
             ClassSource::Prompts(p) => p.display().to_string(),
             _ => {
@@ -243,7 +254,7 @@ fn discover(
         let files = files
             .iter()
             .map(|f| {
-                let rows = layout::shard_rows(f, &cols)?;
+                let rows = shard_rows(f, &cols)?;
                 Ok((f.path.display().to_string(), f.relative.clone(), rows))
             })
             .collect::<R<Vec<_>>>()?;
@@ -357,7 +368,7 @@ fn normalise<'py>(
         let opts = IngestOptions {
             columns,
             on_bad_row,
-            on_duplicate: clipcov::ingest::DuplicatePolicy::Error,
+            on_duplicate: DuplicatePolicy::Error,
             batch_rows: batch.num_rows().max(1),
             expected_d: Some((d, prompts_path.unwrap_or_else(|| "<classes>".into()))),
             classify: Some(Classify {
@@ -439,7 +450,7 @@ fn score_options(
     memory_limit_bytes: u64,
 ) -> R<ScoreOptions> {
     Ok(ScoreOptions {
-        tau: pipeline::parse_tau(tau)?,
+        tau: parse_tau(tau)?,
         tile_rows,
         cross: CrossSample::parse(cross_sample, 1e-3).map_err(Error::Usage)?,
         seed,
@@ -586,7 +597,7 @@ fn cross_block<'py>(
     let (stripes, rows, cols) = run(py, move || {
         let (u, d) = rows_f32(&image, "image")?;
         let (v, _) = rows_f32(&text, "text")?;
-        let t = match pipeline::parse_tau(&tau)? {
+        let t = match parse_tau(&tau)? {
             Tau::Threshold(t) => t as f32,
             Tau::None => return Err(usage("cross_block: tau none needs no tiles")),
         };
@@ -682,7 +693,7 @@ fn class_sequence<'py>(
             weights: parse_weights(&weights)?,
             refresh,
             budget: max_picks,
-            tau: pipeline::parse_tau(&tau)?,
+            tau: parse_tau(&tau)?,
             tile_rows,
             mode: mode.parse::<RefreshMode>().map_err(Error::Usage)?,
         };
@@ -796,14 +807,16 @@ fn write_subset(
             })
             .collect::<R<_>>()?;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let keep = Keep {
-            names: Vec::new(),
-            files: &[],
-            starts: ShardStarts::from_rows(std::iter::empty()),
+        let extras = SubsetExtras {
+            keep: Keep {
+                names: Vec::new(),
+                files: &[],
+                starts: ShardStarts::from_rows(std::iter::empty()),
+            },
             train: None,
         };
         let names = ["easy", "cross", "label", "between"];
-        let files = write_subset_files(&out, &dir, &subset, &names, &keep)?;
+        let files = write_subset_files(&out, &dir, &subset, &names, &extras)?;
         Ok(files
             .into_iter()
             .map(|f| (f.path, f.rows, f.bytes, f.sha256))

@@ -13,7 +13,8 @@ use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 
 use crate::error::{Error, Result};
-use crate::formats::canonical::{batches, open_parquet, SourceFile};
+use crate::formats::dataset::SourceFile;
+use crate::formats::parquet_read::{batches, open_parquet};
 
 /// The column read.
 pub const KIND_COLUMN: &str = "kind";

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::covariance::CrossCov;
 use super::kinds::{self, Kinds};
 use crate::error::{Error, IoContext, Result};
-use crate::formats::canonical::SourceFile;
+use crate::formats::dataset::SourceFile;
 use crate::store::Store;
 
 /// What the coverage metrics count.

@@ -12,8 +12,9 @@ use arrow_array::{Array, ArrayRef, UInt32Array};
 use arrow_schema::{DataType, Field};
 use parquet::arrow::ProjectionMask;
 
-use super::canonical::{batches, column_names, open_parquet, ShardStarts, SourceFile};
-use super::layout::metadata_path;
+use super::dataset::metadata_path;
+use super::dataset::{ShardStarts, SourceFile};
+use super::parquet_read::{batches, column_names, open_parquet};
 use crate::error::{Error, Result};
 
 /// Columns a subset file may already have: the core columns, then every
@@ -44,8 +45,6 @@ pub struct Keep<'a> {
     pub files: &'a [SourceFile],
     /// Where each shard's rows are in the canonical row order.
     pub starts: ShardStarts,
-    /// `--train-csv`: also write `train.csv` (src/train_csv.rs).
-    pub train: Option<crate::train_csv::TrainCsv>,
 }
 
 impl Keep<'_> {

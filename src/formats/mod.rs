@@ -1,16 +1,15 @@
-//! File formats: what clipcov reads (Parquet and npy shards, class prompts,
-//! targets, metadata) and writes (subsets, centroids), the one guarded
-//! Parquet read path ([`canonical::batches`]), and the atomic-write and
-//! publish discipline for outputs.
+//! File formats clipcov reads: Parquet and npy shards, class prompts,
+//! targets and metadata columns, through the one guarded Parquet read path
+//! ([`parquet_read::batches`]). Never imports the store, the stages or a job's
+//! configuration.
 
-pub mod atomic;
-pub mod canonical;
+pub mod dataset;
 pub mod embedding;
-pub mod layout;
 pub mod metadata;
 pub mod npy;
 pub mod npz;
+pub mod parquet_read;
+pub mod parquet_write;
 pub mod prompts;
-pub mod publish;
-pub mod subset;
+pub mod shards;
 pub mod targets;

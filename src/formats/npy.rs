@@ -216,7 +216,7 @@ impl NpyMatrix {
 
     fn open_of(path: &Path, allowed: &[NpyDtype]) -> Result<Self> {
         // An object is read from a local copy (memory maps need a file).
-        let local = crate::remote::local_copy(path)?;
+        let local = crate::io::remote::local_copy(path)?;
         let file = File::open(&local).at_path(&local)?;
         // SAFETY: clipcov only reads the file; input files must not be
         // rewritten while clipcov runs (the documented contract for inputs).

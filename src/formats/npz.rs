@@ -32,7 +32,7 @@ impl Npz {
     /// zip archive.
     pub fn open(path: &Path) -> Result<Self> {
         // An object is read from a local copy (memory maps need a file).
-        let local = crate::remote::local_copy(path)?;
+        let local = crate::io::remote::local_copy(path)?;
         let file = File::open(&local).at_path(&local)?;
         // SAFETY: read-only mapping of an input file (see NpyMatrix::open).
         let map = unsafe { Mmap::map(&file) }.at_path(&local)?;

@@ -12,8 +12,8 @@ use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::Array;
 use arrow_schema::DataType;
 
-use super::canonical::{batches, open_parquet};
 use super::embedding::{EmbeddingView, RowProblem};
+use super::parquet_read::{batches, open_parquet};
 use crate::error::{Error, Result};
 
 /// Class prompt embeddings, one normalised row per class.
@@ -38,7 +38,7 @@ impl Prompts {
 
 /// Reads a prompts Parquet file.
 pub fn read_prompts(path: &Path) -> Result<Prompts> {
-    super::canonical::guard_decoder(path, || read_prompts_unguarded(path))
+    super::parquet_read::guard_decoder(path, || read_prompts_unguarded(path))
 }
 
 fn read_prompts_unguarded(path: &Path) -> Result<Prompts> {

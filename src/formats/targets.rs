@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use super::canonical::{batches, open_parquet};
 use super::embedding::EmbeddingView;
 use super::npy::NpyMatrix;
+use super::parquet_read::{batches, open_parquet};
 use crate::error::{Error, Result};
 
 /// The column read from a Parquet targets file.

@@ -4,5 +4,6 @@
 //! them on tiles of the staged store.
 
 pub mod dense;
+pub mod kmeans;
 pub mod lse;
 pub mod topk;

@@ -14,10 +14,10 @@ use super::context::gather;
 use super::random::draw;
 use super::{budget_rows, top, Ctx, Method, MethodOptions, Pick, Selection};
 use crate::error::{Error, Result};
-use crate::formats::canonical::SourceFile;
-use crate::ingest::Ingested;
+use crate::formats::dataset::SourceFile;
 use crate::kernels::dense::{dot_f64, gemm_abt};
 use crate::kernels::lse::Partial;
+use crate::stages::ingest::Ingested;
 use crate::store::Store;
 
 /// Stream of the sample `S`.

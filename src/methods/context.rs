@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::kernels::dense::{dot_f64, dot_mixed, normalised};
-use crate::kmeans::{self, KMeansOptions, RowSource};
+use crate::kernels::kmeans::{self, KMeansOptions, RowSource};
 use crate::store::Store;
 
 /// Rows per parallel block of the row-wise passes.

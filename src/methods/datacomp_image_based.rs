@@ -18,13 +18,13 @@ use std::path::Path;
 
 use super::context::{CanonicalImages, GivenImages};
 use super::{cut, Ctx, Method, MethodOptions, Pick, Rule, Selection};
-use crate::emit::record;
 use crate::error::{Error, IoContext, Result};
-use crate::formats::atomic::atomic_write;
 use crate::formats::embedding::EmbeddingView;
 use crate::formats::npy::{header_bytes, NpyMatrix};
 use crate::formats::targets::read_targets;
-use crate::kmeans::{self, KMeansOptions, RowSource};
+use crate::io::atomic::atomic_write;
+use crate::io::written::record;
+use crate::kernels::kmeans::{self, KMeansOptions, RowSource};
 
 /// In-memory rows as a k-means row source.
 struct Slice<'a> {

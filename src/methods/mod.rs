@@ -7,12 +7,10 @@
 //! canonical row index, so every method is deterministic for a seed.
 
 pub mod c_rho;
-pub mod cli;
 pub mod clip_score;
 pub mod context;
 pub mod datacomp_image_based;
 pub mod neg_clip_loss;
-pub mod output;
 pub mod random;
 pub mod semdedup;
 pub mod ssp;
@@ -25,9 +23,9 @@ use serde::Serialize;
 
 pub use context::{default_clusters, Clusters, Ctx};
 
-use crate::emit::OutputFile;
 use crate::error::{Error, Result};
-use crate::pipeline::Budget;
+use crate::io::written::OutputFile;
+use crate::stages::select::Budget;
 
 /// A baseline method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
@@ -317,14 +315,14 @@ pub fn check(method: Method, opts: &MethodOptions, has_learner: bool) -> Result<
         match &opts.targets {
             // Fail before staging the data, not after.
             Some(t) => {
-                crate::remote::stat(t)?;
+                crate::io::remote::stat(t)?;
             }
             None => return Err(Error::Usage(
                 "datacomp_image_based needs --targets FILE (Parquet with an image_embedding column, or .npy [K, d])".into(),
             )),
         }
         if let Some(c) = &opts.centroids {
-            crate::remote::stat(c)?;
+            crate::io::remote::stat(c)?;
         }
     }
     Ok(())

@@ -19,10 +19,10 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 
-use super::output::{id_array, id_type, write_batches};
 use super::{budget_rows, top, Clusters, Ctx, Method, MethodOptions, Pick, Selection};
-use crate::emit::record;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::formats::parquet_write::{write_batches, BATCH_ROWS};
+use crate::io::written::record;
 use crate::kernels::dense::gemm_abt;
 
 /// No earlier row in the cluster.
@@ -178,13 +178,13 @@ pub fn run(ctx: &Ctx, opts: &MethodOptions, out: &Path) -> Result<Selection> {
 fn write_neighbours(path: &Path, ctx: &Ctx, cl: &Clusters, m: &[f64], arg: &[usize]) -> Result<()> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("row", DataType::UInt64, false),
-        Field::new("id", id_type(ctx.store.meta.id_kind), false),
+        Field::new("id", ctx.store.meta.id_kind.arrow_type(), false),
         Field::new("cluster", DataType::Int32, false),
         Field::new("centroid_distance", DataType::Float64, false),
         Field::new("max_sim", DataType::Float64, false),
         Field::new("max_sim_row", DataType::UInt64, true),
     ]));
-    let batches = ctx.by_row.chunks(super::output::BATCH_ROWS).map(|chunk| {
+    let batches = ctx.by_row.chunks(BATCH_ROWS).map(|chunk| {
         let mut row = UInt64Builder::with_capacity(chunk.len());
         let mut cluster = Int32Builder::with_capacity(chunk.len());
         let mut dist = Float64Builder::with_capacity(chunk.len());
@@ -199,13 +199,13 @@ fn write_neighbours(path: &Path, ctx: &Ctx, cl: &Clusters, m: &[f64], arg: &[usi
         }
         let cols: Vec<ArrayRef> = vec![
             Arc::new(row.finish()),
-            id_array(ctx.store, chunk),
+            ctx.store.id_array(chunk),
             Arc::new(cluster.finish()),
             Arc::new(dist.finish()),
             Arc::new(max_sim.finish()),
             Arc::new(max_row.finish()),
         ];
-        RecordBatch::try_new(schema.clone(), cols)
+        RecordBatch::try_new(schema.clone(), cols).map_err(|e| Error::Internal(e.to_string()))
     });
     write_batches(path, schema.clone(), batches)
 }

@@ -19,12 +19,12 @@ use arrow_array::builder::{Int32Builder, StringBuilder};
 use arrow_array::{ArrayRef, FixedSizeListArray, Float16Array, Float32Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use half::f16;
-use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
-use crate::formats::atomic::atomic_write;
+use crate::formats::parquet_write::write_batches_with;
+use crate::io::atomic::atomic_write;
 use crate::rng::Rng;
 use class_local::LocalModel;
 use options::{draw_class, noise, unit, Pair};
@@ -283,22 +283,11 @@ fn write_batches(
     schema: Arc<Schema>,
     batches: impl Iterator<Item = RecordBatch>,
 ) -> Result<()> {
+    // Uncompressed shards with small row groups, like an exporter's.
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(GROUP_ROWS as usize))
         .build();
-    atomic_write(path, |w| {
-        let mut writer = ArrowWriter::try_new(w, schema, Some(props))
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        for b in batches {
-            writer
-                .write(&b)
-                .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-        }
-        writer
-            .close()
-            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-        Ok(())
-    })
+    write_batches_with(path, schema, props, batches.map(Ok))
 }
 
 /// Summary of what `synth` wrote.

@@ -1,0 +1,672 @@
+//! The `select` job: ingest -> classes -> score -> select -> emit, with a
+//! timing and a row count for every stage, and the run manifest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{Error, IoContext, Result};
+use crate::formats::dataset::{Columns, SourceFile};
+use crate::formats::dataset::{Layout, Model};
+use crate::formats::metadata::Keep;
+use crate::formats::prompts::{read_prompts, Prompts};
+use crate::formats::{dataset, shards};
+use crate::ids::IdKind;
+use crate::io::written::write_json;
+use crate::jobs::shell::{run_job, store_dir};
+use crate::memory::{self, Plan, RssMonitor};
+use crate::output::emit::{self, Manifest, StageTiming, SubsetExtras};
+use crate::output::publish::OutputSet;
+use crate::stages::classes;
+use crate::stages::ingest::{
+    self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested,
+};
+use crate::stages::prefilter::Predicate;
+use crate::stages::score::{self, CrossSample, ScoreOptions, ScoreStats, Tau, TERMS};
+use crate::stages::select::{self, Budget, Pick, Refresh, RefreshMode, SelectOptions, Weights};
+use crate::store::journal::{self, Journal};
+use crate::store::{files, Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
+
+/// Where latent classes come from.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassSource {
+    Prompts(PathBuf),
+    KMeans {
+        clusters: usize,
+        iterations: usize,
+    },
+    /// One class holding every row (for methods that need no classes).
+    Single,
+}
+
+/// A validated `select` configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelectConfig {
+    pub data: PathBuf,
+    pub classes: ClassSource,
+    pub budget: Budget,
+    pub out: PathBuf,
+    pub tau: Tau,
+    pub refresh: Refresh,
+    /// Lazy (default where exact) or eager refresh: same picks, less work.
+    pub refresh_mode: RefreshMode,
+    /// `--cross-sample`: the estimator of `cross` (seeded by `seed`).
+    #[serde(serialize_with = "serialize_cross")]
+    pub cross: CrossSample,
+    pub weights: Weights,
+    pub memory_limit_bytes: u64,
+    pub threads: usize,
+    /// Forces the tile side (tests use it to tile inside small classes).
+    pub tile_rows: Option<usize>,
+    /// Forces the rows per chunk of ingest's class buckets (tests use it to
+    /// split classes into many runs).
+    pub chunk_rows: Option<usize>,
+    pub columns: Columns,
+    pub on_bad_row: BadRowPolicy,
+    pub on_duplicate: DuplicatePolicy,
+    pub seed: u64,
+    /// Assign classes by captions instead of images (`--assign text`).
+    pub assign_text: bool,
+    /// Ignore what an earlier run left in the store and start over.
+    pub fresh: bool,
+    /// The input layout; `None` detects it.
+    pub layout: Option<Layout>,
+    /// The DataComp embeddings to read.
+    pub model: Model,
+    /// Metadata columns carried into the subset files.
+    pub keep_columns: Vec<String>,
+    /// `--train-csv`: also write each method's `train.csv`.
+    pub train_csv: Option<crate::output::train_csv::TrainCsv>,
+    /// The URL prefix the results in `out` (then a local work folder) are
+    /// uploaded to when the run succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_to: Option<PathBuf>,
+    /// `--where`: a SQL predicate over metadata columns; only the rows it
+    /// keeps are staged (src/prefilter.rs).
+    #[serde(rename = "where")]
+    pub filter: Option<String>,
+}
+
+impl SelectConfig {
+    /// The configuration as the manifest records it (`tau` as its flag).
+    pub fn manifest_parameters(&self) -> serde_json::Value {
+        let mut params = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = params.as_object_mut() {
+            o.insert(
+                "tau".into(),
+                serde_json::Value::String(self.tau.to_string()),
+            );
+        }
+        params
+    }
+}
+
+fn serialize_cross<S: serde::Serializer>(
+    c: &CrossSample,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match c {
+        CrossSample::Exact => s.serialize_str("exact"),
+        CrossSample::Fixed(m) => s.serialize_u64(*m as u64),
+        CrossSample::Auto { error } => {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(Some(1))?;
+            map.serialize_entry("auto", &serde_json::json!({ "error": error }))?;
+            map.end()
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct SelectSummary {
+    pub manifest: Manifest,
+    pub manifest_path: PathBuf,
+    /// The URLs uploaded to (`--out` a URL), manifest last.
+    pub published: Vec<String>,
+}
+
+/// Runs the whole `select` job on a rayon pool of `cfg.threads` threads.
+pub fn run_select(cfg: &SelectConfig) -> Result<SelectSummary> {
+    let (summary, published) = run_job(&cfg.out, cfg.threads, cfg.publish_to.as_deref(), || {
+        run(cfg, &store_dir(&cfg.out))
+    })?;
+    Ok(SelectSummary {
+        published,
+        ..summary
+    })
+}
+
+fn stage<T>(
+    timings: &mut Vec<StageTiming>,
+    name: &str,
+    rows: u64,
+    bytes: u64,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let t = Instant::now();
+    let p = crate::progress::start(name, rows);
+    let v = match f() {
+        Ok(v) => v,
+        Err(e) => {
+            p.fail(&e);
+            return Err(e);
+        }
+    };
+    p.finish();
+    let s = t.elapsed().as_secs_f64();
+    timings.push(StageTiming {
+        stage: name.to_string(),
+        seconds: s,
+        rows,
+        rows_per_second: if s > 0.0 { rows as f64 / s } else { 0.0 },
+        bytes_read: bytes,
+        gb_per_second: if s > 0.0 { bytes as f64 / s / 1e9 } else { 0.0 },
+        kernels: None,
+        refresh: None,
+    });
+    Ok(v)
+}
+
+/// The staged store and what was learned while staging it.
+pub struct Staged {
+    pub store: Store,
+    pub ingested: Ingested,
+    pub files: Vec<SourceFile>,
+    /// `[K, d]`: the class prompt or centroid `c_k` of every class.
+    pub class_emb: Vec<f32>,
+    pub plan: Plan,
+    pub tile_rows: usize,
+    /// The store stage's resume key.
+    pub key: String,
+    /// The layout read and the column names used (layout defaults filled in).
+    pub layout: Layout,
+    pub columns: Columns,
+}
+
+impl Staged {
+    /// What `--keep-columns` and `--train-csv` need to fetch the selected
+    /// rows' metadata.
+    pub fn extras(&self, cfg: &SelectConfig) -> SubsetExtras<'_> {
+        SubsetExtras {
+            keep: Keep {
+                names: cfg.keep_columns.clone(),
+                files: &self.files,
+                starts: self.ingested.starts(),
+            },
+            train: cfg.train_csv.clone(),
+        }
+    }
+}
+
+/// Ingests `cfg.data`, assigns latent classes and writes the class-sorted
+/// store in `store_dir`, or reuses the store there when its journal matches
+/// the inputs (otherwise it is rebuilt from scratch). Stages: ingest,
+/// classes.
+pub fn stage_data(
+    cfg: &SelectConfig,
+    store_dir: &Path,
+    timings: &mut Vec<StageTiming>,
+) -> Result<Staged> {
+    // Remote .npy/.npz inputs are copied here (kept for reruns, outside
+    // the store, which a restaging run removes).
+    crate::io::remote::set_cache_dir(&cfg.out.join("remote-cache"));
+    // A predicate that does not parse fails before anything is read.
+    let predicate = cfg.filter.as_deref().map(Predicate::parse).transpose()?;
+    let layout = match cfg.layout {
+        Some(l) => l,
+        None => dataset::detect(&cfg.data)?,
+    };
+    let (files, columns) = dataset::discover_layout(&cfg.data, layout, &cfg.columns, cfg.model)?;
+    if let Some(t) = &cfg.train_csv {
+        t.check_columns(&files)?;
+    }
+    let prompts: Option<Prompts> = match &cfg.classes {
+        ClassSource::Prompts(p) => Some(read_prompts(p)?),
+        _ => None,
+    };
+    // Row count and size from the footers, to plan memory before reading.
+    let file_rows = files
+        .iter()
+        .map(|f| shards::shard_rows(f, &columns))
+        .collect::<Result<Vec<u64>>>()?;
+    let total_rows: u64 = file_rows.iter().sum();
+    let input_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    // The prompts' d, or the data's: k-means and the baselines have no
+    // prompts, and their tiles grow with d.
+    let d_hint = match &prompts {
+        Some(p) => p.d,
+        None => shards::probe_d(&files, &columns).unwrap_or(512),
+    };
+    let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d_hint, cfg.threads)?;
+    let tile_rows = cfg.tile_rows.unwrap_or(plan.tile_rows);
+
+    let key = store_key(cfg, &files, &columns)?;
+    if !cfg.fresh {
+        let t = Instant::now();
+        if Journal::load(store_dir)
+            .valid(store_dir, "store", &key)
+            .is_some()
+        {
+            let resolved = (layout, columns.clone());
+            if let Ok(staged) = reopen(store_dir, files.clone(), plan, tile_rows, &key, resolved) {
+                let rows = staged.store.meta.rows;
+                stage(timings, "reuse-store", rows, 0, || Ok(()))?;
+                if let Some(s) = timings.last_mut() {
+                    s.seconds = t.elapsed().as_secs_f64();
+                }
+                return Ok(staged);
+            }
+        }
+    }
+    let filter = match &predicate {
+        Some(p) => Some(Arc::new(stage(
+            timings,
+            "prefilter",
+            total_rows,
+            0,
+            || p.evaluate(&files, &file_rows),
+        )?)),
+        None => None,
+    };
+    if store_dir.exists() {
+        std::fs::remove_dir_all(store_dir).at_path(store_dir)?;
+    }
+    std::fs::create_dir_all(store_dir).at_path(store_dir)?;
+
+    let classes_k = match (&cfg.classes, &prompts) {
+        (ClassSource::Prompts(_), Some(p)) => p.len(),
+        _ => 1,
+    };
+    let opts = IngestOptions {
+        columns: columns.clone(),
+        on_bad_row: cfg.on_bad_row,
+        on_duplicate: cfg.on_duplicate,
+        batch_rows: plan.batch_rows,
+        expected_d: match (&cfg.classes, &prompts) {
+            (ClassSource::Prompts(path), Some(p)) => Some((p.d, path.clone())),
+            _ => None,
+        },
+        classify: prompts.as_ref().map(|p| Classify {
+            embeddings: p.embeddings.clone(),
+            classes: p.len(),
+            use_text: cfg.assign_text,
+        }),
+        chunk_rows: cfg
+            .chunk_rows
+            .unwrap_or_else(|| plan.chunk_rows(classes_k, d_hint)),
+        filter,
+    };
+    let ing = stage(timings, "ingest", total_rows, input_bytes, || {
+        ingest::ingest(&files, store_dir, &opts)
+    })?;
+    let (d, dtype) = (ing.d, ing.dtype);
+    let store_bytes = ing.file_rows * (2 * d * dtype.bytes()) as u64;
+
+    // With prompts, classes were assigned during ingest: nothing is read.
+    let classes_bytes = match cfg.classes {
+        ClassSource::KMeans { .. } => store_bytes,
+        _ => 0,
+    };
+    let (order, offsets, class_emb, class_ids, class_names) =
+        stage(timings, "classes", ing.file_rows, classes_bytes, || {
+            let dropped = &ing.duplicate_file_rows;
+            let (order, offsets, emb, ids, names) = match (&cfg.classes, &prompts) {
+                (ClassSource::Prompts(_), Some(p)) => {
+                    let (order, offsets) =
+                        classes::order_from_chunks(&ing.chunks, p.len(), dropped);
+                    (
+                        order,
+                        offsets,
+                        p.embeddings.clone(),
+                        p.class_ids.clone(),
+                        p.names.clone(),
+                    )
+                }
+                (
+                    ClassSource::KMeans {
+                        clusters,
+                        iterations,
+                    },
+                    _,
+                ) => {
+                    let pair = Pair::open(store_dir, dtype, d)?;
+                    let (centroids, labels) =
+                        classes::assign_by_kmeans(&pair, *clusters, *iterations, cfg.seed);
+                    let k = centroids.len() / d;
+                    let (order, offsets) = classes::order_from_labels(&labels, k, dropped);
+                    (
+                        order,
+                        offsets,
+                        centroids,
+                        (0..k as i64).collect(),
+                        (0..k).map(|c| format!("cluster_{c}")).collect(),
+                    )
+                }
+                _ => {
+                    let (order, offsets) = classes::order_from_chunks(&ing.chunks, 1, dropped);
+                    (
+                        order,
+                        offsets,
+                        vec![0.0; d],
+                        vec![0],
+                        vec!["all".to_string()],
+                    )
+                }
+            };
+            classes::write_order(store_dir, &order)?;
+            Ok((order, offsets, emb, ids, names))
+        })?;
+    drop(order);
+    let meta = StoreMeta {
+        version: STORE_VERSION,
+        d,
+        dtype,
+        id_kind: ing.id_kind,
+        rows: offsets[offsets.len() - 1],
+        class_offsets: offsets,
+        class_ids,
+        class_names,
+    };
+    write_json(&store_dir.join(files::META), &meta)?;
+    write_json(&store_dir.join(files::INGEST), &ing)?;
+    let mut w = SeqWriter::create(&store_dir.join(files::CLASS_EMB))?;
+    w.write(&class_emb)?;
+    w.finish()?;
+    let mut files_written: Vec<&str> = vec![
+        files::IMAGE,
+        files::TEXT,
+        files::SCALE,
+        files::ROW,
+        files::ORDER,
+        files::META,
+        files::INGEST,
+        files::CLASS_EMB,
+    ];
+    files_written.extend(match ing.id_kind {
+        IdKind::Utf8 => [files::IDS_OFF, files::IDS_DAT].as_slice(),
+        _ => [files::IDS_INT].as_slice(),
+    });
+    Journal::default().record(
+        store_dir,
+        "store",
+        &key,
+        &files_written,
+        serde_json::Value::Null,
+    )?;
+    Ok(Staged {
+        store: Store::open(store_dir, meta)?,
+        ingested: ing,
+        files,
+        class_emb,
+        plan,
+        tile_rows,
+        key,
+        layout,
+        columns,
+    })
+}
+
+/// The key of the store stage: everything the staged store depends on.
+fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Result<String> {
+    // Sizes and modification times to the nanosecond of every file a shard
+    // is read from (the sibling .npz, the npy layouts' other files): a
+    // shard rewritten within the same second still counts as changed.
+    let mut inputs = Vec::with_capacity(files.len());
+    for f in files {
+        let mut paths = vec![f.path.clone()];
+        match &f.kind {
+            dataset::ShardKind::Parquet => {}
+            dataset::ShardKind::Datacomp { npz } => paths.push(npz.clone()),
+            dataset::ShardKind::ClipRetrieval { text, metadata } => {
+                paths.push(text.clone());
+                paths.extend(metadata.clone());
+            }
+        }
+        for p in paths {
+            // A file's modification time in nanoseconds, an object's ETag.
+            let st = crate::io::remote::stat(&p)?;
+            inputs.push((p, st.bytes, st.version));
+        }
+    }
+    let classes = match &cfg.classes {
+        ClassSource::Prompts(p) => {
+            let st = crate::io::remote::stat(p)?;
+            serde_json::json!({"prompts": p, "bytes": st.bytes, "modified": st.version, "assign_text": cfg.assign_text})
+        }
+        ClassSource::KMeans {
+            clusters,
+            iterations,
+        } => {
+            serde_json::json!({"kmeans": clusters, "iterations": iterations, "seed": cfg.seed})
+        }
+        ClassSource::Single => serde_json::json!("single"),
+    };
+    Ok(journal::key_of(&serde_json::json!({
+        "version": STORE_VERSION,
+        "tool": env!("CARGO_PKG_VERSION"),
+        "inputs": inputs,
+        "columns": columns,
+        "on_bad_row": cfg.on_bad_row,
+        "on_duplicate": cfg.on_duplicate,
+        "classes": classes,
+        "where": cfg.filter,
+    })))
+}
+
+/// Opens a complete store left by an earlier run.
+fn reopen(
+    dir: &Path,
+    files: Vec<SourceFile>,
+    plan: Plan,
+    tile_rows: usize,
+    key: &str,
+    (layout, columns): (Layout, Columns),
+) -> Result<Staged> {
+    let read = |name: &str| -> Result<String> {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).at_path(&p)
+    };
+    let bad =
+        |name: &str, e: serde_json::Error| Error::file(dir.join(name), format!("unreadable: {e}"));
+    let meta: StoreMeta =
+        serde_json::from_str(&read(files::META)?).map_err(|e| bad(files::META, e))?;
+    let ingested: Ingested =
+        serde_json::from_str(&read(files::INGEST)?).map_err(|e| bad(files::INGEST, e))?;
+    let class_emb = Mapped::<f32>::open(&dir.join(files::CLASS_EMB))?
+        .as_slice()
+        .to_vec();
+    Ok(Staged {
+        store: Store::open(dir, meta)?,
+        ingested,
+        files,
+        class_emb,
+        plan,
+        tile_rows,
+        key: key.to_string(),
+        layout,
+        columns,
+    })
+}
+
+/// Scores and selects on a staged store (stages score, select); returns the
+/// picks and the mapped terms.
+pub fn clipcov_picks(
+    cfg: &SelectConfig,
+    staged: &Staged,
+    timings: &mut Vec<StageTiming>,
+) -> Result<(Vec<Pick>, Mapped<f64>)> {
+    let store = &staged.store;
+    let n = store.meta.rows;
+    let store_bytes = n * (2 * store.d() * store.meta.dtype.bytes()) as u64;
+    let opts = ScoreOptions {
+        tau: cfg.tau,
+        tile_rows: staged.tile_rows,
+        cross: cfg.cross,
+        seed: cfg.seed,
+        memory_limit_bytes: cfg.memory_limit_bytes,
+    };
+    // The estimator is part of the key: a store scored exactly is never
+    // reused for a sampled run, nor the other way round (`auto`'s sample
+    // sizes also depend on the memory limit and the threads).
+    let estimator = match cfg.cross {
+        CrossSample::Auto { .. } => format!(
+            "{} limit {} threads {}",
+            cfg.cross.describe(cfg.tau, cfg.seed),
+            cfg.memory_limit_bytes,
+            rayon::current_num_threads()
+        ),
+        _ => cfg.cross.describe(cfg.tau, cfg.seed),
+    };
+    let key = journal::key_of(&(
+        &staged.key,
+        cfg.tau.to_string(),
+        staged.tile_rows,
+        estimator,
+    ));
+    let mut journal = Journal::load(&store.dir);
+    let reused = if cfg.fresh {
+        None
+    } else {
+        journal
+            .valid(&store.dir, "score", &key)
+            .and_then(|r| serde_json::from_value::<ScoreStats>(r.report.clone()).ok())
+    };
+    let stats = match reused {
+        Some(stats) => {
+            stage(timings, "reuse-score", n, 0, || Ok(()))?;
+            stats
+        }
+        None => {
+            journal.forget(&store.dir, "score")?;
+            let stats = stage(timings, "score", n, store_bytes, || {
+                score::score(store, &staged.class_emb, &opts, &store.dir)
+            })?;
+            let report = serde_json::to_value(&stats).unwrap_or_default();
+            journal.record(&store.dir, "score", &key, &[files::TERMS], report)?;
+            stats
+        }
+    };
+    if let Some(t) = timings.last_mut() {
+        t.kernels = Some(stats);
+    }
+    let terms = Mapped::<f64>::open(&store.dir.join(files::TERMS))?;
+    let budget = cfg.budget.rows(n) as usize;
+    let sel_opts = SelectOptions {
+        weights: cfg.weights,
+        refresh: cfg.refresh.period(budget, store.meta.nonempty_classes()),
+        budget,
+        tau: cfg.tau,
+        tile_rows: staged.tile_rows,
+        mode: cfg.refresh_mode,
+    };
+    let (picks, refresh_stats) = stage(timings, "select", n, n * (TERMS as u64) * 8, || {
+        Ok(select::select_with_stats(
+            store,
+            terms.as_slice(),
+            &sel_opts,
+        ))
+    })?;
+    if let Some(t) = timings.last_mut() {
+        t.refresh = Some(refresh_stats);
+    }
+    Ok((picks, terms))
+}
+
+fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
+    let started = Instant::now();
+    let monitor = RssMonitor::start();
+    let mut timings = Vec::new();
+    let staged = stage_data(cfg, store_dir, &mut timings)?;
+    let (_, budget_warning) = cfg.budget.checked_rows(staged.store.meta.rows)?;
+    let (picks, terms) = clipcov_picks(cfg, &staged, &mut timings)?;
+    let store = &staged.store;
+    // Every output is staged and published as one set at the end.
+    let mut set = OutputSet::new(&cfg.out)?;
+    emit::replace_optional_outputs(&mut set, "clipcov");
+    let staging = set.dir().to_path_buf();
+    let manifest = stage(&mut timings, "emit", picks.len() as u64, 0, || {
+        let mut m = emit::emit_clipcov(
+            &staging,
+            store,
+            terms.as_slice(),
+            &picks,
+            &staged.ingested.rejects,
+            &staged.extras(cfg),
+        )?;
+        m.outputs.push(crate::output::report::write_clipcov_report(
+            &staging,
+            "clipcov select",
+            store,
+            terms.as_slice(),
+            &picks,
+            None,
+            &report_parameters(cfg),
+        )?);
+        Ok(m)
+    })?;
+    let budget = cfg.budget.rows(store.meta.rows) as usize;
+    let mut manifest = emit::finish_manifest(
+        manifest,
+        cfg.manifest_parameters(),
+        cfg.refresh.period(budget, store.meta.nonempty_classes()),
+        &staged.files,
+        &staged.ingested,
+        &store.meta,
+        budget,
+        timings,
+        monitor.report(),
+        staged.plan,
+        staged.tile_rows,
+        started.elapsed().as_secs_f64(),
+    );
+    manifest.warnings.extend(budget_warning);
+    // The columns read, with the layout's defaults filled in.
+    if let Some(o) = manifest.parameters.as_object_mut() {
+        o.insert(
+            "columns".into(),
+            serde_json::to_value(&staged.columns).unwrap_or_default(),
+        );
+    }
+    emit::write_manifests(&cfg.out, &staging, &mut manifest)?;
+    set.commit()?;
+    let manifest_path = cfg.out.join("manifest.json");
+    Ok(SelectSummary {
+        manifest,
+        manifest_path,
+        published: Vec::new(),
+    })
+}
+
+/// The run's parameters as report lines: the data, the classes, the
+/// budget, `tau`, the weights and the refresh period.
+pub fn report_parameters(cfg: &SelectConfig) -> Vec<(String, String)> {
+    let classes = match &cfg.classes {
+        ClassSource::Prompts(p) => format!("prompts {}", p.display()),
+        ClassSource::KMeans { clusters, .. } => format!("spherical k-means, {clusters} clusters"),
+        ClassSource::Single => "one class".into(),
+    };
+    let budget = match cfg.budget {
+        Budget::Fraction(f) => format!("fraction {f}"),
+        Budget::Count(c) => format!("{c} rows"),
+    };
+    let w = cfg.weights;
+    let mut v = vec![
+        ("data".to_string(), cfg.data.display().to_string()),
+        ("classes from".into(), classes),
+        ("budget".into(), budget),
+        ("tau".into(), cfg.tau.to_string()),
+        (
+            "weights (cross, easy, label, between)".into(),
+            format!("{}, {}, {}, {}", w.cross, w.easy, w.label, w.between),
+        ),
+        ("refresh".into(), cfg.refresh.to_string()),
+    ];
+    if let Some(f) = &cfg.filter {
+        v.push(("where".into(), f.clone()));
+    }
+    v
+}

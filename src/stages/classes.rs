@@ -1,0 +1,134 @@
+//! Stage 2, classes: every row's latent class (spec section 1) and the
+//! class-sorted order of the store.
+//!
+//! With prompts, ingest already assigned `y_i = argmax_k <u_i, c_k>` (ties
+//! to the smallest `k`) and wrote rows in per-class chunks; this stage only
+//! lists the chunks class by class. Without prompts, spherical k-means on
+//! `u` gives the classes and the order is a stable counting sort of the
+//! file rows by class.
+
+use std::ops::Range;
+use std::path::Path;
+
+use crate::error::Result;
+use crate::kernels::kmeans::{self, KMeansOptions, RowSource};
+use crate::store::{files, Pair, SeqWriter};
+
+/// The image (or caption) rows of a store in file order, as a k-means row
+/// source.
+pub struct Rows<'a> {
+    pub pair: &'a Pair,
+    pub text: bool,
+}
+
+impl RowSource for Rows<'_> {
+    fn len(&self) -> usize {
+        self.pair.len()
+    }
+    fn d(&self) -> usize {
+        self.pair.d
+    }
+    fn rows<'a>(&'a self, range: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let idx: Vec<u64> = (range.start as u64..range.end as u64).collect();
+        if self.text {
+            self.pair.text_gather(&idx, buf)
+        } else {
+            self.pair.image_gather(&idx, buf)
+        }
+    }
+}
+
+/// Latent classes from spherical k-means on the image embeddings: the
+/// centroids (`[k, d]`, standing in for `c_k`) and each file row's class.
+pub fn assign_by_kmeans(
+    raw: &Pair,
+    k: usize,
+    iterations: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<u32>) {
+    let opts = KMeansOptions {
+        k,
+        iterations,
+        seed,
+        spherical: true,
+    };
+    kmeans::kmeans(
+        &Rows {
+            pair: raw,
+            text: false,
+        },
+        &opts,
+    )
+}
+
+/// The sorted order from ingest's chunks `(class, rows)`: file rows class by
+/// class, leaving out `dropped` (sorted). Returns the order and the class
+/// offsets (`classes + 1`).
+pub fn order_from_chunks(
+    chunks: &[(u32, u32)],
+    classes: usize,
+    dropped: &[u64],
+) -> (Vec<u64>, Vec<u64>) {
+    let mut runs: Vec<Vec<(u64, u64)>> = vec![Vec::new(); classes];
+    let mut file_row = 0u64;
+    for &(k, n) in chunks {
+        runs[k as usize].push((file_row, file_row + n as u64));
+        file_row += n as u64;
+    }
+    let mut order = Vec::with_capacity(file_row as usize - dropped.len());
+    let mut offsets = vec![0u64; classes + 1];
+    for (k, rs) in runs.iter().enumerate() {
+        for &(a, b) in rs {
+            order.extend((a..b).filter(|f| dropped.binary_search(f).is_err()));
+        }
+        offsets[k + 1] = order.len() as u64;
+    }
+    (order, offsets)
+}
+
+/// The sorted order from a class label per file row (file order is
+/// canonical order, so a stable sort keeps rows in canonical order).
+pub fn order_from_labels(labels: &[u32], classes: usize, dropped: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let mut offsets = vec![0u64; classes + 1];
+    for &l in labels {
+        offsets[l as usize + 1] += 1;
+    }
+    for &f in dropped {
+        offsets[labels[f as usize] as usize + 1] -= 1;
+    }
+    for k in 0..classes {
+        offsets[k + 1] += offsets[k];
+    }
+    let mut cursor = offsets[..classes].to_vec();
+    let mut order = vec![0u64; offsets[classes] as usize];
+    for (f, &l) in labels.iter().enumerate() {
+        if dropped.binary_search(&(f as u64)).is_ok() {
+            continue;
+        }
+        order[cursor[l as usize] as usize] = f as u64;
+        cursor[l as usize] += 1;
+    }
+    (order, offsets)
+}
+
+/// Writes `order.bin`.
+pub fn write_order(dir: &Path, order: &[u64]) -> Result<()> {
+    let mut w = SeqWriter::create(&dir.join(files::ORDER))?;
+    w.write(order)?;
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_agree() {
+        // Chunks: class 1 (2 rows), class 0 (1), class 1 (1); row 1 dropped.
+        let (o, off) = order_from_chunks(&[(1, 2), (0, 1), (1, 1)], 3, &[1]);
+        assert_eq!(o, vec![2, 0, 3]);
+        assert_eq!(off, vec![0, 1, 3, 3]);
+        let (o2, off2) = order_from_labels(&[1, 1, 0, 1], 3, &[1]);
+        assert_eq!((o2, off2), (o, off));
+    }
+}

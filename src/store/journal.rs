@@ -1,0 +1,124 @@
+//! Resume: what each stage left in the store, and whether it can be reused.
+//!
+//! A stage that completes records, in `store/stages.json`, a key (a hash of
+//! everything its output depends on: inputs with their sizes and
+//! modification times, and the parameters that matter to it) and the size
+//! and CRC-32 of every file it wrote. A rerun of the same command reuses a
+//! stage whose key matches and whose files still check out, and redoes the
+//! first stage that does not, and everything after it. A parameter change
+//! therefore invalidates exactly the stages whose key includes it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::Result;
+use crate::io::written::write_json;
+use crate::store::Mapped;
+
+/// One file a stage wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub name: String,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// One completed stage.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub key: String,
+    pub files: Vec<FileRecord>,
+    /// Whatever the stage reports that later runs need (e.g. kernel stats).
+    #[serde(default)]
+    pub report: serde_json::Value,
+}
+
+/// `store/stages.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Journal {
+    pub stages: BTreeMap<String, StageRecord>,
+}
+
+const JOURNAL: &str = "stages.json";
+
+/// The hex SHA-256 of a value's JSON form.
+pub fn key_of(value: &impl Serialize) -> String {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Size and CRC-32 of a file in `dir`.
+pub fn file_record(dir: &Path, name: &str) -> Result<FileRecord> {
+    let map = Mapped::<u8>::open(&dir.join(name))?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(map.as_slice());
+    Ok(FileRecord {
+        name: name.to_string(),
+        bytes: map.as_slice().len() as u64,
+        crc32: h.finalize(),
+    })
+}
+
+impl Journal {
+    /// The journal of `dir`; empty when missing or unreadable (then nothing
+    /// is reused).
+    pub fn load(dir: &Path) -> Journal {
+        std::fs::read_to_string(dir.join(JOURNAL))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default()
+    }
+
+    /// The record of `stage` when its key is `key` and its files are intact.
+    pub fn valid(&self, dir: &Path, stage: &str, key: &str) -> Option<&StageRecord> {
+        let r = self.stages.get(stage)?;
+        if r.key != key {
+            return None;
+        }
+        for f in &r.files {
+            match file_record(dir, &f.name) {
+                Ok(now) if now == *f => {}
+                _ => return None,
+            }
+        }
+        Some(r)
+    }
+
+    /// Records `stage` as complete (after its files are in place).
+    pub fn record(
+        &mut self,
+        dir: &Path,
+        stage: &str,
+        key: &str,
+        files: &[&str],
+        report: serde_json::Value,
+    ) -> Result<()> {
+        let files = files
+            .iter()
+            .map(|f| file_record(dir, f))
+            .collect::<Result<Vec<_>>>()?;
+        self.stages.insert(
+            stage.to_string(),
+            StageRecord {
+                key: key.to_string(),
+                files,
+                report,
+            },
+        );
+        write_json(&dir.join(JOURNAL), self)
+    }
+
+    /// Forgets `stage` (its files are about to be rewritten).
+    pub fn forget(&mut self, dir: &Path, stage: &str) -> Result<()> {
+        if self.stages.remove(stage).is_some() {
+            write_json(&dir.join(JOURNAL), self)?;
+        }
+        Ok(())
+    }
+}
