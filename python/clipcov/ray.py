@@ -38,6 +38,7 @@ import shutil
 import sys
 import time
 import uuid
+import zlib
 from typing import Any
 
 import pyarrow as pa
@@ -63,6 +64,8 @@ _UNSUPPORTED = {
 }
 
 _FAILPOINT = "CLIPCOV_RAY_FAILPOINT"
+# Ids are checked for repeats in this many hash buckets, one task each.
+_ID_BUCKETS = 16
 
 
 def _log(msg: str) -> None:
@@ -118,6 +121,15 @@ def _normalise_item(item: dict, *, classes, cfg: dict, staging: str) -> dict:
                   "image_embedding": out["image_embedding"], "text_embedding": out["text_embedding"]})
     counts: dict[int, int] = {}
     if t.num_rows:
+        # (id, row) by a stable hash of the id, for the repeated-id check.
+        bucket = pa.array([zlib.crc32(str(x).encode()) % _ID_BUCKETS for x in ids.to_pylist()], pa.int64())
+        pairs = pa.table({"id": ids, "row": rows, "bucket": bucket})
+        for b in pa.compute.unique(bucket).to_pylist():
+            folder = os.path.join(staging, "ids", f"bucket={b}")
+            os.makedirs(folder, exist_ok=True)
+            part = pairs.filter(pa.compute.equal(pairs["bucket"], b)).drop_columns(["bucket"])
+            pq.write_table(part, os.path.join(folder, f"part-{item['item']:08d}.parquet"),
+                           compression="none")
         for k in pa.compute.unique(t["class"]).to_pylist():
             part = t.filter(pa.compute.equal(t["class"], k))
             folder = os.path.join(staging, f"class={k}")
@@ -145,6 +157,29 @@ def _load(k: int, staging: str):
     data = {c: t[c].combine_chunks() for c in ("row", "id", "image_embedding", "text_embedding")}
     su, sv = _clipcov.class_sums(data["image_embedding"], data["text_embedding"])
     return data, (su, sv, t.num_rows, _task_info("load", k, t0))
+
+
+@ray.remote(max_retries=3, scheduling_strategy="SPREAD")
+def _repeated(b: int, staging: str):
+    """The earliest repeated id of bucket b: (its later row, the first
+    occurrence's row, the id), or None."""
+    folder = os.path.join(staging, "ids", f"bucket={b}")
+    if not os.path.isdir(folder):
+        return None
+    t = pa.concat_tables([pq.read_table(os.path.join(folder, p)) for p in sorted(os.listdir(folder))])
+    counts = t.group_by("id").aggregate([("row", "count")])
+    ids = counts.filter(pa.compute.greater(counts["row_count"], 1))["id"]
+    if len(ids) == 0:
+        return None
+    dup = t.filter(pa.compute.is_in(t["id"], value_set=ids)).sort_by([("id", "ascending"), ("row", "ascending")])
+    best = None
+    first_of: dict = {}
+    for x, r in zip(dup["id"].to_pylist(), dup["row"].to_pylist()):
+        if x not in first_of:
+            first_of[x] = r
+        elif best is None or r < best[0]:
+            best = (r, first_of[x], x)
+    return best
 
 
 @ray.remote(max_retries=3, scheduling_strategy="SPREAD")
@@ -308,6 +343,15 @@ def _run(cfg, files, cols, c, kk, d, total_rows, tile, nodes, staging, tasks, ti
         err = ClipcovError(message)
         err.exit_code = code
         raise err
+    repeated = [r for r in ray.get([_repeated.remote(b, staging) for b in range(_ID_BUCKETS)]) if r]
+    if repeated:
+        row, first, the_id = min(repeated)
+        # The file and row in the file of the later occurrence.
+        start = 0
+        for path, _rel, n in files:
+            if row < start + n:
+                raise _clipcov.duplicate_id(path, row - start, cols["id"], str(the_id), first)
+            start += n
     sizes = [0] * kk
     bad: list = []
     for r in done:

@@ -36,7 +36,7 @@ use clipcov::output::emit::{write_subset_files, SubsetExtras};
 use clipcov::output::subset::SubsetRow;
 use clipcov::progress::{self, LogFormat};
 use clipcov::stages::ingest::{
-    prepare_batch, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions,
+    duplicate_id_error, prepare_batch, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions,
 };
 use clipcov::stages::score::{
     self, Centres, ClassSums, CrossSample, ScoreOptions, Tau, TileBlock, TERMS,
@@ -824,6 +824,24 @@ fn write_subset(
     })
 }
 
+/// The CLI's error for a repeated id (the later occurrence at `path`,
+/// `row_in_file`; the first at dataset row `first_row`), as an exception
+/// to raise.
+#[pyfunction]
+fn duplicate_id(
+    py: Python<'_>,
+    path: PathBuf,
+    row_in_file: u64,
+    column: &str,
+    id: &str,
+    first_row: u64,
+) -> PyErr {
+    py_err(
+        py,
+        &duplicate_id_error(&path, row_in_file, column, id, first_row),
+    )
+}
+
 #[pymodule]
 fn _clipcov(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ClipcovError", m.py().get_type::<ClipcovError>())?;
@@ -844,5 +862,6 @@ fn _clipcov(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(class_sequence, m)?)?;
     m.add_function(wrap_pyfunction!(merge, m)?)?;
     m.add_function(wrap_pyfunction!(write_subset, m)?)?;
+    m.add_function(wrap_pyfunction!(duplicate_id, m)?)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -114,3 +115,27 @@ def test_ray_bad_input_same_error(cli, small, tmp_path):
     with pytest.raises(clipcov.ClipcovError) as u:
         cray.select(data=d / "data", prompts=d / "prompts.parquet", fraction=0.1, out=d / "ray", tau="x")
     assert str(u.value) == "invalid --tau 'x': expected a number or 'none'"
+
+
+def test_ray_repeated_id_same_error(cli, small, tmp_path):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "data").mkdir()
+    shards = sorted((small / "data").glob("*.parquet"))
+    first_id = pq.read_table(shards[0])["id"][7].as_py()
+    for s in shards:
+        t = pq.read_table(s)
+        if s == shards[-1]:
+            ids = t["id"].to_pylist()
+            ids[11] = first_id
+            t = t.set_column(t.schema.get_field_index("id"), "id", pa.array(ids, t.schema.field("id").type))
+        pq.write_table(t, tmp_path / "data" / s.name)
+    d = tmp_path
+    (d / "prompts.parquet").write_bytes((small / "prompts.parquet").read_bytes())
+    r = run_cli(cli, "select", "--data", str(d / "data"), "--prompts", str(d / "prompts.parquet"),
+                "--fraction", "0.1", "--out", str(d / "cli"), "--quiet")
+    assert r.returncode == 65 and "duplicate id" in r.stderr
+    with pytest.raises(clipcov.ClipcovError) as e:
+        cray.select(data=d / "data", prompts=d / "prompts.parquet", fraction=0.1, out=d / "ray")
+    assert r.stderr.strip() == f"clipcov: {e.value}"
+    assert e.value.exit_code == 65

@@ -779,6 +779,24 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
     Ok(ingested)
 }
 
+/// The error of a repeated id: the later occurrence (its file and row in
+/// the file) and the dataset row of the first.
+pub fn duplicate_id_error(
+    path: &Path,
+    row_in_file: u64,
+    column: &str,
+    id: &str,
+    first_row: u64,
+) -> Error {
+    Error::at(
+        path,
+        row_in_file,
+        column,
+        format!("duplicate id '{id}' (first seen at dataset row {first_row})"),
+    )
+    .with_hint("ids must be unique; --on-duplicate keep-first keeps the first occurrence")
+}
+
 /// Finds repeated ids by sorting their hashes, then comparing the ids whose
 /// hashes collide. Keeps the occurrence with the smallest row index.
 fn find_duplicates(
@@ -831,17 +849,13 @@ fn find_duplicates(
     if opts.on_duplicate == DuplicatePolicy::Error {
         let (f, kept) = dups[0];
         let (file, row_in_file) = locate(row_of(f));
-        return Err(Error::at(
+        return Err(duplicate_id_error(
             &file.path,
             row_in_file,
             &opts.columns.id,
-            format!(
-                "duplicate id '{}' (first seen at dataset row {})",
-                ids.get(f as usize),
-                row_of(kept)
-            ),
-        )
-        .with_hint("ids must be unique; --on-duplicate keep-first keeps the first occurrence"));
+            &ids.get(f as usize).to_string(),
+            row_of(kept),
+        ));
     }
     for &(f, _) in &dups {
         let row = row_of(f);
