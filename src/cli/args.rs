@@ -7,8 +7,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::jobs::baseline::DataArgs;
-use crate::jobs::pipeline::{ClassSource, SelectConfig};
+use crate::jobs::pipeline::SelectConfig;
 use crate::progress::LogFormat;
+use crate::stages::classes::ClassSource;
 use crate::stages::score::CrossSample;
 use crate::synth::SynthOptions;
 use crate::Result;

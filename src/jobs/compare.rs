@@ -24,13 +24,14 @@ use crate::io::written::write_json;
 use crate::io::written::OutputFile;
 use crate::jobs::baseline::{learner, stage_learner, DataArgs, MethodArgs};
 use crate::jobs::eval::ProxyArgs;
-use crate::jobs::pipeline::{self, ClassSource, SelectConfig};
+use crate::jobs::pipeline::{self, SelectConfig};
 use crate::jobs::shell::{print_published, run_job};
 use crate::methods::context::SharedStage;
 use crate::methods::{self, Ctx, Method, MethodOptions};
 use crate::output::emit;
 use crate::output::method_files;
 use crate::output::publish::OutputSet;
+use crate::stages::classes::ClassSource;
 use crate::stages::select::Budget;
 use crate::stages::select::Refresh;
 
