@@ -160,7 +160,7 @@ fn sum_exp_impl(v: &[f32], m: f32, inv_t: f32) -> f32 {
 /// The largest exponent of a fused tile's terms, `80 - ln(terms per
 /// sum)`: a sum of that many terms stays below `e^80`, far from the `f32`
 /// overflow at `e^88.7`.
-fn fused_offset(rows: usize, cols: usize) -> f32 {
+pub fn fused_offset(rows: usize, cols: usize) -> f32 {
     80.0 - (rows.max(cols).max(1) as f32).ln()
 }
 
@@ -228,6 +228,204 @@ fn tile_sum_exp_impl(
     }
 }
 
+/// The terms of a fused tile are `e^{(x - shift) * inv_t + offset}`.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    pub shift: f32,
+    pub inv_t: f32,
+    pub offset: f32,
+}
+
+/// The full-matrix path of neg_clip_loss: one exponential per entry,
+/// `e_ij = e^{(tile[i, j] - shift) * inv_t + offset}`, summed for each
+/// repetition `r` over the entries whose row and column are in the same
+/// batch (`row_codes[r * rows + i] == col_codes[r * cols + j]`):
+/// `row_sum[r * rows + i]` is set, `col_sum[r * cols + j]` added to.
+/// `exps` holds one row's terms (its length is the tile's width).
+/// `masked` is [`masked_sums`] or a vector version of it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_batch_sums_with(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+    masked: impl Fn(&[f32], &[u32], u32, &mut [f32]) -> f32,
+) {
+    let Scale {
+        shift,
+        inv_t,
+        offset,
+    } = scale;
+    let cols = exps.len();
+    let rows = tile.len() / cols.max(1);
+    if rows == 0 {
+        return;
+    }
+    let reps = row_codes.len() / rows;
+    for (i, row) in tile.chunks_exact(cols).enumerate() {
+        for (e, &x) in exps.iter_mut().zip(row) {
+            *e = exp_f32((x - shift) * inv_t + offset);
+        }
+        for r in 0..reps {
+            let sums = &mut col_sum[r * cols..(r + 1) * cols];
+            let codes = &col_codes[r * cols..(r + 1) * cols];
+            row_sum[r * rows + i] = masked(exps, codes, row_codes[r * rows + i], sums);
+        }
+    }
+}
+
+/// `sums[j] += e[j]` where `codes[j] == code`; returns the sum of those
+/// `e[j]` over fixed lanes (as [`reduce_lanes`]).
+#[inline(always)]
+fn masked_sums(e: &[f32], codes: &[u32], code: u32, sums: &mut [f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut es = e.chunks_exact(LANES);
+    let mut cs = codes.chunks_exact(LANES);
+    let mut ss = sums.chunks_exact_mut(LANES);
+    for ((e, c), s) in (&mut es).zip(&mut cs).zip(&mut ss) {
+        for l in 0..LANES {
+            if c[l] == code {
+                lanes[l] += e[l];
+                s[l] += e[l];
+            }
+        }
+    }
+    let mut tail = 0.0f32;
+    let rest = es.remainder().iter().zip(cs.remainder());
+    for ((&e, &c), s) in rest.zip(ss.into_remainder()) {
+        if c == code {
+            tail += e;
+            *s += e;
+        }
+    }
+    reduce_lanes(lanes) + tail
+}
+
+/// [`masked_sums`] in AVX-512, lane for lane the same additions (LLVM does
+/// not vectorise the portable one well).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn masked_sums_avx512(e: &[f32], codes: &[u32], code: u32, sums: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = e.len().min(codes.len()).min(sums.len());
+    let body = n / LANES * LANES;
+    let want = _mm512_set1_epi32(code as i32);
+    let mut acc = _mm512_setzero_ps();
+    let mut j = 0;
+    while j < body {
+        // SAFETY: j + 16 <= n, within all three slices.
+        unsafe {
+            let x = _mm512_loadu_ps(e.as_ptr().add(j));
+            let c = _mm512_loadu_si512(codes.as_ptr().add(j).cast());
+            let m = _mm512_cmpeq_epi32_mask(c, want);
+            acc = _mm512_mask_add_ps(acc, m, acc, x);
+            let p = sums.as_mut_ptr().add(j);
+            let s = _mm512_loadu_ps(p);
+            _mm512_storeu_ps(p, _mm512_mask_add_ps(s, m, s, x));
+        }
+        j += LANES;
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 16 floats.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut tail = 0.0f32;
+    for j in body..n {
+        if codes[j] == code {
+            tail += e[j];
+            sums[j] += e[j];
+        }
+    }
+    reduce_lanes(lanes) + tail
+}
+
+#[inline(always)]
+fn tile_batch_sums_impl(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    let m = masked_sums;
+    tile_batch_sums_with(tile, scale, row_codes, col_codes, row_sum, col_sum, exps, m);
+}
+
+/// [`tile_batch_sums_impl`] with the AVX-512 masked sums.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_batch_sums_avx512(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    // SAFETY: this function runs only where AVX-512F is supported.
+    let m = |e: &[f32], c: &[u32], code, s: &mut [f32]| unsafe { masked_sums_avx512(e, c, code, s) };
+    tile_batch_sums_with(tile, scale, row_codes, col_codes, row_sum, col_sum, exps, m);
+}
+
+/// For neg_clip_loss's full-matrix path, per repetition, the shared terms
+/// of a tile's entries whose row and column share a batch, summed into
+/// their row (set) and column (added to); see `tile_batch_sums_with`.
+pub fn tile_batch_sums(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    let isa = best_isa();
+    tile_batch_sums_on(isa, tile, scale, row_codes, col_codes, row_sum, col_sum, exps);
+}
+
+/// [`tile_batch_sums`] on `isa` (the same bits on each).
+#[allow(clippy::too_many_arguments)]
+pub fn tile_batch_sums_on(
+    isa: Isa,
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    let cols = exps.len();
+    let rows = tile.len() / cols.max(1);
+    assert!(
+        tile.len() == rows * cols
+            && row_codes.len() * cols == col_codes.len() * rows
+            && row_sum.len() == row_codes.len()
+            && col_sum.len() == col_codes.len(),
+        "tile_batch_sums: shapes differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F.
+        return unsafe {
+            tile_batch_sums_avx512(tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
+        };
+    }
+    tile_batch_sums_portable_on(isa, tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
+}
+
 /// The lanes summed in a fixed pairwise tree.
 #[inline(always)]
 fn reduce_lanes(mut lanes: [f32; LANES]) -> f32 {
@@ -270,6 +468,14 @@ dispatch!(
     tile_sum_exp_on,
     tile_sum_exp_impl,
     (tile: &[f32], shift: f32, inv_t: f32, offset: f32, row_sum: &mut [f32], col_sum: &mut [f32]) -> ()
+);
+
+dispatch!(
+    /// [`tile_batch_sums`] with the portable masked sums.
+    tile_batch_sums_portable,
+    tile_batch_sums_portable_on,
+    tile_batch_sums_impl,
+    (tile: &[f32], scale: Scale, row_codes: &[u32], col_codes: &[u32], row_sum: &mut [f32], col_sum: &mut [f32], exps: &mut [f32]) -> ()
 );
 
 /// `(max, sum e^{(x - max) * inv_t})` of part of a row or column.
