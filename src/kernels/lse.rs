@@ -287,11 +287,17 @@ fn masked_sums(e: &[f32], codes: &[u32], code: u32, sums: &mut [f32]) -> f32 {
     let mut cs = codes.chunks_exact(LANES);
     let mut ss = sums.chunks_exact_mut(LANES);
     for ((e, c), s) in (&mut es).zip(&mut cs).zip(&mut ss) {
+        // Fixed-size arrays and a select, which LLVM vectorises; adding
+        // `+0` leaves a sum of non-negative terms unchanged.
+        let (e, c): (&[f32; LANES], &[u32; LANES]) = (e.try_into().unwrap(), c.try_into().unwrap());
+        let s: &mut [f32; LANES] = s.try_into().unwrap();
+        let mut t = [0.0f32; LANES];
         for l in 0..LANES {
-            if c[l] == code {
-                lanes[l] += e[l];
-                s[l] += e[l];
-            }
+            t[l] = if c[l] == code { e[l] } else { 0.0 };
+        }
+        for l in 0..LANES {
+            lanes[l] += t[l];
+            s[l] += t[l];
         }
     }
     let mut tail = 0.0f32;
@@ -345,7 +351,72 @@ unsafe fn masked_sums_avx512(e: &[f32], codes: &[u32], code: u32, sums: &mut [f3
     reduce_lanes(lanes) + tail
 }
 
-#[inline(always)]
+/// [`masked_sums`] in AVX2, lane for lane the same additions (an unmatched
+/// lane adds `+0`, which leaves a sum of non-negative terms unchanged).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn masked_sums_avx2(e: &[f32], codes: &[u32], code: u32, sums: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = e.len().min(codes.len()).min(sums.len());
+    let body = n / LANES * LANES;
+    let want = _mm256_set1_epi32(code as i32);
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut j = 0;
+    while j < body {
+        for (h, acc) in [(0, &mut lo), (8, &mut hi)] {
+            // SAFETY: j + 16 <= n, within all three slices.
+            unsafe {
+                let x = _mm256_loadu_ps(e.as_ptr().add(j + h));
+                let c = _mm256_loadu_si256(codes.as_ptr().add(j + h).cast());
+                let m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(c, want));
+                let t = _mm256_and_ps(x, m);
+                *acc = _mm256_add_ps(*acc, t);
+                let p = sums.as_mut_ptr().add(j + h);
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), t));
+            }
+        }
+        j += LANES;
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 16 floats.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    let mut tail = 0.0f32;
+    for j in body..n {
+        if codes[j] == code {
+            tail += e[j];
+            sums[j] += e[j];
+        }
+    }
+    reduce_lanes(lanes) + tail
+}
+
+/// [`tile_batch_sums_impl`] with the AVX2 masked sums.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_batch_sums_avx2(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    // SAFETY: this function runs only where AVX2 is supported.
+    let m = |e: &[f32], c: &[u32], code, s: &mut [f32]| unsafe { masked_sums_avx2(e, c, code, s) };
+    tile_batch_sums_with(tile, scale, row_codes, col_codes, row_sum, col_sum, exps, m);
+}
+
+/// [`tile_batch_sums`] with the portable masked sums.
 fn tile_batch_sums_impl(
     tile: &[f32],
     scale: Scale,
@@ -423,7 +494,15 @@ pub fn tile_batch_sums_on(
             tile_batch_sums_avx512(tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
         };
     }
-    tile_batch_sums_portable_on(isa, tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2.
+        return unsafe {
+            tile_batch_sums_avx2(tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
+        };
+    }
+    let _ = isa;
+    tile_batch_sums_impl(tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
 }
 
 /// The lanes summed in a fixed pairwise tree.
@@ -468,14 +547,6 @@ dispatch!(
     tile_sum_exp_on,
     tile_sum_exp_impl,
     (tile: &[f32], shift: f32, inv_t: f32, offset: f32, row_sum: &mut [f32], col_sum: &mut [f32]) -> ()
-);
-
-dispatch!(
-    /// [`tile_batch_sums`] with the portable masked sums.
-    tile_batch_sums_portable,
-    tile_batch_sums_portable_on,
-    tile_batch_sums_impl,
-    (tile: &[f32], scale: Scale, row_codes: &[u32], col_codes: &[u32], row_sum: &mut [f32], col_sum: &mut [f32], exps: &mut [f32]) -> ()
 );
 
 /// `(max, sum e^{(x - max) * inv_t})` of part of a row or column.

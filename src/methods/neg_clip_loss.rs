@@ -129,10 +129,10 @@ pub enum Path {
 const COST_GEMM_PER_DIM: f64 = 0.023;
 const COST_FUSED: f64 = 1.2;
 const COST_FULL_EXP: f64 = 0.8;
-const COST_FULL_PER_REP: f64 = 0.3;
+const COST_FULL_PER_REP: f64 = 0.15;
 /// Rows per column chunk of the full path: each chunk is one round of
 /// parallel tasks, and a task's column sums are `k` x this many `f64`.
-const FULL_CHUNK: usize = 2048;
+pub const FULL_CHUNK: usize = 512;
 /// Row groups of the full path: the parallel tasks of a chunk, fixed so the
 /// result does not depend on the thread count.
 const FULL_GROUPS: usize = 32;
