@@ -477,6 +477,116 @@ mod tests {
         }
     }
 
+    /// `n` pairs of dimension `d`: unit rows, captions near their images
+    /// (`<u_i, v_i>` about 0.4), then `flip` pairs turned against each
+    /// other (`v_i = -u_i`) and `dup` images copied from other rows, so
+    /// that some rows sit far below their tiles' largest similarity.
+    fn pairs(n: usize, d: usize, flip: usize, dup: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut r = Rng::new(seed);
+        let unit = |x: Vec<f32>| {
+            let norm = x.iter().map(|a| a * a).sum::<f32>().sqrt();
+            x.into_iter().map(|a| a / norm).collect::<Vec<f32>>()
+        };
+        let mut u = Vec::new();
+        let mut v = Vec::new();
+        for _ in 0..n {
+            let a: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+            let b: Vec<f32> = a.iter().map(|x| x * 0.5 + r.normal() as f32).collect();
+            u.extend(unit(a));
+            v.extend(unit(b));
+        }
+        for i in 0..flip {
+            let p = (i * 37 + 5) % n;
+            for j in 0..d {
+                v[p * d + j] = -u[p * d + j];
+            }
+        }
+        for i in 0..dup {
+            let (p, q) = ((i * 53 + 11) % n, (i * 29 + 3) % n);
+            for j in 0..d {
+                u[p * d + j] = v[q * d + j];
+            }
+        }
+        (u, v)
+    }
+
+    /// `R` by its definition, in `f64`, from the batches alone.
+    fn brute_force(u: &[f32], v: &[f32], d: usize, opts: &MethodOptions) -> Vec<f64> {
+        let n = u.len() / d;
+        let t = opts.temperature;
+        let s = |i: usize, j: usize| -> f64 {
+            (0..d)
+                .map(|c| u[i * d + c] as f64 * v[j * d + c] as f64)
+                .sum::<f64>()
+                / t
+        };
+        let lse = |x: Vec<f64>| {
+            let m = x.iter().cloned().fold(f64::MIN, f64::max);
+            m + x.iter().map(|y| (y - m).exp()).sum::<f64>().ln()
+        };
+        let k = opts.neg_batches;
+        let mut r = vec![0.0; n];
+        for rep in 0..k {
+            for batch in batches(n, opts.neg_batch_size.min(n), opts.seed, rep) {
+                for &i in &batch {
+                    let rows = lse(batch.iter().map(|&j| s(i, j)).collect());
+                    let cols = lse(batch.iter().map(|&j| s(j, i)).collect());
+                    r[i] += t * (rows + cols) / 2.0 / k as f64;
+                }
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn both_paths_match_the_definition() {
+        // n = 700 spans two column chunks (512 + 188) and, with 64-row
+        // tiles, eleven row groups; k b / N = 6 * 240 / 700 ~ 2.
+        let (n, d) = (700, 12);
+        let cases = [
+            // Plain pairs, at the default temperature.
+            (0, 0, 0.01, 240, 6),
+            // Flipped pairs (<u_i, v_i> = -1) and duplicated images (a
+            // similarity near 1 elsewhere in their tiles): their rows and
+            // columns are summed exactly, not from the shared terms.
+            (20, 20, 0.01, 240, 6),
+            // A warmer temperature, and batches of 100 (7 per repetition).
+            (5, 5, 0.07, 100, 12),
+        ];
+        for (flip, dup, temperature, b, k) in cases {
+            let (u, v) = pairs(n, d, flip, dup, 17);
+            let opts = MethodOptions {
+                temperature,
+                neg_batches: k,
+                neg_batch_size: b,
+                seed: 3,
+                ..MethodOptions::default()
+            };
+            let anchors: Vec<f64> = (0..n)
+                .map(|i| crate::kernels::dense::dot_f64(&u[i * d..(i + 1) * d], &v[i * d..(i + 1) * d]))
+                .collect();
+            let gather = |text: bool, rows: &[usize], out: &mut Vec<f32>| {
+                let src = if text { &v } else { &u };
+                out.clear();
+                for &i in rows {
+                    out.extend_from_slice(&src[i * d..(i + 1) * d]);
+                }
+            };
+            let want = brute_force(&u, &v, d, &opts);
+            for path in [Path::Batches, Path::Full] {
+                let got = norm_terms_canonical(n, d, &opts, path, &gather, &anchors, 64);
+                let (i, err) = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (g - w).abs())
+                    .enumerate()
+                    .fold((0, 0.0), |a, (i, e)| if e > a.1 { (i, e) } else { a });
+                eprintln!("{path:?} flip {flip} T {temperature}: max |R - R_f64| {err:.2e} (row {i})");
+                assert!(err < 1e-6, "{path:?}, case {flip} {temperature}: row {i}: {} vs {}", got[i], want[i]);
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn check_lse(
         a: &[f32],
