@@ -797,6 +797,49 @@ mod tests {
         }
     }
 
+    #[test]
+    fn batch_sums_match_f64_on_every_instruction_set() {
+        let mut r = Rng::new(21);
+        // 83 columns: five 16-lane chunks and a tail of 3.
+        let (rows, cols, reps) = (37, 83, 5);
+        let t = tile(&mut r, rows, cols, 0.3);
+        let codes = |n: usize, r: &mut Rng| -> Vec<u32> {
+            (0..reps * n).map(|_| r.below(3) as u32).collect()
+        };
+        let (rc, cc) = (codes(rows, &mut r), codes(cols, &mut r));
+        let scale = Scale {
+            shift: max_f32(&t),
+            inv_t: 20.0,
+            offset: fused_offset(rows, cols),
+        };
+        let run = |isa| {
+            let (mut rs, mut cs) = (vec![0.0f32; reps * rows], vec![1.0f32; reps * cols]);
+            let mut exps = vec![0.0f32; cols];
+            tile_batch_sums_on(isa, &t, scale, &rc, &cc, &mut rs, &mut cs, &mut exps);
+            (rs, cs)
+        };
+        let want = run(Isa::Base);
+        let (mut rows_f64, mut cols_f64) = (vec![0.0f64; reps * rows], vec![1.0f64; reps * cols]);
+        for i in 0..rows {
+            for j in 0..cols {
+                let x = t[i * cols + j] as f64;
+                let e = ((x - scale.shift as f64) * 20.0 + scale.offset as f64).exp();
+                for rep in 0..reps {
+                    if rc[rep * rows + i] == cc[rep * cols + j] {
+                        rows_f64[rep * rows + i] += e;
+                        cols_f64[rep * cols + j] += e;
+                    }
+                }
+            }
+        }
+        for (got, want) in want.0.iter().zip(&rows_f64).chain(want.1.iter().zip(&cols_f64)) {
+            assert!((*got as f64 - want).abs() <= 1e-5 * want, "{got} vs {want}");
+        }
+        for isa in Isa::available() {
+            assert!(run(isa) == want, "{isa:?}");
+        }
+    }
+
     /// Checks the fused partials of `tile` (`rows` rows, split in two row
     /// blocks and two column blocks) against `f64`.
     fn check_tile_partials(tile: &[f32], rows: usize, cols: usize, inv_t: f32) {
