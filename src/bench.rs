@@ -179,7 +179,10 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
         print!("{}", crate::lse_bench::markdown(&rows));
         if a.lse_rows > 0 {
             let paths = crate::lse_bench::measure_paths(a.lse_rows, a.dim);
-            print!("\n{}", crate::lse_bench::paths_markdown(a.lse_rows, a.dim, &paths));
+            print!(
+                "\n{}",
+                crate::lse_bench::paths_markdown(a.lse_rows, a.dim, &paths)
+            );
         }
         return Ok(());
     }

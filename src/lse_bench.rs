@@ -114,7 +114,8 @@ pub fn measure(d: usize, batch: usize, seconds: f64) -> Vec<LseRow> {
     // over the entries whose row and column share a batch (4 batches).
     let tc_full = crate::methods::neg_clip_loss::FULL_CHUNK;
     let full = &tile[..tr * tc_full];
-    let codes = |n: usize, r: &mut Rng| -> Vec<u32> { (0..REPS * n).map(|_| r.below(4) as u32).collect() };
+    let codes =
+        |n: usize, r: &mut Rng| -> Vec<u32> { (0..REPS * n).map(|_| r.below(4) as u32).collect() };
     let (row_codes, col_codes) = (codes(tr, &mut r), codes(tc_full, &mut r));
     let scale = Scale {
         shift: max_f32(full),
@@ -220,7 +221,10 @@ pub fn measure_paths(n: usize, d: usize) -> Vec<PathRow> {
         let terms = norm_terms_canonical(n, d, &opts, path, &gather, &anchors, 256);
         let seconds = t.elapsed().as_secs_f64();
         let diff = first.as_ref().map_or(0.0, |f| {
-            f.iter().zip(&terms).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+            f.iter()
+                .zip(&terms)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max)
         });
         first.get_or_insert(terms);
         out.push(PathRow {

@@ -446,7 +446,8 @@ unsafe fn tile_batch_sums_avx512(
     exps: &mut [f32],
 ) {
     // SAFETY: this function runs only where AVX-512F is supported.
-    let m = |e: &[f32], c: &[u32], code, s: &mut [f32]| unsafe { masked_sums_avx512(e, c, code, s) };
+    let m =
+        |e: &[f32], c: &[u32], code, s: &mut [f32]| unsafe { masked_sums_avx512(e, c, code, s) };
     tile_batch_sums_with(tile, scale, row_codes, col_codes, row_sum, col_sum, exps, m);
 }
 
@@ -463,7 +464,9 @@ pub fn tile_batch_sums(
     exps: &mut [f32],
 ) {
     let isa = best_isa();
-    tile_batch_sums_on(isa, tile, scale, row_codes, col_codes, row_sum, col_sum, exps);
+    tile_batch_sums_on(
+        isa, tile, scale, row_codes, col_codes, row_sum, col_sum, exps,
+    );
 }
 
 /// [`tile_batch_sums`] on `isa` (the same bits on each).
@@ -832,7 +835,12 @@ mod tests {
                 }
             }
         }
-        for (got, want) in want.0.iter().zip(&rows_f64).chain(want.1.iter().zip(&cols_f64)) {
+        for (got, want) in want
+            .0
+            .iter()
+            .zip(&rows_f64)
+            .chain(want.1.iter().zip(&cols_f64))
+        {
             assert!((*got as f64 - want).abs() <= 1e-5 * want, "{got} vs {want}");
         }
         for isa in Isa::available() {

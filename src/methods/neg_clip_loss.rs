@@ -383,16 +383,17 @@ impl<'a> FullTile<'a> {
         let safe = offset + 60.0 - (n as f64).ln();
         let sims = &self.sims;
         // The exact sums of one row or column, for those far below the shift.
-        let exact = |anchor: f64, entries: &mut dyn Iterator<Item = (f32, usize)>, out: &mut [f64]| {
-            for (x, j) in entries {
-                let e = ((x as f64 - anchor) * inv_t64).exp();
-                for (rep, o) in out.iter_mut().enumerate() {
-                    if row_codes[rep * nr + j / nc] == col_codes[rep * nc + j % nc] {
-                        *o += e;
+        let exact =
+            |anchor: f64, entries: &mut dyn Iterator<Item = (f32, usize)>, out: &mut [f64]| {
+                for (x, j) in entries {
+                    let e = ((x as f64 - anchor) * inv_t64).exp();
+                    for (rep, o) in out.iter_mut().enumerate() {
+                        if row_codes[rep * nr + j / nc] == col_codes[rep * nc + j % nc] {
+                            *o += e;
+                        }
                     }
                 }
-            }
-        };
+            };
         for (i, out) in row_out.chunks_exact_mut(k).enumerate() {
             let anchor = self.anchors[rows.start + i];
             let gap = (shift - anchor) * inv_t64;
@@ -403,7 +404,11 @@ impl<'a> FullTile<'a> {
                 }
             } else {
                 let row = &sims[i * nc..(i + 1) * nc];
-                exact(anchor, &mut row.iter().enumerate().map(|(j, &x)| (x, i * nc + j)), out);
+                exact(
+                    anchor,
+                    &mut row.iter().enumerate().map(|(j, &x)| (x, i * nc + j)),
+                    out,
+                );
             }
         }
         for (j, out) in self.col_out.chunks_exact_mut(k).enumerate() {
@@ -415,7 +420,11 @@ impl<'a> FullTile<'a> {
                     *o += self.col_sum[rep * nc + j] as f64 * s;
                 }
             } else {
-                exact(anchor, &mut (0..nr).map(|i| (sims[i * nc + j], i * nc + j)), out);
+                exact(
+                    anchor,
+                    &mut (0..nr).map(|i| (sims[i * nc + j], i * nc + j)),
+                    out,
+                );
             }
         }
     }
@@ -563,7 +572,9 @@ mod tests {
                 ..MethodOptions::default()
             };
             let anchors: Vec<f64> = (0..n)
-                .map(|i| crate::kernels::dense::dot_f64(&u[i * d..(i + 1) * d], &v[i * d..(i + 1) * d]))
+                .map(|i| {
+                    crate::kernels::dense::dot_f64(&u[i * d..(i + 1) * d], &v[i * d..(i + 1) * d])
+                })
                 .collect();
             let gather = |text: bool, rows: &[usize], out: &mut Vec<f32>| {
                 let src = if text { &v } else { &u };
@@ -581,8 +592,15 @@ mod tests {
                     .map(|(g, w)| (g - w).abs())
                     .enumerate()
                     .fold((0, 0.0), |a, (i, e)| if e > a.1 { (i, e) } else { a });
-                eprintln!("{path:?} flip {flip} T {temperature}: max |R - R_f64| {err:.2e} (row {i})");
-                assert!(err < 1e-6, "{path:?}, case {flip} {temperature}: row {i}: {} vs {}", got[i], want[i]);
+                eprintln!(
+                    "{path:?} flip {flip} T {temperature}: max |R - R_f64| {err:.2e} (row {i})"
+                );
+                assert!(
+                    err < 1e-6,
+                    "{path:?}, case {flip} {temperature}: row {i}: {} vs {}",
+                    got[i],
+                    want[i]
+                );
             }
         }
     }
