@@ -130,15 +130,15 @@ const COST_GEMM_PER_DIM: f64 = 0.023;
 const COST_FUSED: f64 = 1.2;
 const COST_FULL_EXP: f64 = 0.8;
 const COST_FULL_PER_REP: f64 = 0.15;
-/// Rows per column chunk of the full path: each chunk is one round of
-/// parallel tasks, and a task's column sums are `k` x this many `f64`.
+/// Columns per chunk of the full path: each chunk is one round of parallel
+/// tasks, and a task's column sums are `k` x this many `f64`.
 pub const FULL_CHUNK: usize = 512;
 /// Row groups of the full path: the parallel tasks of a chunk, fixed so the
 /// result does not depend on the thread count.
 const FULL_GROUPS: usize = 32;
 /// The full path holds every row's two embeddings in memory.
 const FULL_MAX_BYTES: usize = 1 << 30;
-/// The full path sums `e^{(s - R) / T}` in `f64` with `R` the pair's own
+/// The full path sums `e^{(s - a) / T}` in `f64` with `a` the pair's own
 /// CLIP score, which stays finite while `2 / T` (the widest span of
 /// similarities of unit vectors) stays well below `f64`'s `e^709`.
 const FULL_MAX_INV_T: f32 = 250.0;
@@ -150,7 +150,7 @@ pub fn choose_path(n: usize, d: usize, k: usize, b: usize, inv_t: f32) -> Path {
         return Path::Batches;
     }
     let count = n.div_ceil(b.clamp(1, n));
-    let fits = count <= 256 && inv_t <= FULL_MAX_INV_T && 2 * n * d * 4 <= FULL_MAX_BYTES;
+    let fits = inv_t <= FULL_MAX_INV_T && 2 * n * d * 4 <= FULL_MAX_BYTES;
     let gemm = COST_GEMM_PER_DIM * d as f64;
     let (n2, k) = ((n as f64).powi(2), k as f64);
     let batches = k * n2 / count as f64 * (gemm + COST_FUSED);
