@@ -13,6 +13,11 @@
 //! a fixed order) the second, so the batch is one GEMM, never a matrix. Each tile entry's exponential is
 //! computed once and feeds both its row and its column (see
 //! [`merge_tile_partials`]).
+//!
+//! When `k b` is well above `N` ([`choose_path`]), the same sums come from
+//! the `N x N` similarity computed once instead ([`Path::Full`]): a pair
+//! of rows shares a batch in about `k b / N` repetitions, and each entry's
+//! exponential is added to all of them under a batch mask.
 
 use std::ops::Range;
 
