@@ -258,19 +258,12 @@ fn baseline(
         classes_selected: sel.clusters_covered().unwrap_or(0),
         ..Default::default()
     };
-    let mut m = emit::finish_manifest(
+    let mut m = staged.finish_manifest(
         m,
-        cfg.manifest_parameters(),
-        cfg.refresh
-            .period(budget, staged.store.meta.nonempty_classes()),
-        &staged.files,
-        &staged.ingested,
-        &staged.store.meta,
+        cfg,
         budget,
         timings,
         monitor.report(),
-        staged.plan,
-        staged.tile_rows,
         started.elapsed().as_secs_f64(),
     );
     m.warnings.extend(budget_warning);

@@ -15,7 +15,7 @@ use crate::formats::prompts::{read_prompts, Prompts};
 use crate::formats::{dataset, shards};
 use crate::io::written::write_json;
 use crate::jobs::shell::{run_job, store_dir};
-use crate::memory::{self, Plan, RssMonitor};
+use crate::memory::{self, MemoryReport, Plan, RssMonitor};
 use crate::output::emit::{self, Manifest, StageTiming, SubsetExtras};
 use crate::output::publish::OutputSet;
 use crate::stages::classes::{self, ClassSource, ClassTable};
@@ -174,6 +174,34 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// The manifest of a run on this store: `m` (its outputs) with the
+    /// inputs, parameters, row counts, stages and memory filled in.
+    pub fn finish_manifest(
+        &self,
+        m: Manifest,
+        cfg: &SelectConfig,
+        budget: usize,
+        timings: Vec<StageTiming>,
+        memory: MemoryReport,
+        seconds: f64,
+    ) -> Manifest {
+        let meta = &self.store.meta;
+        emit::finish_manifest(
+            m,
+            cfg.manifest_parameters(),
+            cfg.refresh.period(budget, meta.nonempty_classes()),
+            &self.files,
+            &self.ingested,
+            meta,
+            budget,
+            timings,
+            memory,
+            self.plan,
+            self.tile_rows,
+            seconds,
+        )
+    }
+
     /// What `--keep-columns` and `--train-csv` need to fetch the selected
     /// rows' metadata.
     pub fn extras(&self, cfg: &SelectConfig) -> SubsetExtras<'_> {
@@ -611,18 +639,12 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
         Ok(m)
     })?;
     let budget = cfg.budget.rows(store.meta.rows) as usize;
-    let mut manifest = emit::finish_manifest(
+    let mut manifest = staged.finish_manifest(
         manifest,
-        cfg.manifest_parameters(),
-        cfg.refresh.period(budget, store.meta.nonempty_classes()),
-        &staged.files,
-        &staged.ingested,
-        &store.meta,
+        cfg,
         budget,
         timings,
         monitor.report(),
-        staged.plan,
-        staged.tile_rows,
         started.elapsed().as_secs_f64(),
     );
     manifest.warnings.extend(budget_warning);
