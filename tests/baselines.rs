@@ -588,8 +588,13 @@ fn neg_clip_loss_matches_its_definition() {
     );
     let s = |i: usize, j: usize| dot(&uu[i], &vv[j]) / t;
     let (data, out) = (arg(&dir, "data"), arg(&dir, "out"));
-    // One batch of all rows (b capped at N), and random batches of 128.
-    for (b, k) in [(100_000usize, 2usize), (128, 3)] {
+    // One batch of all rows (b capped at N), random batches of 128 (the
+    // batch path) and of 200 (the full-matrix path, k b / N = 2).
+    use neg_clip_loss::{choose_path, Path};
+    assert_eq!(choose_path(n, d, 3, 128, 100.0), Path::Batches);
+    assert_eq!(choose_path(n, d, 6, 200, 100.0), Path::Full);
+    assert_eq!(choose_path(n, d, 2, 100_000, 100.0), Path::Full);
+    for (b, k) in [(100_000usize, 2usize), (128, 3), (200, 6)] {
         ok(&format!("baseline neg_clip_loss --data {data} --fraction 1 --out {out} --neg-batch-size {b} --neg-batches {k} --seed 7"));
         let mut r_bf = vec![0.0; n];
         for rep in 0..k {

@@ -30,11 +30,12 @@ use clipcov::formats::metadata::Keep;
 use clipcov::formats::prompts::read_prompts as read_prompts_file;
 use clipcov::formats::shards::shard_rows;
 use clipcov::ids::IdRef;
-use clipcov::jobs::pipeline::{self, ClassSource, SelectConfig};
+use clipcov::jobs::pipeline::{self, SelectConfig};
 use clipcov::memory;
 use clipcov::output::emit::{write_subset_files, SubsetExtras};
 use clipcov::output::subset::SubsetRow;
 use clipcov::progress::{self, LogFormat};
+use clipcov::stages::classes::ClassSource;
 use clipcov::stages::ingest::{
     duplicate_id_error, prepare_batch, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions,
 };

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use super::method_args::DataArgs;
 use crate::error::Error;
-use crate::jobs::baseline::DataArgs;
-use crate::jobs::pipeline::{ClassSource, SelectConfig};
+use crate::jobs::pipeline::SelectConfig;
 use crate::progress::LogFormat;
+use crate::stages::classes::ClassSource;
 use crate::stages::score::CrossSample;
 use crate::synth::SynthOptions;
 use crate::Result;
@@ -43,13 +44,13 @@ pub enum Command {
     /// Select a ClipCov subset.
     Select(Box<SelectArgs>),
     /// Run one baseline method (random, clip_score, semdedup, ssp, c_rho, ...).
-    Baseline(Box<crate::jobs::baseline::BaselineArgs>),
+    Baseline(Box<super::method_args::BaselineArgs>),
     /// Run ClipCov and the baselines side by side on the same data and budget.
-    Compare(Box<crate::jobs::compare::CompareArgs>),
+    Compare(Box<super::compare_args::CompareArgs>),
     /// Measure speed and memory on synthetic data (see README, Performance).
     Bench(Box<crate::jobs::bench::BenchArgs>),
     /// Score a subset: covariance preservation, a linear-CLIP proxy, kinds.
-    Eval(Box<crate::jobs::eval::EvalArgs>),
+    Eval(Box<super::eval_args::EvalArgs>),
     /// Run a pipeline file (pipelines/<name>.toml); flags after it override its values.
     Run {
         /// The pipeline file (TOML).

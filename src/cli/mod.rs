@@ -3,7 +3,10 @@
 //! parsed command to its job.
 
 pub mod args;
+pub mod compare_args;
 pub mod demo;
+pub mod eval_args;
+pub mod method_args;
 pub mod pipeline_file;
 
 use std::process::ExitCode;
@@ -93,10 +96,10 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Baseline(a) => crate::jobs::baseline::run_baseline(*a),
-        Command::Compare(a) => crate::jobs::compare::run_compare(*a),
+        Command::Baseline(a) => crate::jobs::baseline::run_baseline(a.into_job()?),
+        Command::Compare(a) => crate::jobs::compare::run_compare(a.into_job()?),
         Command::Bench(a) => crate::jobs::bench::run_bench(&a),
-        Command::Eval(a) => crate::jobs::eval::run_eval(*a),
+        Command::Eval(a) => crate::jobs::eval::run_eval(a.into_job()?),
         Command::Run { file, overrides } => {
             let pf = PipelineFile::load(&file)?;
             pipeline_file::run(&pf, &overrides, global)

@@ -1,5 +1,5 @@
-//! `clipcov eval`: is a subset any good? Cheap CPU signals, one module per
-//! metric family:
+//! Is a subset any good? Cheap CPU signals, one module per metric family
+//! (the `eval` command that runs them is `jobs::eval`):
 //!
 //! - [`covariance`]: cross-covariance preservation (the paper's criterion),
 //!   class coverage and entropy;
@@ -11,8 +11,9 @@
 //!   class sizes, caption quality, the clean class-balanced covariance;
 //! - [`bootstrap`]: paired percentile intervals over the eval images.
 //!
-//! This module reads the inputs and drives the metrics; the metrics
-//! themselves do no I/O. `compare --eval-set` uses the same [`Evaluator`].
+//! This module reads the eval set and drives the metrics over a staged
+//! store ([`Evaluator`]); the metrics themselves do no I/O. `eval` and
+//! `compare --eval-set` use the same [`Evaluator`].
 
 pub mod bootstrap;
 pub mod covariance;

@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// `--lse`: rows of the neg_clip_loss batch timed whole.
     #[arg(long, default_value_t = 8192)]
     pub lse_batch: usize,
+    /// `--lse`: also time neg_clip_loss's two paths (batches, full
+    /// matrix) on this many random pairs at `--dim` (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub lse_rows: usize,
     /// `--lse`: seconds per measurement.
     #[arg(long, default_value_t = 1.0)]
     pub lse_seconds: f64,
@@ -166,6 +170,13 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
         }
         let rows = crate::jobs::lse_bench::measure(a.dim, a.lse_batch, a.lse_seconds);
         print!("{}", crate::jobs::lse_bench::markdown(&rows));
+        if a.lse_rows > 0 {
+            let paths = crate::jobs::lse_bench::measure_paths(a.lse_rows, a.dim);
+            print!(
+                "\n{}",
+                crate::jobs::lse_bench::paths_markdown(a.lse_rows, a.dim, &paths)
+            );
+        }
         return Ok(());
     }
     let sizes: Vec<u64> = a.rows.split(',').map(parse_count).collect::<Result<_>>()?;

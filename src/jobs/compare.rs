@@ -13,93 +13,31 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::Args;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::eval::fractions::{self as by_budget, Budgeted, Subset, SubsetOf};
-use crate::eval::{jaccard, plus_minus, EvalMetrics, Evaluator};
+use crate::eval::{jaccard, plus_minus, EvalMetrics, EvalOptions, Evaluator};
 use crate::io::atomic::atomic_write;
 use crate::io::written::write_json;
 use crate::io::written::OutputFile;
-use crate::jobs::baseline::{learner, stage_learner, DataArgs, MethodArgs};
-use crate::jobs::eval::ProxyArgs;
-use crate::jobs::pipeline::{self, ClassSource, SelectConfig};
+use crate::jobs::baseline::{learner, stage_learner, LearnerData};
+use crate::jobs::pipeline::{self, SelectConfig};
 use crate::jobs::shell::{print_published, run_job};
 use crate::methods::context::SharedStage;
 use crate::methods::{self, Ctx, Method, MethodOptions};
 use crate::output::emit;
 use crate::output::method_files;
 use crate::output::publish::OutputSet;
+use crate::stages::classes::ClassSource;
 use crate::stages::select::Budget;
 use crate::stages::select::Refresh;
 
 pub const DEFAULT_METHODS: &str = "clipcov,random,clip_score,semdedup,ssp,neg_clip_loss";
 
-#[derive(Args, Clone, Debug)]
-pub struct CompareArgs {
-    #[command(flatten)]
-    pub data: DataArgs,
-    /// Class prompts for ClipCov (Parquet: class_id, name, text_embedding).
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// Methods to run, comma-separated: clipcov and any baseline.
-    #[arg(long, default_value = DEFAULT_METHODS)]
-    pub methods: String,
-    /// ClipCov: similarity threshold, a number or 'none'.
-    #[arg(long, default_value = "0")]
-    pub tau: String,
-    /// ClipCov: refresh period R of the greedy, 'auto' or a number.
-    #[arg(long, default_value = "auto")]
-    pub refresh: String,
-    /// ClipCov: w_cross,w_easy,w_label,w_between.
-    #[arg(long, default_value = "1,2,0.5,1")]
-    pub weights: String,
-    #[command(flatten)]
-    pub options: MethodArgs,
-    /// Labelled eval images (Parquet: id, image_embedding, label): adds the
-    /// eval metrics of every method (needs --prompts).
-    #[arg(long)]
-    pub eval_set: Option<PathBuf>,
-    #[command(flatten)]
-    pub proxy: ProxyArgs,
-    /// Several budgets in one run (with --eval-set), e.g. 0.02,0.05,0.1:
-    /// methods run once at the largest; a smaller budget evaluates each
-    /// method's rank prefix (see compare.md for methods that are not
-    /// prefix-consistent).
-    #[arg(long, conflicts_with_all = ["fraction", "budget"])]
-    pub fractions: Option<String>,
-    /// Subset seeds of methods that have one (random), for the spread of
-    /// their eval metrics over seeds.
-    #[arg(long, default_value_t = 3)]
-    pub subset_seeds: usize,
-}
-
-/// `--fractions`: distinct fractions in (0, 1], ascending.
-fn parse_fractions(s: &str) -> Result<Vec<f64>> {
-    let mut out = Vec::new();
-    for x in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
-        let f: f64 = x.parse().map_err(|_| {
-            Error::Usage(format!(
-                "--fractions: '{x}' is not a number; give e.g. 0.02,0.05,0.1"
-            ))
-        })?;
-        if !(f > 0.0 && f <= 1.0) {
-            return Err(Error::Usage(format!("--fractions: {f} is not in (0, 1]")));
-        }
-        out.push(f);
-    }
-    if out.is_empty() {
-        return Err(Error::Usage("--fractions is empty".into()));
-    }
-    out.sort_by(f64::total_cmp);
-    out.dedup();
-    Ok(out)
-}
-
 /// One entry of `--methods`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Entry {
+pub enum Entry {
     ClipCov,
     Baseline(Method),
 }
@@ -113,7 +51,8 @@ impl Entry {
     }
 }
 
-fn parse_methods(s: &str) -> Result<Vec<Entry>> {
+/// `--methods`: clipcov and baseline names, comma-separated.
+pub fn parse_methods(s: &str) -> Result<Vec<Entry>> {
     let mut out: Vec<Entry> = Vec::new();
     for name in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
         let e = match name {
@@ -242,7 +181,7 @@ fn assess_budgets(
     results: &[MethodResult],
     cfg: &SelectConfig,
     opts: &MethodOptions,
-    a: &CompareArgs,
+    subset_seeds: usize,
     fractions: Option<&[f64]>,
     rerun: &dyn Fn(Budget) -> Result<Vec<usize>>,
 ) -> Result<Vec<Budgeted>> {
@@ -263,7 +202,7 @@ fn assess_budgets(
     };
     // random's draws with further seeds, at the largest budget.
     let extra: Vec<Vec<usize>> = if entries.contains(&Entry::Baseline(Method::Random)) {
-        (1..a.subset_seeds as u64)
+        (1..subset_seeds as u64)
             .map(|j| {
                 methods::random::run(ctx, b_max, opts.seed.wrapping_add(j))
                     .picks
@@ -371,64 +310,36 @@ fn by_method<S: serde::Serializer>(
 }
 
 /// Runs `clipcov compare`.
-pub fn run_compare(mut a: CompareArgs) -> Result<()> {
-    let entries = parse_methods(&a.methods)?;
-    let fractions = match &a.fractions {
-        Some(f) => {
-            if a.eval_set.is_none() {
-                return Err(Error::Usage(
-                    "--fractions needs --eval-set (it evaluates each budget)".into(),
-                ));
-            }
-            let f = parse_fractions(f)?;
-            a.data.fraction = f.last().copied();
-            Some(f)
-        }
-        None => None,
-    };
-    if a.subset_seeds == 0 {
-        return Err(Error::Usage("--subset-seeds must be at least 1".into()));
+/// A validated `compare` run.
+pub struct CompareJob {
+    pub entries: Vec<Entry>,
+    /// Staging (prompt classes, or one class without prompts) and ClipCov's
+    /// options; where the results go.
+    pub cfg: SelectConfig,
+    pub opts: MethodOptions,
+    pub learner: Option<LearnerData>,
+    pub prompts: Option<PathBuf>,
+    /// `--eval-set` and the evaluation's options.
+    pub eval_set: Option<PathBuf>,
+    pub eval_opts: Option<EvalOptions>,
+    /// `--fractions`, ascending; the run's budget is the largest.
+    pub fractions: Option<Vec<f64>>,
+    pub subset_seeds: usize,
+}
+
+/// Runs `clipcov compare`.
+pub fn run_compare(job: CompareJob) -> Result<()> {
+    if let Some(e) = &job.eval_set {
+        crate::io::remote::stat(e)?;
     }
-    let opts = a.options.options(&a.data)?;
-    if opts.budget.is_none() {
-        return Err(Error::Usage(
-            "compare needs a budget: give --fraction F or --budget COUNT".into(),
-        ));
-    }
-    let with_clipcov = entries.contains(&Entry::ClipCov);
-    let eval_opts = match (&a.eval_set, &a.prompts) {
-        (Some(_), None) => {
-            return Err(Error::Usage(
-                "--eval-set needs --prompts FILE (zero-shot classes and latent classes)".into(),
-            ))
-        }
-        (Some(e), Some(_)) => {
-            crate::io::remote::stat(e)?;
-            Some(a.proxy.options(a.data.seed)?)
-        }
-        _ => None,
-    };
-    for e in &entries {
+    for e in &job.entries {
         if let Entry::Baseline(m) = e {
-            methods::check(*m, &opts, a.options.learner_data.is_some())?;
+            methods::check(*m, &job.opts, job.learner.is_some())?;
         }
     }
-    let classes = match (&a.prompts, with_clipcov) {
-        (Some(p), _) => ClassSource::Prompts(p.clone()),
-        (None, false) => ClassSource::Single,
-        (None, true) => {
-            return Err(Error::Usage(
-                "clipcov in --methods needs --prompts FILE (or leave clipcov out of --methods)"
-                    .into(),
-            ))
-        }
-    };
-    let mut cfg = a.data.config(classes)?;
-    cfg.tau = a.tau.parse()?;
-    cfg.weights = a.weights.parse()?;
-    cfg.refresh = a.refresh.parse().map_err(Error::Usage)?;
+    let cfg = &job.cfg;
     let (c, published) = run_job(&cfg.out, cfg.threads, cfg.publish_to.as_deref(), || {
-        compare(&entries, &cfg, &opts, &a, eval_opts, fractions.as_deref())
+        compare(&job)
     })?;
     if crate::progress::quiet() {
         return Ok(());
@@ -450,14 +361,9 @@ pub fn run_compare(mut a: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-fn compare(
-    entries: &[Entry],
-    cfg: &SelectConfig,
-    opts: &MethodOptions,
-    a: &CompareArgs,
-    eval_opts: Option<crate::eval::EvalOptions>,
-    fractions: Option<&[f64]>,
-) -> Result<Comparison> {
+fn compare(job: &CompareJob) -> Result<Comparison> {
+    let (entries, cfg, opts) = (&job.entries[..], &job.cfg, &job.opts);
+    let fractions = job.fractions.as_deref();
     let started = Instant::now();
     let mut timings = Vec::new();
     let staged = pipeline::stage_data(cfg, &cfg.out.join("store"), &mut timings)?;
@@ -465,7 +371,7 @@ fn compare(
     let ctx = Ctx::new(store, staged.tile_rows);
     let (_, budget_warning) = cfg.budget.checked_rows(ctx.n() as u64)?;
     let lstaged = if entries.contains(&Entry::Baseline(Method::CRho)) {
-        stage_learner(cfg, &a.options, &mut timings)?
+        stage_learner(cfg, job.learner.as_ref(), &mut timings)?
     } else {
         None
     };
@@ -554,7 +460,7 @@ fn compare(
     }
     let mut eval_stage = None;
     let mut budgets = Vec::new();
-    if let (Some(path), Some(eo)) = (&a.eval_set, eval_opts) {
+    if let (Some(path), Some(eo)) = (&job.eval_set, job.eval_opts.clone()) {
         let t = Instant::now();
         let ev = Evaluator::new(store, &staged.files, &staged.class_emb, path, eo)?;
         for r in &mut results {
@@ -576,7 +482,15 @@ fn compare(
             Ok(picks.iter().map(|p| p.pos).collect())
         };
         budgets = assess_budgets(
-            &ev, &ctx, entries, &results, cfg, opts, a, fractions, &rerun,
+            &ev,
+            &ctx,
+            entries,
+            &results,
+            cfg,
+            opts,
+            job.subset_seeds,
+            fractions,
+            &rerun,
         )?;
         eval_stage = Some(SharedStage {
             stage: format!("eval ({} methods)", results.len()),
@@ -642,7 +556,7 @@ fn compare(
         parameters: serde_json::json!({
             "methods": entries.iter().map(|e| e.name()).collect::<Vec<_>>(),
             "budget": cfg.budget,
-            "prompts": a.prompts,
+            "prompts": job.prompts,
             "where": cfg.filter,
             "train_csv": cfg.train_csv,
             "prefilter": staged.ingested.prefilter,
@@ -654,16 +568,16 @@ fn compare(
             ),
             "weights": cfg.weights,
             "options": opts,
-            "learner_data": a.options.learner_data,
+            "learner_data": job.learner.as_ref().map(|l| &l.data),
             "threads": cfg.threads,
             "tile_rows": staged.tile_rows,
             "d": store.meta.d,
             "store_dtype": store.meta.dtype,
-            "eval_set": a.eval_set,
+            "eval_set": job.eval_set,
             "warnings": budget_warning.into_iter().collect::<Vec<_>>(),
-            "eval": a.eval_set.as_ref().map(|_| a.proxy.options(cfg.seed).ok()),
+            "eval": job.eval_opts,
             "fractions": fractions,
-            "subset_seeds": a.subset_seeds,
+            "subset_seeds": job.subset_seeds,
         }),
         shared,
         method_order: results.iter().map(|r| r.method.clone()).collect(),

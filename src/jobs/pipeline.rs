@@ -13,13 +13,12 @@ use crate::formats::dataset::{Layout, Model};
 use crate::formats::metadata::Keep;
 use crate::formats::prompts::{read_prompts, Prompts};
 use crate::formats::{dataset, shards};
-use crate::ids::IdKind;
 use crate::io::written::write_json;
 use crate::jobs::shell::{run_job, store_dir};
-use crate::memory::{self, Plan, RssMonitor};
+use crate::memory::{self, MemoryReport, Plan, RssMonitor};
 use crate::output::emit::{self, Manifest, StageTiming, SubsetExtras};
 use crate::output::publish::OutputSet;
-use crate::stages::classes;
+use crate::stages::classes::{self, ClassSource, ClassTable};
 use crate::stages::ingest::{
     self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested,
 };
@@ -27,20 +26,7 @@ use crate::stages::prefilter::Predicate;
 use crate::stages::score::{self, CrossSample, ScoreOptions, ScoreStats, Tau, TERMS};
 use crate::stages::select::{self, Budget, Pick, Refresh, RefreshMode, SelectOptions, Weights};
 use crate::store::journal::{self, Journal};
-use crate::store::{files, Mapped, Pair, SeqWriter, Store, StoreMeta, STORE_VERSION};
-
-/// Where latent classes come from.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClassSource {
-    Prompts(PathBuf),
-    KMeans {
-        clusters: usize,
-        iterations: usize,
-    },
-    /// One class holding every row (for methods that need no classes).
-    Single,
-}
+use crate::store::{files, Mapped, SeqWriter, Store, StoreMeta, STORE_VERSION};
 
 /// A validated `select` configuration.
 #[derive(Clone, Debug, Serialize)]
@@ -85,7 +71,7 @@ pub struct SelectConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_to: Option<PathBuf>,
     /// `--where`: a SQL predicate over metadata columns; only the rows it
-    /// keeps are staged (src/prefilter.rs).
+    /// keeps are staged (src/stages/prefilter.rs).
     #[serde(rename = "where")]
     pub filter: Option<String>,
 }
@@ -188,6 +174,34 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// The manifest of a run on this store: `m` (its outputs) with the
+    /// inputs, parameters, row counts, stages and memory filled in.
+    pub fn finish_manifest(
+        &self,
+        m: Manifest,
+        cfg: &SelectConfig,
+        budget: usize,
+        timings: Vec<StageTiming>,
+        memory: MemoryReport,
+        seconds: f64,
+    ) -> Manifest {
+        let meta = &self.store.meta;
+        emit::finish_manifest(
+            m,
+            cfg.manifest_parameters(),
+            cfg.refresh.period(budget, meta.nonempty_classes()),
+            &self.files,
+            &self.ingested,
+            meta,
+            budget,
+            timings,
+            memory,
+            self.plan,
+            self.tile_rows,
+            seconds,
+        )
+    }
+
     /// What `--keep-columns` and `--train-csv` need to fetch the selected
     /// rows' metadata.
     pub fn extras(&self, cfg: &SelectConfig) -> SubsetExtras<'_> {
@@ -204,8 +218,8 @@ impl Staged {
 
 /// Ingests `cfg.data`, assigns latent classes and writes the class-sorted
 /// store in `store_dir`, or reuses the store there when its journal matches
-/// the inputs (otherwise it is rebuilt from scratch). Stages: ingest,
-/// classes.
+/// the inputs (otherwise it is rebuilt from scratch). Stages: prefilter,
+/// ingest, classes.
 pub fn stage_data(
     cfg: &SelectConfig,
     store_dir: &Path,
@@ -216,59 +230,19 @@ pub fn stage_data(
     crate::io::remote::set_cache_dir(&cfg.out.join("remote-cache"));
     // A predicate that does not parse fails before anything is read.
     let predicate = cfg.filter.as_deref().map(Predicate::parse).transpose()?;
-    let layout = match cfg.layout {
-        Some(l) => l,
-        None => dataset::detect(&cfg.data)?,
-    };
-    let (files, columns) = dataset::discover_layout(&cfg.data, layout, &cfg.columns, cfg.model)?;
-    if let Some(t) = &cfg.train_csv {
-        t.check_columns(&files)?;
-    }
-    let prompts: Option<Prompts> = match &cfg.classes {
-        ClassSource::Prompts(p) => Some(read_prompts(p)?),
-        _ => None,
-    };
-    // Row count and size from the footers, to plan memory before reading.
-    let file_rows = files
-        .iter()
-        .map(|f| shards::shard_rows(f, &columns))
-        .collect::<Result<Vec<u64>>>()?;
-    let total_rows: u64 = file_rows.iter().sum();
-    let input_bytes: u64 = files.iter().map(|f| f.bytes).sum();
-    // The prompts' d, or the data's: k-means and the baselines have no
-    // prompts, and their tiles grow with d.
-    let d_hint = match &prompts {
-        Some(p) => p.d,
-        None => shards::probe_d(&files, &columns).unwrap_or(512),
-    };
-    let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d_hint, cfg.threads)?;
-    let tile_rows = cfg.tile_rows.unwrap_or(plan.tile_rows);
-
-    let key = store_key(cfg, &files, &columns)?;
+    let inputs = Inputs::find(cfg)?;
     if !cfg.fresh {
-        let t = Instant::now();
-        if Journal::load(store_dir)
-            .valid(store_dir, "store", &key)
-            .is_some()
-        {
-            let resolved = (layout, columns.clone());
-            if let Ok(staged) = reopen(store_dir, files.clone(), plan, tile_rows, &key, resolved) {
-                let rows = staged.store.meta.rows;
-                stage(timings, "reuse-store", rows, 0, || Ok(()))?;
-                if let Some(s) = timings.last_mut() {
-                    s.seconds = t.elapsed().as_secs_f64();
-                }
-                return Ok(staged);
-            }
+        if let Some(staged) = reuse_store(&inputs, store_dir, timings)? {
+            return Ok(staged);
         }
     }
     let filter = match &predicate {
         Some(p) => Some(Arc::new(stage(
             timings,
             "prefilter",
-            total_rows,
+            inputs.total_rows,
             0,
-            || p.evaluate(&files, &file_rows),
+            || p.evaluate(&inputs.files, &inputs.file_rows),
         )?)),
         None => None,
     };
@@ -276,138 +250,194 @@ pub fn stage_data(
         std::fs::remove_dir_all(store_dir).at_path(store_dir)?;
     }
     std::fs::create_dir_all(store_dir).at_path(store_dir)?;
-
-    let classes_k = match (&cfg.classes, &prompts) {
-        (ClassSource::Prompts(_), Some(p)) => p.len(),
-        _ => 1,
+    let opts = ingest_options(cfg, &inputs, filter);
+    let ing = stage(
+        timings,
+        "ingest",
+        inputs.total_rows,
+        inputs.input_bytes,
+        || ingest::ingest(&inputs.files, store_dir, &opts),
+    )?;
+    // With prompts, classes were assigned during ingest: nothing is read.
+    let store_bytes = ing.file_rows * (2 * ing.d * ing.dtype.bytes()) as u64;
+    let classes_bytes = match cfg.classes {
+        ClassSource::KMeans { .. } => store_bytes,
+        _ => 0,
     };
-    let opts = IngestOptions {
-        columns: columns.clone(),
+    let table = stage(timings, "classes", ing.file_rows, classes_bytes, || {
+        classes::assign(
+            &cfg.classes,
+            inputs.prompts.as_ref(),
+            &ing,
+            store_dir,
+            cfg.seed,
+        )
+    })?;
+    let meta = write_store_meta(store_dir, &ing, &table, &inputs.key)?;
+    Ok(Staged {
+        store: Store::open(store_dir, meta)?,
+        ingested: ing,
+        files: inputs.files,
+        class_emb: table.embeddings,
+        plan: inputs.plan,
+        tile_rows: inputs.tile_rows,
+        key: inputs.key,
+        layout: inputs.layout,
+        columns: inputs.columns,
+    })
+}
+
+/// What a run reads, found and sized before anything is read: the shards,
+/// the prompts, the rows and bytes (from the footers), the memory plan and
+/// the store stage's key.
+struct Inputs {
+    layout: Layout,
+    files: Vec<SourceFile>,
+    columns: Columns,
+    prompts: Option<Prompts>,
+    file_rows: Vec<u64>,
+    total_rows: u64,
+    input_bytes: u64,
+    /// The prompts' `d`, or the data's.
+    d: usize,
+    plan: Plan,
+    tile_rows: usize,
+    key: String,
+}
+
+impl Inputs {
+    fn find(cfg: &SelectConfig) -> Result<Inputs> {
+        let layout = match cfg.layout {
+            Some(l) => l,
+            None => dataset::detect(&cfg.data)?,
+        };
+        let (files, columns) =
+            dataset::discover_layout(&cfg.data, layout, &cfg.columns, cfg.model)?;
+        if let Some(t) = &cfg.train_csv {
+            t.check_columns(&files)?;
+        }
+        let prompts: Option<Prompts> = match &cfg.classes {
+            ClassSource::Prompts(p) => Some(read_prompts(p)?),
+            _ => None,
+        };
+        // Row count and size from the footers, to plan memory before reading.
+        let file_rows = files
+            .iter()
+            .map(|f| shards::shard_rows(f, &columns))
+            .collect::<Result<Vec<u64>>>()?;
+        let total_rows: u64 = file_rows.iter().sum();
+        let input_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        // k-means and the baselines have no prompts, and their tiles grow with d.
+        let d = match &prompts {
+            Some(p) => p.d,
+            None => shards::probe_d(&files, &columns).unwrap_or(512),
+        };
+        let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d, cfg.threads)?;
+        let key = store_key(cfg, &files, &columns)?;
+        Ok(Inputs {
+            layout,
+            files,
+            columns,
+            prompts,
+            file_rows,
+            total_rows,
+            input_bytes,
+            d,
+            tile_rows: cfg.tile_rows.unwrap_or(plan.tile_rows),
+            plan,
+            key,
+        })
+    }
+}
+
+/// The store in `store_dir` when its journal says it was staged from these
+/// inputs (stage `reuse-store`), else `None`.
+fn reuse_store(
+    inputs: &Inputs,
+    store_dir: &Path,
+    timings: &mut Vec<StageTiming>,
+) -> Result<Option<Staged>> {
+    let t = Instant::now();
+    if Journal::load(store_dir)
+        .valid(store_dir, "store", &inputs.key)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let resolved = (inputs.layout, inputs.columns.clone());
+    let files = inputs.files.clone();
+    let Ok(staged) = reopen(
+        store_dir,
+        files,
+        inputs.plan,
+        inputs.tile_rows,
+        &inputs.key,
+        resolved,
+    ) else {
+        return Ok(None);
+    };
+    stage(timings, "reuse-store", staged.store.meta.rows, 0, || Ok(()))?;
+    if let Some(s) = timings.last_mut() {
+        s.seconds = t.elapsed().as_secs_f64();
+    }
+    Ok(Some(staged))
+}
+
+/// The ingest stage's options for `cfg` and its inputs.
+fn ingest_options(
+    cfg: &SelectConfig,
+    inputs: &Inputs,
+    filter: Option<Arc<crate::stages::prefilter::RowFilter>>,
+) -> IngestOptions {
+    let prompts = inputs.prompts.as_ref();
+    let classes_k = prompts.map_or(1, |p| p.len());
+    IngestOptions {
+        columns: inputs.columns.clone(),
         on_bad_row: cfg.on_bad_row,
         on_duplicate: cfg.on_duplicate,
-        batch_rows: plan.batch_rows,
-        expected_d: match (&cfg.classes, &prompts) {
+        batch_rows: inputs.plan.batch_rows,
+        expected_d: match (&cfg.classes, prompts) {
             (ClassSource::Prompts(path), Some(p)) => Some((p.d, path.clone())),
             _ => None,
         },
-        classify: prompts.as_ref().map(|p| Classify {
+        classify: prompts.map(|p| Classify {
             embeddings: p.embeddings.clone(),
             classes: p.len(),
             use_text: cfg.assign_text,
         }),
         chunk_rows: cfg
             .chunk_rows
-            .unwrap_or_else(|| plan.chunk_rows(classes_k, d_hint)),
+            .unwrap_or_else(|| inputs.plan.chunk_rows(classes_k, inputs.d)),
         filter,
-    };
-    let ing = stage(timings, "ingest", total_rows, input_bytes, || {
-        ingest::ingest(&files, store_dir, &opts)
-    })?;
-    let (d, dtype) = (ing.d, ing.dtype);
-    let store_bytes = ing.file_rows * (2 * d * dtype.bytes()) as u64;
+    }
+}
 
-    // With prompts, classes were assigned during ingest: nothing is read.
-    let classes_bytes = match cfg.classes {
-        ClassSource::KMeans { .. } => store_bytes,
-        _ => 0,
-    };
-    let (order, offsets, class_emb, class_ids, class_names) =
-        stage(timings, "classes", ing.file_rows, classes_bytes, || {
-            let dropped = &ing.duplicate_file_rows;
-            let (order, offsets, emb, ids, names) = match (&cfg.classes, &prompts) {
-                (ClassSource::Prompts(_), Some(p)) => {
-                    let (order, offsets) =
-                        classes::order_from_chunks(&ing.chunks, p.len(), dropped);
-                    (
-                        order,
-                        offsets,
-                        p.embeddings.clone(),
-                        p.class_ids.clone(),
-                        p.names.clone(),
-                    )
-                }
-                (
-                    ClassSource::KMeans {
-                        clusters,
-                        iterations,
-                    },
-                    _,
-                ) => {
-                    let pair = Pair::open(store_dir, dtype, d)?;
-                    let (centroids, labels) =
-                        classes::assign_by_kmeans(&pair, *clusters, *iterations, cfg.seed);
-                    let k = centroids.len() / d;
-                    let (order, offsets) = classes::order_from_labels(&labels, k, dropped);
-                    (
-                        order,
-                        offsets,
-                        centroids,
-                        (0..k as i64).collect(),
-                        (0..k).map(|c| format!("cluster_{c}")).collect(),
-                    )
-                }
-                _ => {
-                    let (order, offsets) = classes::order_from_chunks(&ing.chunks, 1, dropped);
-                    (
-                        order,
-                        offsets,
-                        vec![0.0; d],
-                        vec![0],
-                        vec!["all".to_string()],
-                    )
-                }
-            };
-            classes::write_order(store_dir, &order)?;
-            Ok((order, offsets, emb, ids, names))
-        })?;
-    drop(order);
+/// Writes the store's metadata, the ingest report and the class table,
+/// and records the store stage in the journal under `key`.
+fn write_store_meta(
+    store_dir: &Path,
+    ing: &Ingested,
+    table: &ClassTable,
+    key: &str,
+) -> Result<StoreMeta> {
     let meta = StoreMeta {
         version: STORE_VERSION,
-        d,
-        dtype,
+        d: ing.d,
+        dtype: ing.dtype,
         id_kind: ing.id_kind,
-        rows: offsets[offsets.len() - 1],
-        class_offsets: offsets,
-        class_ids,
-        class_names,
+        rows: table.offsets[table.offsets.len() - 1],
+        class_offsets: table.offsets.clone(),
+        class_ids: table.ids.clone(),
+        class_names: table.names.clone(),
     };
     write_json(&store_dir.join(files::META), &meta)?;
-    write_json(&store_dir.join(files::INGEST), &ing)?;
+    write_json(&store_dir.join(files::INGEST), ing)?;
     let mut w = SeqWriter::create(&store_dir.join(files::CLASS_EMB))?;
-    w.write(&class_emb)?;
+    w.write(&table.embeddings)?;
     w.finish()?;
-    let mut files_written: Vec<&str> = vec![
-        files::IMAGE,
-        files::TEXT,
-        files::SCALE,
-        files::ROW,
-        files::ORDER,
-        files::META,
-        files::INGEST,
-        files::CLASS_EMB,
-    ];
-    files_written.extend(match ing.id_kind {
-        IdKind::Utf8 => [files::IDS_OFF, files::IDS_DAT].as_slice(),
-        _ => [files::IDS_INT].as_slice(),
-    });
-    Journal::default().record(
-        store_dir,
-        "store",
-        &key,
-        &files_written,
-        serde_json::Value::Null,
-    )?;
-    Ok(Staged {
-        store: Store::open(store_dir, meta)?,
-        ingested: ing,
-        files,
-        class_emb,
-        plan,
-        tile_rows,
-        key,
-        layout,
-        columns,
-    })
+    let written = files::staged(ing.id_kind);
+    Journal::default().record(store_dir, "store", key, &written, serde_json::Value::Null)?;
+    Ok(meta)
 }
 
 /// The key of the store stage: everything the staged store depends on.
@@ -609,18 +639,12 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
         Ok(m)
     })?;
     let budget = cfg.budget.rows(store.meta.rows) as usize;
-    let mut manifest = emit::finish_manifest(
+    let mut manifest = staged.finish_manifest(
         manifest,
-        cfg.manifest_parameters(),
-        cfg.refresh.period(budget, store.meta.nonempty_classes()),
-        &staged.files,
-        &staged.ingested,
-        &store.meta,
+        cfg,
         budget,
         timings,
         monitor.report(),
-        staged.plan,
-        staged.tile_rows,
         started.elapsed().as_secs_f64(),
     );
     manifest.warnings.extend(budget_warning);

@@ -160,7 +160,7 @@ fn sum_exp_impl(v: &[f32], m: f32, inv_t: f32) -> f32 {
 /// The largest exponent of a fused tile's terms, `80 - ln(terms per
 /// sum)`: a sum of that many terms stays below `e^80`, far from the `f32`
 /// overflow at `e^88.7`.
-fn fused_offset(rows: usize, cols: usize) -> f32 {
+pub fn fused_offset(rows: usize, cols: usize) -> f32 {
     80.0 - (rows.max(cols).max(1) as f32).ln()
 }
 
@@ -226,6 +226,286 @@ fn tile_sum_exp_impl(
         }
         *rs = reduce_lanes(lanes) + tail;
     }
+}
+
+/// The terms of a fused tile are `e^{(x - shift) * inv_t + offset}`.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    pub shift: f32,
+    pub inv_t: f32,
+    pub offset: f32,
+}
+
+/// The full-matrix path of neg_clip_loss: one exponential per entry,
+/// `e_ij = e^{(tile[i, j] - shift) * inv_t + offset}`, summed for each
+/// repetition `r` over the entries whose row and column are in the same
+/// batch (`row_codes[r * rows + i] == col_codes[r * cols + j]`):
+/// `row_sum[r * rows + i]` is set, `col_sum[r * cols + j]` added to.
+/// `exps` holds one row's terms (its length is the tile's width).
+/// `masked` is [`masked_sums`] or a vector version of it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_batch_sums_with(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+    masked: impl Fn(&[f32], &[u32], u32, &mut [f32]) -> f32,
+) {
+    let Scale {
+        shift,
+        inv_t,
+        offset,
+    } = scale;
+    let cols = exps.len();
+    let rows = tile.len() / cols.max(1);
+    if rows == 0 {
+        return;
+    }
+    let reps = row_codes.len() / rows;
+    for (i, row) in tile.chunks_exact(cols).enumerate() {
+        for (e, &x) in exps.iter_mut().zip(row) {
+            *e = exp_f32((x - shift) * inv_t + offset);
+        }
+        for r in 0..reps {
+            let sums = &mut col_sum[r * cols..(r + 1) * cols];
+            let codes = &col_codes[r * cols..(r + 1) * cols];
+            row_sum[r * rows + i] = masked(exps, codes, row_codes[r * rows + i], sums);
+        }
+    }
+}
+
+/// `sums[j] += e[j]` where `codes[j] == code`; returns the sum of those
+/// `e[j]` over fixed lanes (as [`reduce_lanes`]).
+#[inline(always)]
+fn masked_sums(e: &[f32], codes: &[u32], code: u32, sums: &mut [f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut es = e.chunks_exact(LANES);
+    let mut cs = codes.chunks_exact(LANES);
+    let mut ss = sums.chunks_exact_mut(LANES);
+    for ((e, c), s) in (&mut es).zip(&mut cs).zip(&mut ss) {
+        // Fixed-size arrays and a select, which LLVM vectorises; adding
+        // `+0` leaves a sum of non-negative terms unchanged.
+        let (e, c): (&[f32; LANES], &[u32; LANES]) = (e.try_into().unwrap(), c.try_into().unwrap());
+        let s: &mut [f32; LANES] = s.try_into().unwrap();
+        let mut t = [0.0f32; LANES];
+        for l in 0..LANES {
+            t[l] = if c[l] == code { e[l] } else { 0.0 };
+        }
+        for l in 0..LANES {
+            lanes[l] += t[l];
+            s[l] += t[l];
+        }
+    }
+    let mut tail = 0.0f32;
+    let rest = es.remainder().iter().zip(cs.remainder());
+    for ((&e, &c), s) in rest.zip(ss.into_remainder()) {
+        if c == code {
+            tail += e;
+            *s += e;
+        }
+    }
+    reduce_lanes(lanes) + tail
+}
+
+/// [`masked_sums`] in AVX-512, lane for lane the same additions (LLVM does
+/// not vectorise the portable one well).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn masked_sums_avx512(e: &[f32], codes: &[u32], code: u32, sums: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = e.len().min(codes.len()).min(sums.len());
+    let body = n / LANES * LANES;
+    let want = _mm512_set1_epi32(code as i32);
+    let mut acc = _mm512_setzero_ps();
+    let mut j = 0;
+    while j < body {
+        // SAFETY: j + 16 <= n, within all three slices.
+        unsafe {
+            let x = _mm512_loadu_ps(e.as_ptr().add(j));
+            let c = _mm512_loadu_si512(codes.as_ptr().add(j).cast());
+            let m = _mm512_cmpeq_epi32_mask(c, want);
+            acc = _mm512_mask_add_ps(acc, m, acc, x);
+            let p = sums.as_mut_ptr().add(j);
+            let s = _mm512_loadu_ps(p);
+            _mm512_storeu_ps(p, _mm512_mask_add_ps(s, m, s, x));
+        }
+        j += LANES;
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 16 floats.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut tail = 0.0f32;
+    for j in body..n {
+        if codes[j] == code {
+            tail += e[j];
+            sums[j] += e[j];
+        }
+    }
+    reduce_lanes(lanes) + tail
+}
+
+/// [`masked_sums`] in AVX2, lane for lane the same additions (an unmatched
+/// lane adds `+0`, which leaves a sum of non-negative terms unchanged).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn masked_sums_avx2(e: &[f32], codes: &[u32], code: u32, sums: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = e.len().min(codes.len()).min(sums.len());
+    let body = n / LANES * LANES;
+    let want = _mm256_set1_epi32(code as i32);
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut j = 0;
+    while j < body {
+        for (h, acc) in [(0, &mut lo), (8, &mut hi)] {
+            // SAFETY: j + 16 <= n, within all three slices.
+            unsafe {
+                let x = _mm256_loadu_ps(e.as_ptr().add(j + h));
+                let c = _mm256_loadu_si256(codes.as_ptr().add(j + h).cast());
+                let m = _mm256_castsi256_ps(_mm256_cmpeq_epi32(c, want));
+                let t = _mm256_and_ps(x, m);
+                *acc = _mm256_add_ps(*acc, t);
+                let p = sums.as_mut_ptr().add(j + h);
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), t));
+            }
+        }
+        j += LANES;
+    }
+    let mut lanes = [0.0f32; LANES];
+    // SAFETY: `lanes` holds 16 floats.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    let mut tail = 0.0f32;
+    for j in body..n {
+        if codes[j] == code {
+            tail += e[j];
+            sums[j] += e[j];
+        }
+    }
+    reduce_lanes(lanes) + tail
+}
+
+/// [`tile_batch_sums_impl`] with the AVX2 masked sums.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_batch_sums_avx2(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    // SAFETY: this function runs only where AVX2 is supported.
+    let m = |e: &[f32], c: &[u32], code, s: &mut [f32]| unsafe { masked_sums_avx2(e, c, code, s) };
+    tile_batch_sums_with(tile, scale, row_codes, col_codes, row_sum, col_sum, exps, m);
+}
+
+/// [`tile_batch_sums`] with the portable masked sums.
+fn tile_batch_sums_impl(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    let m = masked_sums;
+    tile_batch_sums_with(tile, scale, row_codes, col_codes, row_sum, col_sum, exps, m);
+}
+
+/// [`tile_batch_sums_impl`] with the AVX-512 masked sums.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_batch_sums_avx512(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    // SAFETY: this function runs only where AVX-512F is supported.
+    let m =
+        |e: &[f32], c: &[u32], code, s: &mut [f32]| unsafe { masked_sums_avx512(e, c, code, s) };
+    tile_batch_sums_with(tile, scale, row_codes, col_codes, row_sum, col_sum, exps, m);
+}
+
+/// For neg_clip_loss's full-matrix path, per repetition, the shared terms
+/// of a tile's entries whose row and column share a batch, summed into
+/// their row (set) and column (added to); see `tile_batch_sums_with`.
+pub fn tile_batch_sums(
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    let isa = best_isa();
+    tile_batch_sums_on(
+        isa, tile, scale, row_codes, col_codes, row_sum, col_sum, exps,
+    );
+}
+
+/// [`tile_batch_sums`] on `isa` (the same bits on each).
+#[allow(clippy::too_many_arguments)]
+pub fn tile_batch_sums_on(
+    isa: Isa,
+    tile: &[f32],
+    scale: Scale,
+    row_codes: &[u32],
+    col_codes: &[u32],
+    row_sum: &mut [f32],
+    col_sum: &mut [f32],
+    exps: &mut [f32],
+) {
+    let cols = exps.len();
+    let rows = tile.len() / cols.max(1);
+    assert!(
+        tile.len() == rows * cols
+            && row_codes.len() * cols == col_codes.len() * rows
+            && row_sum.len() == row_codes.len()
+            && col_sum.len() == col_codes.len(),
+        "tile_batch_sums: shapes differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F.
+        return unsafe {
+            tile_batch_sums_avx512(tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2.
+        return unsafe {
+            tile_batch_sums_avx2(tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
+        };
+    }
+    let _ = isa;
+    tile_batch_sums_impl(tile, scale, row_codes, col_codes, row_sum, col_sum, exps)
 }
 
 /// The lanes summed in a fixed pairwise tree.
@@ -517,6 +797,54 @@ mod tests {
                 );
                 assert_eq!(got, want, "{isa:?}");
             }
+        }
+    }
+
+    #[test]
+    fn batch_sums_match_f64_on_every_instruction_set() {
+        let mut r = Rng::new(21);
+        // 83 columns: five 16-lane chunks and a tail of 3.
+        let (rows, cols, reps) = (37, 83, 5);
+        let t = tile(&mut r, rows, cols, 0.3);
+        let codes = |n: usize, r: &mut Rng| -> Vec<u32> {
+            (0..reps * n).map(|_| r.below(3) as u32).collect()
+        };
+        let (rc, cc) = (codes(rows, &mut r), codes(cols, &mut r));
+        let scale = Scale {
+            shift: max_f32(&t),
+            inv_t: 20.0,
+            offset: fused_offset(rows, cols),
+        };
+        let run = |isa| {
+            let (mut rs, mut cs) = (vec![0.0f32; reps * rows], vec![1.0f32; reps * cols]);
+            let mut exps = vec![0.0f32; cols];
+            tile_batch_sums_on(isa, &t, scale, &rc, &cc, &mut rs, &mut cs, &mut exps);
+            (rs, cs)
+        };
+        let want = run(Isa::Base);
+        let (mut rows_f64, mut cols_f64) = (vec![0.0f64; reps * rows], vec![1.0f64; reps * cols]);
+        for i in 0..rows {
+            for j in 0..cols {
+                let x = t[i * cols + j] as f64;
+                let e = ((x - scale.shift as f64) * 20.0 + scale.offset as f64).exp();
+                for rep in 0..reps {
+                    if rc[rep * rows + i] == cc[rep * cols + j] {
+                        rows_f64[rep * rows + i] += e;
+                        cols_f64[rep * cols + j] += e;
+                    }
+                }
+            }
+        }
+        for (got, want) in want
+            .0
+            .iter()
+            .zip(&rows_f64)
+            .chain(want.1.iter().zip(&cols_f64))
+        {
+            assert!((*got as f64 - want).abs() <= 1e-5 * want, "{got} vs {want}");
+        }
+        for isa in Isa::available() {
+            assert!(run(isa) == want, "{isa:?}");
         }
     }
 

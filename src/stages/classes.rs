@@ -8,11 +8,97 @@
 //! file rows by class.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use crate::error::Result;
+use crate::formats::prompts::Prompts;
 use crate::kernels::kmeans::{self, KMeansOptions, RowSource};
+use crate::stages::ingest::Ingested;
 use crate::store::{files, Pair, SeqWriter};
+
+/// Where latent classes come from.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassSource {
+    Prompts(PathBuf),
+    KMeans {
+        clusters: usize,
+        iterations: usize,
+    },
+    /// One class holding every row (for methods that need no classes).
+    Single,
+}
+
+/// The classes of a staged store: where each class starts in the
+/// class-sorted order, and each class's embedding `c_k`, id and name.
+pub struct ClassTable {
+    /// `K + 1` offsets into the class-sorted order.
+    pub offsets: Vec<u64>,
+    /// `[K, d]`: the class prompt or centroid of every class.
+    pub embeddings: Vec<f32>,
+    pub ids: Vec<i64>,
+    pub names: Vec<String>,
+}
+
+/// Section 1 for every class source: sorts the ingested rows by class,
+/// writes the order to `order.bin` in `store_dir`, and returns the class
+/// table. Prompts assigned the classes during ingest; k-means reads the
+/// staged image rows; `Single` puts every row in one class.
+pub fn assign(
+    source: &ClassSource,
+    prompts: Option<&Prompts>,
+    ing: &Ingested,
+    store_dir: &Path,
+    seed: u64,
+) -> Result<ClassTable> {
+    let dropped = &ing.duplicate_file_rows;
+    let d = ing.d;
+    let (order, table) = match (source, prompts) {
+        (ClassSource::Prompts(_), Some(p)) => {
+            let (order, offsets) = order_from_chunks(&ing.chunks, p.len(), dropped);
+            let table = ClassTable {
+                offsets,
+                embeddings: p.embeddings.clone(),
+                ids: p.class_ids.clone(),
+                names: p.names.clone(),
+            };
+            (order, table)
+        }
+        (
+            ClassSource::KMeans {
+                clusters,
+                iterations,
+            },
+            _,
+        ) => {
+            let pair = Pair::open(store_dir, ing.dtype, d)?;
+            let (centroids, labels) = assign_by_kmeans(&pair, *clusters, *iterations, seed);
+            let k = centroids.len() / d;
+            let (order, offsets) = order_from_labels(&labels, k, dropped);
+            let table = ClassTable {
+                offsets,
+                embeddings: centroids,
+                ids: (0..k as i64).collect(),
+                names: (0..k).map(|c| format!("cluster_{c}")).collect(),
+            };
+            (order, table)
+        }
+        _ => {
+            let (order, offsets) = order_from_chunks(&ing.chunks, 1, dropped);
+            let table = ClassTable {
+                offsets,
+                embeddings: vec![0.0; d],
+                ids: vec![0],
+                names: vec!["all".to_string()],
+            };
+            (order, table)
+        }
+    };
+    write_order(store_dir, &order)?;
+    Ok(table)
+}
 
 /// The image (or caption) rows of a store in file order, as a k-means row
 /// source.

@@ -46,6 +46,19 @@ pub mod files {
     pub const IDS_DAT: &str = "ids.dat";
     /// Integer ids.
     pub const IDS_INT: &str = "ids.int";
+
+    /// The files of a staged store whose ids are of `kind`, as the journal
+    /// records them (`terms.bin` comes later, from score).
+    pub fn staged(kind: crate::ids::IdKind) -> Vec<&'static str> {
+        let ids: &[&str] = match kind {
+            crate::ids::IdKind::Utf8 => &[IDS_OFF, IDS_DAT],
+            _ => &[IDS_INT],
+        };
+        [IMAGE, TEXT, SCALE, ROW, ORDER, META, INGEST, CLASS_EMB]
+            .into_iter()
+            .chain(ids.iter().copied())
+            .collect()
+    }
     /// [`StoreMeta`] as JSON.
     pub const META: &str = "store.json";
     /// What ingest read and skipped, as JSON.
