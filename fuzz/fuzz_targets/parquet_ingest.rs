@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use clipcov::formats::dataset::{Columns, discover};
-use clipcov::ingest::{ingest, BadRowPolicy, DuplicatePolicy, IngestOptions};
+use clipcov::formats::dataset::{discover, Columns};
+use clipcov::stages::ingest::{ingest, BadRowPolicy, DuplicatePolicy, IngestOptions};
 
 fuzz_target!(|data: &[u8]| {
     let dir = std::env::temp_dir().join(format!("clipcov-fuzz-ingest-{}", std::process::id()));
