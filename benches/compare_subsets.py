@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Compare two subset CSVs (columns id, rank, and optionally score/easy/cross/label/between).
 
-  python3 benches/compare_subsets.py A.csv B.csv
+  python3 benches/compare_subsets.py A.csv B.csv [B-manifest.json]
 
 Prints JSON: sizes, jaccard of the id sets, Spearman correlation of `rank`
 over the intersection, max and mean |A - B| of each float term over the intersection
 (matched by id), and the first rank at which the two orders differ.
+Given B's manifest (a `--cross-sample` run), also the max, mean and rms
+|A - B| of `cross` over the common rows of the classes B sampled.
 """
 import csv
 import json
@@ -39,8 +41,17 @@ def spearman(a, b):
     return None if np.isnan(rho) else float(rho)
 
 
+def sampled_classes(manifest_path):
+    """The classes a `--cross-sample` run estimated (score stage's report)."""
+    with open(manifest_path) as f:
+        m = json.load(f)
+    score = next(s for s in m["stages"] if s["stage"] == "score")
+    report = score.get("kernels", {}).get("cross_sample", {})
+    return {str(c["class"]) for c in report.get("per_class", [])}
+
+
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     A, order_a = load(sys.argv[1])
     B, order_b = load(sys.argv[2])
@@ -71,6 +82,19 @@ def main():
     # A cross-check of what the classes say, when both have them.
     if common and "class" in A[common[0]] and "class" in B[common[0]]:
         out["class_mismatches"] = sum(A[i]["class"] != B[i]["class"] for i in common)
+    if len(sys.argv) == 4 and common and "class" in A[common[0]]:
+        sampled = sampled_classes(sys.argv[3])
+        rows = [i for i in common if A[i]["class"] in sampled]
+        a = np.array([float(A[i]["cross"]) for i in rows])
+        b = np.array([float(B[i]["cross"]) for i in rows])
+        e = np.abs(a - b)
+        out["cross_in_sampled_classes"] = {
+            "classes": len(sampled),
+            "common_rows": len(rows),
+            "max_abs": float(e.max()) if rows else None,
+            "mean_abs": float(e.mean()) if rows else None,
+            "rms": float(np.sqrt((e**2).mean())) if rows else None,
+        }
     print(json.dumps(out, indent=2))
 
 

@@ -112,6 +112,25 @@ fn sample_of_the_whole_class_is_exact() {
     let k = &stage(&mb, "score").unwrap()["kernels"];
     assert_eq!(k["cross"], "sampled(100000, seed 0)");
     assert_eq!(k["cross_sample"]["classes_sampled"], 0);
+    // subset.parquet names its estimator too.
+    assert_eq!(cross_of_parquet(&c, "exact").as_deref(), Some("exact"));
+    assert_eq!(
+        cross_of_parquet(&c, "big").as_deref(),
+        Some("sampled(100000, seed 0)")
+    );
+}
+
+/// The `clipcov.cross` key-value metadata of `out/clipcov/subset.parquet`.
+fn cross_of_parquet(c: &Case, out: &str) -> Option<String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let f = std::fs::File::open(c.dir.join(out).join("clipcov/subset.parquet")).unwrap();
+    let r = SerializedFileReader::new(f).unwrap();
+    r.metadata()
+        .file_metadata()
+        .key_value_metadata()?
+        .iter()
+        .find(|kv| kv.key == "clipcov.cross")
+        .and_then(|kv| kv.value.clone())
 }
 
 /// With `M < n_k` the tool's cross equals the estimator of the README

@@ -12,6 +12,8 @@ mod layers;
 mod parity;
 // --cross-sample: the sampled cross term against its estimator in float64.
 mod cross_sample;
+// bench --cross-sample: sampled runs next to the exact ones.
+mod bench;
 // Bad input: exit status, one-line message, nothing left behind.
 mod bad_input;
 // Same input, same bytes; the demo and synth commands.

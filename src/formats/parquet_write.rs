@@ -9,7 +9,7 @@ use arrow_schema::Schema;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 
 use crate::error::{Error, Result};
 use crate::io::atomic::atomic_write;
@@ -20,10 +20,14 @@ pub const BATCH_ROWS: usize = 65_536;
 /// The properties of clipcov's own files: zstd, row groups of
 /// [`BATCH_ROWS`].
 pub fn zstd_properties() -> WriterProperties {
+    zstd_properties_builder().build()
+}
+
+/// [`zstd_properties`] still open, to add to (key-value metadata).
+pub fn zstd_properties_builder() -> WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(BATCH_ROWS))
-        .build()
 }
 
 /// Writes record batches to a zstd Parquet file, atomically.

@@ -41,6 +41,11 @@ pub struct BenchArgs {
     pub f16: bool,
     #[arg(long, default_value_t = 0.1)]
     pub fraction: f64,
+    /// Sample sizes of the cross term, comma-separated: after each exact
+    /// run with a numeric tau, one `--cross-sample M` run per size on the
+    /// same data, reported against the exact run (time ratio, Jaccard).
+    #[arg(long, default_value = "")]
+    pub cross_sample: String,
     #[arg(long, default_value = "4GiB")]
     pub memory_limit: String,
     /// Also run the NumPy implementation where the data has at most this many rows (0: never).
@@ -76,6 +81,8 @@ pub struct BenchArgs {
 pub struct BenchRow {
     pub rows: u64,
     pub tau: String,
+    /// `exact`, or the `--cross-sample` size of a sampled run.
+    pub cross: String,
     pub seconds_total: f64,
     pub stages: Vec<(String, f64, f64, f64)>,
     pub cross_gflop: f64,
@@ -91,6 +98,10 @@ pub struct BenchRow {
     pub peak_anon_rss_mib: f64,
     pub numpy_seconds: Option<f64>,
     pub numpy_jaccard: Option<f64>,
+    /// A sampled run: its total time over the exact run's, and the
+    /// Jaccard index of its subset with the exact run's.
+    pub exact_ratio: Option<f64>,
+    pub exact_jaccard: Option<f64>,
     /// GEMM work the spec requires of any implementation: the class
     /// assignment `2 N K d`, `between` `4 N K d` and the cross tiles.
     pub required_gflop: f64,
@@ -181,6 +192,19 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
     }
     let sizes: Vec<u64> = a.rows.split(',').map(parse_count).collect::<Result<_>>()?;
     let taus: Vec<String> = a.taus.split(',').map(|t| t.trim().to_string()).collect();
+    let samples: Vec<u64> = a
+        .cross_sample
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.parse::<u64>().ok().filter(|&m| m > 0).ok_or_else(|| {
+                Error::Usage(format!(
+                    "invalid sample size '{m}' in --cross-sample: give whole numbers above 0, comma-separated"
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
     if a.numpy_max_rows > 0.0 && !a.numpy_script.is_file() {
         return Err(Error::Usage(format!(
             "{}: no such file; pass --numpy-script PATH (benches/numpy_clipcov.py of the source tree)",
@@ -221,31 +245,8 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
             // Each run starts with no dirty pages of the one before.
             unsafe { libc::sync() };
             let out = a.work.join(format!("run-{n}-tau-{tau}"));
-            let status = Command::new(&exe)
-                .args(["select", "--data"])
-                .arg(data.join("data"))
-                .arg("--prompts")
-                .arg(data.join("prompts.parquet"))
-                .args([
-                    "--fraction",
-                    &a.fraction.to_string(),
-                    "--tau",
-                    tau,
-                    "--memory-limit",
-                    &a.memory_limit,
-                ])
-                .arg("--out")
-                .arg(&out)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map_err(|e| Error::io(&exe, e))?;
-            if !status.success() {
-                return Err(Error::Internal(format!(
-                    "bench: select on {n} rows, tau {tau} failed"
-                )));
-            }
-            let m = read_json(&out.join("manifest.json"))?;
-            let mut row = bench_row(n, tau, &m, a.dim);
+            let m = run_select(a, &exe, &data, tau, "exact", &out)?;
+            let mut row = bench_row(n, tau, "exact", &m, a.dim);
             if (n as f64) <= a.numpy_max_rows {
                 let csv = out.join("numpy.csv");
                 let t = Instant::now();
@@ -276,7 +277,27 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
                 }
             }
             eprintln!("{}", format_row(&row));
+            let exact_ids = ids_of_csv(&out.join("clipcov/subset.csv"))?;
+            let exact_seconds = row.seconds_total;
             rows.push(row);
+            // The sampled form exists only where tau is a number.
+            if tau == "none" {
+                continue;
+            }
+            for m in &samples {
+                unsafe { libc::sync() };
+                let cs = m.to_string();
+                let out = a.work.join(format!("run-{n}-tau-{tau}-sample-{m}"));
+                let man = run_select(a, &exe, &data, tau, &cs, &out)?;
+                let mut row = bench_row(n, tau, &cs, &man, a.dim);
+                row.exact_ratio = Some(row.seconds_total / exact_seconds);
+                row.exact_jaccard = Some(jaccard(
+                    &exact_ids,
+                    &ids_of_csv(&out.join("clipcov/subset.csv"))?,
+                ));
+                eprintln!("{}", format_row(&row));
+                rows.push(row);
+            }
         }
         if a.cleanup {
             std::fs::remove_dir_all(&data).at_path(&data)?;
@@ -293,7 +314,46 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_row(n: u64, tau: &str, m: &serde_json::Value, d: usize) -> BenchRow {
+/// One `select` run of the bench on `data` (a `synth` folder) into `out`;
+/// returns its manifest.
+fn run_select(
+    a: &BenchArgs,
+    exe: &Path,
+    data: &Path,
+    tau: &str,
+    cross: &str,
+    out: &Path,
+) -> Result<serde_json::Value> {
+    let status = Command::new(exe)
+        .args(["select", "--data"])
+        .arg(data.join("data"))
+        .arg("--prompts")
+        .arg(data.join("prompts.parquet"))
+        .args([
+            "--fraction",
+            &a.fraction.to_string(),
+            "--tau",
+            tau,
+            "--cross-sample",
+            cross,
+            "--memory-limit",
+            &a.memory_limit,
+        ])
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| Error::io(exe, e))?;
+    if !status.success() {
+        return Err(Error::Internal(format!(
+            "bench: select on {}, tau {tau}, cross {cross} failed",
+            data.display()
+        )));
+    }
+    read_json(&out.join("manifest.json"))
+}
+
+fn bench_row(n: u64, tau: &str, cross: &str, m: &serde_json::Value, d: usize) -> BenchRow {
     let stages: Vec<(String, f64, f64, f64)> = m["stages"]
         .as_array()
         .map(|v| {
@@ -334,6 +394,7 @@ fn bench_row(n: u64, tau: &str, m: &serde_json::Value, d: usize) -> BenchRow {
     BenchRow {
         rows: n,
         tau: tau.to_string(),
+        cross: cross.to_string(),
         seconds_total: m["seconds_total"].as_f64().unwrap_or(0.0),
         stages,
         cross_gflop: f("cross_flop") / 1e9,
@@ -348,6 +409,8 @@ fn bench_row(n: u64, tau: &str, m: &serde_json::Value, d: usize) -> BenchRow {
         peak_anon_rss_mib: m["memory"]["peak_anon_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         numpy_seconds: None,
         numpy_jaccard: None,
+        exact_ratio: None,
+        exact_jaccard: None,
         required_gflop: required / 1e9,
         floor_seconds: required / (large_gemm * 1e9),
     }
@@ -360,10 +423,15 @@ fn format_row(r: &BenchRow) -> String {
         .map(|(s, t, rps, gbs)| format!("{s} {t:.2} s ({:.0} krows/s, {gbs:.2} GB/s)", rps / 1e3))
         .collect();
     format!(
-        "| {} | {} | {:.2} | {} | {:.1} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {:.0} | {:.2} s ({:.0}%) | {} |",
+        "| {} | {} | {} | {:.2} | {} | {} | {:.1} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {:.0} | {:.2} s ({:.0}%) | {} |",
         r.rows,
         r.tau,
+        r.cross,
         r.seconds_total,
+        match (r.exact_ratio, r.exact_jaccard) {
+            (Some(t), Some(j)) => format!("{t:.2}x, {j:.4}"),
+            _ => "-".into(),
+        },
         stages.join("; "),
         r.cross_gflop,
         r.cross_gflops,
@@ -399,8 +467,8 @@ fn markdown(a: &BenchArgs, rows: &[BenchRow]) -> String {
         rayon::current_num_threads(),
         a.memory_limit
     );
-    s.push_str("| rows | tau | total s | stages | cross GFLOP | tile GFLOP/s | GEMM GFLOP/s (same run) | tile/GEMM | peak RSS MiB | peak anon MiB | NumPy (ratio) | Jaccard vs NumPy | required GFLOP | GEMM floor (share of total) | NumPy / floor |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| rows | tau | cross | total s | vs exact (time, Jaccard) | stages | cross GFLOP | tile GFLOP/s | GEMM GFLOP/s (same run) | tile/GEMM | peak RSS MiB | peak anon MiB | NumPy (ratio) | Jaccard vs NumPy | required GFLOP | GEMM floor (share of total) | NumPy / floor |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format_row(r));
         s.push('\n');
@@ -415,26 +483,33 @@ fn markdown(a: &BenchArgs, rows: &[BenchRow]) -> String {
 /// across sizes mean the stage scales as it should.
 fn scaling(d: usize, rows: &[BenchRow]) -> String {
     let mut s = String::from(
-        "\n| rows | tau | sum n_k^2 | cross work | cross s | ns per unit | row terms work (N K d) | row terms s | ns per unit |\n|---|---|---|---|---|---|---|---|---|\n",
+        "\n| rows | tau | cross | sum n_k^2 | cross work | cross s | ns per unit | row terms work (N K d) | row terms s | ns per unit |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let d = d as f64;
         let (sum_nk2, cross_units) = if r.tau == "none" {
             ("-".to_string(), r.rows as f64 * d)
+        } else if r.cross != "exact" {
+            // Half the flop, as for the exact form: `2 n_k M d` a sampled
+            // class, `n_k^2 d` a class small enough to stay exact.
+            ("-".to_string(), r.cross_gflop * 1e9 / 2.0)
         } else {
             let q = r.cross_gflop * 1e9 / (2.0 * d);
             (format!("{q:.3e}"), q * d)
         };
         let unit = if r.tau == "none" {
             "N d"
+        } else if r.cross != "exact" {
+            "sum 2 n_k M d, small classes n_k^2 d"
         } else {
             "sum n_k^2 d"
         };
         let row_units = r.rows as f64 * r.classes as f64 * d;
         s.push_str(&format!(
-            "| {} | {} | {sum_nk2} | {cross_units:.3e} ({unit}) | {:.2} | {:.4} | {row_units:.3e} | {:.2} | {:.4} |\n",
+            "| {} | {} | {} | {sum_nk2} | {cross_units:.3e} ({unit}) | {:.2} | {:.4} | {row_units:.3e} | {:.2} | {:.4} |\n",
             r.rows,
             r.tau,
+            r.cross,
             r.cross_seconds,
             r.cross_seconds * 1e9 / cross_units,
             r.row_terms_seconds,

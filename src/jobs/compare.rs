@@ -408,7 +408,7 @@ fn compare(job: &CompareJob) -> Result<Comparison> {
                     terms.as_slice(),
                     &picks,
                     &staged.ingested.rejects,
-                    &staged.extras(cfg),
+                    &staged.clipcov_extras(cfg),
                 )?;
                 let k = covered(&mut picks.iter().map(|p| p.pos));
                 let r = MethodResult {

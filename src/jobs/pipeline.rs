@@ -212,6 +212,19 @@ impl Staged {
                 starts: self.ingested.starts(),
             },
             train: cfg.train_csv.clone(),
+            key_value: Vec::new(),
+        }
+    }
+
+    /// [`Self::extras`] for ClipCov's own subset: its `subset.parquet`
+    /// also names the estimator of `cross` in its key-value metadata.
+    pub fn clipcov_extras(&self, cfg: &SelectConfig) -> SubsetExtras<'_> {
+        SubsetExtras {
+            key_value: vec![(
+                "clipcov.cross".into(),
+                cfg.cross.describe(cfg.tau, cfg.seed),
+            )],
+            ..self.extras(cfg)
         }
     }
 }
@@ -625,7 +638,7 @@ fn run(cfg: &SelectConfig, store_dir: &Path) -> Result<SelectSummary> {
             terms.as_slice(),
             &picks,
             &staged.ingested.rejects,
-            &staged.extras(cfg),
+            &staged.clipcov_extras(cfg),
         )?;
         m.outputs.push(crate::output::report::write_clipcov_report(
             &staging,

@@ -206,6 +206,8 @@ pub fn emit_clipcov(
 pub struct SubsetExtras<'a> {
     pub keep: Keep<'a>,
     pub train: Option<TrainCsv>,
+    /// Key-value metadata of `subset.parquet` (ClipCov: `clipcov.cross`).
+    pub key_value: Vec<(String, String)>,
 }
 
 /// Writes a method's files in `dir`: `subset.parquet`, `subset.csv` (with
@@ -230,7 +232,7 @@ pub fn write_subset_files(
     };
     let pq = dir.join("subset.parquet");
     let csv = dir.join("subset.csv");
-    write_parquet(&pq, rows, names, &extra)?;
+    write_parquet(&pq, rows, names, &extra, &extras.key_value)?;
     write_csv(&csv, rows, names, &extra)?;
     let n = rows.len() as u64;
     let mut files = vec![record(out, &pq, n)?, record(out, &csv, n)?];

@@ -14,9 +14,10 @@ use arrow_schema::{DataType, Field, Schema};
 use crate::error::{Error, IoContext, Result};
 use crate::formats::metadata::{check_csv_type, csv_text};
 use crate::formats::npy::header_bytes;
-use crate::formats::parquet_write::{write_batches, BATCH_ROWS};
+use crate::formats::parquet_write::{write_batches_with, zstd_properties_builder, BATCH_ROWS};
 use crate::ids::IdRef;
 use crate::io::atomic::atomic_write;
+use parquet::file::metadata::KeyValue;
 
 /// One output row.
 #[derive(Clone, Debug)]
@@ -119,14 +120,23 @@ fn batch(
 }
 
 /// Writes `rows` to `path` as Parquet (zstd), atomically; `extra` holds
-/// the `--keep-columns` values of the rows, in the same order.
+/// the `--keep-columns` values of the rows, in the same order, and
+/// `key_value` the file's key-value metadata.
 pub fn write_parquet(
     path: &Path,
     rows: &[SubsetRow],
     term_names: &[&str],
     extra: &[(Field, ArrayRef)],
+    key_value: &[(String, String)],
 ) -> Result<()> {
     let schema = schema(id_type(rows), term_names, extra);
+    let kv = key_value
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    let props = zstd_properties_builder()
+        .set_key_value_metadata(Some(kv))
+        .build();
     let batches = rows.chunks(BATCH_ROWS).enumerate().map(|(i, chunk)| {
         let ex: Vec<ArrayRef> = extra
             .iter()
@@ -134,7 +144,7 @@ pub fn write_parquet(
             .collect();
         batch(&schema, chunk, term_names.len(), &ex)
     });
-    write_batches(path, schema.clone(), batches)
+    write_batches_with(path, schema.clone(), props, batches)
 }
 
 /// Quotes a CSV field when it needs it (RFC 4180).

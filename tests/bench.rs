@@ -1,0 +1,110 @@
+//! `clipcov bench --cross-sample`: a sampled run next to each exact one,
+//! its time ratio and Jaccard index checked against the runs' own files.
+
+use std::collections::BTreeSet;
+
+use crate::util::*;
+
+fn ids(path: &std::path::Path) -> BTreeSet<String> {
+    read_subset_csv(path).into_iter().map(|r| r.id).collect()
+}
+
+fn manifest(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn bench_runs_sampled_cross_next_to_exact() {
+    let dir = Dir::new("bench_cross_sample");
+    let work = dir.join("work");
+    clipcov_ok(&[
+        "bench",
+        "--rows",
+        "3000",
+        "--dim",
+        "16",
+        "--classes",
+        "6",
+        "--zipf",
+        "1.1",
+        "--taus",
+        "0,none",
+        "--fraction",
+        "0.2",
+        "--cross-sample",
+        "64,100000",
+        "--work",
+        s(&work),
+    ]);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(work.join("bench.json")).unwrap()).unwrap();
+    let runs: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["tau"].as_str().unwrap(), r["cross"].as_str().unwrap()))
+        .collect();
+    // Sampled runs only where tau is a number.
+    assert_eq!(
+        runs,
+        [
+            ("0", "exact"),
+            ("0", "64"),
+            ("0", "100000"),
+            ("none", "exact")
+        ]
+    );
+    let exact_dir = work.join("run-3000-tau-0");
+    let exact = ids(&exact_dir.join("clipcov/subset.csv"));
+    let exact_s = manifest(&exact_dir.join("manifest.json"))["seconds_total"]
+        .as_f64()
+        .unwrap();
+    for (row, m) in rows[1..3].iter().zip(["64", "100000"]) {
+        let out = work.join(format!("run-3000-tau-0-sample-{m}"));
+        let man = manifest(&out.join("manifest.json"));
+        let score = man["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == "score")
+            .unwrap();
+        assert_eq!(
+            score["kernels"]["cross"],
+            format!("sampled({m}, seed 0)"),
+            "the bench passes --cross-sample to select"
+        );
+        let got = ids(&out.join("clipcov/subset.csv"));
+        let j = exact.intersection(&got).count() as f64 / exact.union(&got).count() as f64;
+        assert!((row["exact_jaccard"].as_f64().unwrap() - j).abs() < 1e-12);
+        let ratio = man["seconds_total"].as_f64().unwrap() / exact_s;
+        assert!((row["exact_ratio"].as_f64().unwrap() - ratio).abs() < 1e-9 * ratio);
+        if m == "64" {
+            // A sample of 64 from classes of hundreds of rows changes picks.
+            assert!(j < 1.0, "M = 64 gave the exact subset");
+        } else {
+            // No class is larger than the sample: the exact subset.
+            assert_eq!(got, exact);
+        }
+    }
+    assert!(rows[0]["exact_jaccard"].is_null() && rows[3]["exact_jaccard"].is_null());
+    let md = std::fs::read_to_string(work.join("bench.md")).unwrap();
+    assert!(md.contains("| 3000 | 0 | 64 |"), "{md}");
+}
+
+#[test]
+fn bench_rejects_bad_sample_size() {
+    let dir = Dir::new("bench_cross_sample_bad");
+    let o = clipcov(&[
+        "bench",
+        "--rows",
+        "1000",
+        "--cross-sample",
+        "64,x",
+        "--work",
+        s(&dir.join("work")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        error_text(&o).contains("--cross-sample"),
+        "{}",
+        error_text(&o)
+    );
+}
