@@ -184,11 +184,14 @@ def merge(sequences, budget):
     return (kind, picks) if kind == "done" else (kind, more)
 
 
-def write_subset(out, ids, rows, classes, scores, terms):
+def write_subset(out, ids, rows, classes, scores, terms, tau="0", cross_sample="exact", seed=0):
     """Writes ``OUT/clipcov/subset.parquet`` and ``subset.csv`` (and
     ``datacomp_uids.npy`` for DataComp uids) with the CLI's writers, in rank
-    order, each atomically. Returns the files as ``(path, rows, bytes, sha256)``."""
+    order, each atomically; ``subset.parquet`` names the cross estimator of
+    ``tau``, ``cross_sample`` and ``seed`` as the CLI's does. Returns the
+    files as ``(path, rows, bytes, sha256)``."""
     out = os.fspath(out)
     return _clipcov.write_subset(
         out, os.path.join(out, "clipcov"), _array(ids), pa.array(rows, pa.uint64()),
-        pa.array(classes, pa.int32()), pa.array(scores, pa.float64()), terms)
+        pa.array(classes, pa.int32()), pa.array(scores, pa.float64()), terms,
+        tau=str(tau), cross_sample=str(cross_sample), seed=int(seed))

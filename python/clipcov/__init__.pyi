@@ -83,4 +83,7 @@ def write_subset(
     classes: Sequence[int] | pa.Array,
     scores: Sequence[float] | pa.Array,
     terms: pa.RecordBatch,
+    tau: str = ...,
+    cross_sample: str | int = ...,
+    seed: int = ...,
 ) -> list[tuple[str, int, int, str]]: ...

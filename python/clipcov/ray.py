@@ -449,7 +449,9 @@ def _run(cfg, files, cols, c, kk, d, total_rows, tile, nodes, staging, tasks, ti
         names=["easy", "cross", "label", "between"])
     files_out = _clipcov.write_subset(out, os.path.join(out, "clipcov"), pa.array(ids, id_type),
                                       pa.array(rows, pa.uint64()), pa.array(classes, pa.int32()),
-                                      pa.array(scores, pa.float64()), terms_batch)
+                                      pa.array(scores, pa.float64()), terms_batch,
+                                      tau=cfg["tau"], cross_sample=str(cfg["cross_sample"]),
+                                      seed=cfg["seed"])
     stage("emit", t0, len(order))
 
     task_nodes = sorted({t["node"] for t in tasks})

@@ -759,7 +759,10 @@ fn merge(
 /// Writes `dir/subset.parquet` and `subset.csv` (and `datacomp_uids.npy`
 /// when every id is a 32-hex uid) with the CLI's writers, each atomically;
 /// returns the files as `(path relative to out, rows, bytes, sha256)`.
+/// `subset.parquet` names the cross estimator (`clipcov.cross`) of `tau`,
+/// `cross_sample` and `seed`, as the CLI's does.
 #[pyfunction]
+#[pyo3(signature = (out, dir, ids, rows, classes, scores, terms, tau = "0", cross_sample = "exact", seed = 0))]
 #[allow(clippy::too_many_arguments)]
 fn write_subset(
     py: Python<'_>,
@@ -770,7 +773,12 @@ fn write_subset(
     classes: PyArrowType<arrow_data::ArrayData>,
     scores: PyArrowType<arrow_data::ArrayData>,
     terms: PyArrowType<RecordBatch>,
+    tau: &str,
+    cross_sample: &str,
+    seed: u64,
 ) -> PyResult<Vec<(String, u64, u64, String)>> {
+    let opts = score_options(tau, 0, cross_sample, seed, 0).map_err(|e| py_err(py, &e))?;
+    let cross_name = opts.cross.describe(opts.tau, seed);
     let (ids, rows, classes, scores, terms) = (
         array(ids),
         array(rows),
@@ -815,6 +823,7 @@ fn write_subset(
                 starts: ShardStarts::from_rows(std::iter::empty()),
             },
             train: None,
+            key_value: vec![("clipcov.cross".into(), cross_name)],
         };
         let names = ["easy", "cross", "label", "between"];
         let files = write_subset_files(&out, &dir, &subset, &names, &extras)?;
