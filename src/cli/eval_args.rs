@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::method_args::RowArgs;
+use super::method_args::{threads, RowArgs};
 use crate::error::{Error, Result};
 use crate::eval::proxy::ProxyOptions;
 use crate::eval::EvalOptions;
@@ -131,12 +131,7 @@ impl EvalArgs {
                 a.subset.with_extension("parquet").display()
             )));
         }
-        let threads = a
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        if threads == 0 {
-            return Err(Error::Usage("--threads must be at least 1".into()));
-        }
+        let threads = threads(a.threads)?;
         let work = match &a.work {
             Some(w) => w.clone(),
             // A subset read from a URL: a local folder named after it.

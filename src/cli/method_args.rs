@@ -192,6 +192,12 @@ fn positive(name: &str, v: f64) -> Result<f64> {
     }
 }
 
+/// `--threads`, defaulting to every core.
+pub fn threads(flag: Option<usize>) -> Result<usize> {
+    let n = flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    at_least_one("threads", n)
+}
+
 fn at_least_one(name: &str, v: usize) -> Result<usize> {
     if v == 0 {
         Err(Error::Usage(format!("--{name} must be at least 1")))
@@ -224,10 +230,7 @@ impl DataArgs {
 
     /// The staging config (also ClipCov's, in `compare`).
     pub fn config(&self, classes: ClassSource) -> Result<SelectConfig> {
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        at_least_one("threads", threads)?;
+        let threads = threads(self.threads)?;
         if let Some(t) = self.tile_rows {
             at_least_one("tile-rows", t)?;
         }
