@@ -96,14 +96,12 @@ pub fn phi(s: f32, tau: Option<f32>) -> f32 {
     }
 }
 
-/// Rows of a tile summed in `f32` before being flushed to the `f64`
-/// accumulators: long enough to vectorise, short enough to keep the `f32`
-/// rounding error near 1e-6 relative.
-const FLUSH_ROWS: usize = 64;
-
 /// Adds the thresholded sums of a `[ra, rb]` tile: `row_sums[i] += sum_j
 /// phi(tile[i, j])` and `col_sums[j] += sum_i phi(tile[i, j])`.
 ///
+/// Sums are kept in `f64` from the first element: an `f32` partial sum
+/// over a tile row would make `cross` depend on the tile shape at 1e-7,
+/// enough to swap near-tied picks between a full and an incremental run.
 /// Summation order is fixed by the tile shape alone, so results do not
 /// depend on threads.
 pub fn threshold_sums(
@@ -112,41 +110,32 @@ pub fn threshold_sums(
     tau: f32,
     row_sums: &mut [f64],
     col_sums: &mut [f64],
-    col_scratch: &mut Vec<f32>,
 ) {
     let ra = row_sums.len();
     assert_eq!(tile.len(), ra * rb);
     assert_eq!(col_sums.len(), rb);
-    col_scratch.clear();
-    col_scratch.resize(rb, 0.0);
     for (i, row) in tile.chunks_exact(rb).enumerate() {
         // Eight lanes of partial sums so the row sum vectorises.
-        let mut lanes = [0.0f32; 8];
+        let mut lanes = [0.0f64; 8];
         let mut chunks = row.chunks_exact(8);
-        let mut acc_cols = col_scratch.chunks_exact_mut(8);
+        let mut acc_cols = col_sums.chunks_exact_mut(8);
         for (c, acc) in (&mut chunks).zip(&mut acc_cols) {
             for l in 0..8 {
-                let v = if c[l] > tau { c[l] } else { 0.0 };
+                let v = if c[l] > tau { c[l] as f64 } else { 0.0 };
                 lanes[l] += v;
                 acc[l] += v;
             }
         }
         let tail_start = rb - chunks.remainder().len();
-        let mut tail = 0.0f32;
+        let mut tail = 0.0f64;
         for (j, &s) in row.iter().enumerate().skip(tail_start) {
-            let v = if s > tau { s } else { 0.0 };
+            let v = if s > tau { s as f64 } else { 0.0 };
             tail += v;
-            col_scratch[j] += v;
+            col_sums[j] += v;
         }
-        let lane_sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-        row_sums[i] += (lane_sum + tail) as f64;
-        if (i + 1) % FLUSH_ROWS == 0 || i + 1 == ra {
-            for (c, s) in col_sums.iter_mut().zip(col_scratch.iter_mut()) {
-                *c += *s as f64;
-                *s = 0.0;
-            }
-        }
+        row_sums[i] += ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+            + tail;
     }
 }
 
@@ -320,7 +309,7 @@ mod tests {
         for tau in [0.0f32, 0.5, -10.0] {
             let mut rows = vec![0.0; ra];
             let mut cols = vec![0.0; rb];
-            threshold_sums(&tile, rb, tau, &mut rows, &mut cols, &mut Vec::new());
+            threshold_sums(&tile, rb, tau, &mut rows, &mut cols);
             for i in 0..ra {
                 let want: f64 = (0..rb)
                     .map(|j| phi(tile[i * rb + j], Some(tau)) as f64)
