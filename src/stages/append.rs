@@ -261,7 +261,7 @@ mod tests {
         );
         assert_eq!(
             err(&[stat("c", 1), stat("a", 1)]),
-            "shard a moved in the shard order"
+            "shard c moved in the shard order"
         );
     }
 }
