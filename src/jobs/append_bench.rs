@@ -25,6 +25,8 @@ pub struct AppendBench {
     pub zipf: f64,
     pub f16: bool,
     pub work: PathBuf,
+    /// Delete each pair of runs once measured (their stores are large).
+    pub cleanup: bool,
 }
 
 /// One size, fraction and `tau`: the full run against night two.
@@ -121,6 +123,11 @@ pub fn run(b: &AppendBench, select: &Select) -> Result<Vec<AppendRow>> {
                 let row = append_row(n, appended, tau, &two, &whole, same_subset, jaccard(&a, &c));
                 eprintln!("bench: {}", row_line(&row));
                 rows.push(row);
+                if b.cleanup {
+                    for out in [&night, &full] {
+                        std::fs::remove_dir_all(out).at_path(out)?;
+                    }
+                }
             }
             std::fs::remove_dir_all(&data).at_path(&data)?;
         }

@@ -58,7 +58,8 @@ pub struct BenchArgs {
     /// Working folder for datasets and runs.
     #[arg(long, default_value = "clipcov-bench")]
     pub work: PathBuf,
-    /// Delete each dataset after its runs (large sizes need the disk).
+    /// Delete each dataset after its runs, and with `--append` each pair of
+    /// runs once measured (large sizes need the disk).
     #[arg(long)]
     pub cleanup: bool,
     /// Instead of the runs above: the nightly run. For each size and each
@@ -346,6 +347,7 @@ fn bench_append(a: &BenchArgs, exe: &Path, sizes: Vec<u64>, taus: Vec<String>) -
         zipf: a.zipf,
         f16: a.f16,
         work: a.work.clone(),
+        cleanup: a.cleanup,
     };
     let rows = append_bench::run(&b, &|data: &Path, tau: &str, out: &Path| {
         run_select(a, exe, data, tau, "exact", out)
