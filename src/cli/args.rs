@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use super::method_args::DataArgs;
 use crate::error::Error;
-use crate::jobs::pipeline::SelectConfig;
+use crate::jobs::config::SelectConfig;
 use crate::progress::LogFormat;
 use crate::stages::classes::ClassSource;
 use crate::stages::score::CrossSample;

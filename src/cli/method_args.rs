@@ -10,7 +10,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::formats::dataset::{Columns, Layout, Model};
 use crate::io::remote;
 use crate::jobs::baseline::{BaselineJob, LearnerData};
-use crate::jobs::pipeline::SelectConfig;
+use crate::jobs::config::SelectConfig;
 use crate::memory::parse_size;
 use crate::methods::{Method, MethodOptions, Rule};
 use crate::output::train_csv::{TrainCsv, TrainFormat};

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::jobs::pipeline::{self, SelectConfig, Staged};
+use crate::jobs::config::SelectConfig;
 use crate::jobs::shell::{learner_store, print_published, run_job};
+use crate::jobs::staging::{self, Staged};
 use crate::memory::RssMonitor;
 use crate::methods::c_rho::Learner;
 use crate::methods::{Ctx, Method, MethodOptions, Rule, Selection};
@@ -78,7 +79,7 @@ pub fn stage_learner(
         lcfg.columns.text = c.clone();
     }
     let mut t = Vec::new();
-    let staged = pipeline::stage_data(&lcfg, &learner_store(&cfg.out), &mut t)?;
+    let staged = staging::stage_data(&lcfg, &learner_store(&cfg.out), &mut t)?;
     for mut s in t {
         s.stage = format!("learner {}", s.stage);
         timings.push(s);
@@ -200,7 +201,7 @@ fn baseline(
     let started = Instant::now();
     let monitor = RssMonitor::start();
     let mut timings = Vec::new();
-    let staged = pipeline::stage_data(cfg, &cfg.out.join("store"), &mut timings)?;
+    let staged = staging::stage_data(cfg, &cfg.out.join("store"), &mut timings)?;
     let ctx = Ctx::new(&staged.store, staged.tile_rows);
     let lstaged = if method == Method::CRho {
         stage_learner(cfg, learner_data, &mut timings)?

@@ -12,8 +12,9 @@ use arrow_schema::DataType;
 use crate::error::{Error, Result};
 use crate::eval::{text_report, EvalMetrics, EvalOptions, Evaluator};
 use crate::formats::parquet_read::{batches, open_parquet};
-use crate::jobs::pipeline::{self, SelectConfig};
+use crate::jobs::config::SelectConfig;
 use crate::jobs::shell::thread_pool;
+use crate::jobs::staging;
 use crate::stages::classes::ClassSource;
 use crate::store::Store;
 
@@ -122,7 +123,7 @@ pub fn run_eval(job: EvalJob) -> Result<()> {
         return Err(Error::io(format!("{}{hint}", work.display()), e));
     }
     let result = thread_pool(job.cfg.threads)?.install(|| -> Result<EvalMetrics> {
-        let staged = pipeline::stage_data(&job.cfg, &work.join("store"), &mut Vec::new())?;
+        let staged = staging::stage_data(&job.cfg, &work.join("store"), &mut Vec::new())?;
         let positions = subset_positions(&job.subset, &staged.store)?;
         let ev = Evaluator::new(
             &staged.store,

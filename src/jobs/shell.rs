@@ -1,11 +1,13 @@
 //! The shell every command that writes `OUT` runs its job in: the `OUT`
 //! lock, a thread pool of its own, cleanup of a failed run's staged stores,
-//! and the upload of the results when `--out` is a URL.
+//! the upload of the results when `--out` is a URL, and the stage timer.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::io::lock::OutLock;
+use crate::output::emit::StageTiming;
 
 /// The staged store of a run's main data, under `OUT`.
 pub fn store_dir(out: &Path) -> PathBuf {
@@ -57,4 +59,37 @@ pub fn print_published(publish_to: Option<&Path>, urls: &[String]) {
     if let Some(url) = publish_to {
         println!("  uploaded {} files to {}", urls.len(), url.display());
     }
+}
+
+/// Runs stage `name` of `rows` rows and `bytes` read: its progress bar or
+/// events, and its timing appended to `timings`.
+pub fn stage<T>(
+    timings: &mut Vec<StageTiming>,
+    name: &str,
+    rows: u64,
+    bytes: u64,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let t = Instant::now();
+    let p = crate::progress::start(name, rows);
+    let v = match f() {
+        Ok(v) => v,
+        Err(e) => {
+            p.fail(&e);
+            return Err(e);
+        }
+    };
+    p.finish();
+    let s = t.elapsed().as_secs_f64();
+    timings.push(StageTiming {
+        stage: name.to_string(),
+        seconds: s,
+        rows,
+        rows_per_second: if s > 0.0 { rows as f64 / s } else { 0.0 },
+        bytes_read: bytes,
+        gb_per_second: if s > 0.0 { bytes as f64 / s / 1e9 } else { 0.0 },
+        kernels: None,
+        refresh: None,
+    });
+    Ok(v)
 }
