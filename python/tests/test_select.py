@@ -59,3 +59,26 @@ def test_bad_input_same_one_line_error(cli, small, tmp_path, options):
     assert line in (f"clipcov: {e.value}", f"error: {e.value}")
     assert e.value.exit_code == r.returncode
     assert "\n" not in str(e.value)
+
+
+def test_a_nightly_select_appends_new_shards(cli, tmp_path):
+    """The same `out` on a pool that gained a shard: only it is staged, and
+    the subset is the CLI's full run on the final pool."""
+    from conftest import synth
+
+    d = synth(cli, tmp_path / "ds", 3000, 6, 16, shards=3)
+    shards = sorted((d / "data").glob("*.parquet"))
+    aside = tmp_path / "aside.parquet"
+    shards[-1].rename(aside)
+    kw = dict(data=d / "data", prompts=d / "prompts.parquet", fraction=0.1, out=tmp_path / "py")
+    assert clipcov.select(**kw)["incremental"]["store"] == "staged"
+    aside.rename(shards[-1])
+    m = clipcov.select(**kw)
+    assert (m["incremental"]["store"], m["incremental"]["score"]) == ("appended", "incremental")
+    assert m["incremental"]["rows_added"] == 1000
+    flags = ["--data", str(d / "data"), "--prompts", str(d / "prompts.parquet"), "--fraction", "0.1"]
+    r = run_cli(cli, "select", *flags, "--out", str(tmp_path / "cli"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    ids = [line.split(",")[:2] for line in (tmp_path / "py" / "clipcov" / "subset.csv").read_text().splitlines()]
+    ref = [line.split(",")[:2] for line in (tmp_path / "cli" / "clipcov" / "subset.csv").read_text().splitlines()]
+    assert ids == ref
