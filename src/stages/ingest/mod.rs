@@ -38,9 +38,9 @@ pub use types::{
 pub use validate::{prepare_batch, PreparedRows};
 
 use dedup::find_duplicates;
-use id_column::{id_column, IdColumn};
+use id_column::id_column;
 use validate::{store_dtype, BatchCtx, Prepared, PREPARE_ROWS};
-use writer::{Bucket, WriterThread, Writers};
+use writer::{Batch, WriterThread, Writers};
 
 /// Reads `files` into the store files in `dir`.
 pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<Ingested> {
@@ -53,8 +53,6 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
         })
         .collect();
     let classes = opts.classify.as_ref().map_or(1, |c| c.classes);
-    let chunk_rows = opts.chunk_rows.max(1);
-    let mut buckets: Vec<Bucket> = (0..classes.max(1)).map(|_| Bucket::default()).collect();
     let mut d: Option<usize> = opts.expected_d.as_ref().map(|(d, _)| *d);
     let mut dtype: Option<Dtype> = None;
     let mut id_kind = IdKind::Utf8;
@@ -102,7 +100,12 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
             }
             if writer.is_none() {
                 id_kind = shard.id_kind;
-                writer = Some(WriterThread::spawn(scope, Writers::create(dir, id_kind)?));
+                writer = Some(WriterThread::spawn(
+                    scope,
+                    Writers::create(dir, id_kind)?,
+                    classes,
+                    opts.chunk_rows,
+                ));
             }
             let img = EmbeddingView::try_new(&batch.image).expect("type checked");
             let txt = EmbeddingView::try_new(&batch.text).expect("type checked");
@@ -132,6 +135,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                 })
                 .collect();
             let ids = id_column(&batch.id);
+            let mut kept = Vec::with_capacity(parts.len());
             for part in parts {
                 let part = part?; // the first error in row order
                 for (i, reason) in &part.bad {
@@ -145,39 +149,23 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                         reason: reason.clone(),
                     });
                 }
-                for (r, (&i, &k)) in part.keep.iter().zip(&part.labels).enumerate() {
-                    let b = &mut buckets[k as usize];
-                    let (img_bytes, txt_bytes) = part.row_bytes(r, dd);
-                    b.image.extend_from_slice(img_bytes);
-                    b.text.extend_from_slice(txt_bytes);
-                    b.scale.extend_from_slice(&part.scale[2 * r..2 * r + 2]);
-                    b.rows.push(batch.first_row + i as u64);
-                    b.hashes.push(ids.hash(i));
-                    match &ids {
-                        IdColumn::Str(f) => {
-                            b.id_bytes.extend_from_slice(f(i).as_bytes());
-                            b.id_ends.push(b.id_bytes.len() as u32);
-                        }
-                        IdColumn::Int(v) => b.id_ints.push(v[i].unwrap() as u64),
-                        IdColumn::UInt(v) => b.id_ints.push(v[i].unwrap()),
-                    }
-                    if b.len() >= chunk_rows {
-                        let full = std::mem::take(b);
-                        writer = Some(writer.take().unwrap().send(k, full)?);
-                    }
-                }
+                kept.push(part);
             }
+            // The writer thread buckets and writes them while the next
+            // batch is validated.
+            let rows = Batch {
+                parts: kept,
+                ids: batch.id.clone(),
+                first_row: batch.first_row,
+                d: dd,
+            };
+            writer = Some(writer.take().unwrap().send(rows)?);
             rows_read += n as u64;
         }
-        let Some(mut w) = writer else {
-            return Ok(None);
-        };
-        for (k, b) in buckets.iter_mut().enumerate() {
-            if b.len() > 0 {
-                w = w.send(k as u32, std::mem::take(b))?;
-            }
+        match writer {
+            Some(w) => w.finish().map(Some),
+            None => Ok(None),
         }
-        w.finish().map(Some)
     })?;
     let Some(mut w) = writers else {
         return Err(Error::file(&files[0].path, "the dataset has no rows"));
