@@ -76,35 +76,37 @@ fn assign_block(
 
 /// The smallest `c` with the largest `r[c] - bias[c]` (0 when no value is
 /// above minus infinity), as a scalar scan with a strict `>` finds it, but
-/// in two passes that vectorise: the maximum over 16 lanes, then its first
-/// position.
+/// in one pass that vectorises: each of 16 lanes keeps its largest value
+/// and where it first saw it, then the lanes are merged.
 fn first_max(r: &[f32], bias: &[f32]) -> usize {
     const LANES: usize = 16;
-    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut at = [0u32; LANES];
     let (rc, bc) = (r.chunks_exact(LANES), bias.chunks_exact(LANES));
-    let (r_tail, b_tail) = (rc.remainder(), bc.remainder());
-    for (rs, bs) in rc.zip(bc) {
+    let tail = rc.len() * LANES;
+    for (c, (rs, bs)) in rc.zip(bc).enumerate() {
+        let base = (c * LANES) as u32;
         for l in 0..LANES {
             let v = rs[l] - bs[l];
-            lanes[l] = if v > lanes[l] { v } else { lanes[l] };
+            let up = v > best[l];
+            best[l] = if up { v } else { best[l] };
+            at[l] = if up { base + l as u32 } else { at[l] };
         }
     }
-    let mut max = f32::NEG_INFINITY;
-    for v in lanes
-        .into_iter()
-        .chain(r_tail.iter().zip(b_tail).map(|(s, b)| s - b))
-    {
-        if v > max {
+    let (mut max, mut arg) = (f32::NEG_INFINITY, usize::MAX);
+    let tail_lanes = r[tail..].iter().zip(&bias[tail..]).enumerate();
+    let lanes = best.into_iter().zip(at.map(|a| a as usize));
+    for (v, c) in lanes.chain(tail_lanes.map(|(i, (s, b))| (s - b, tail + i))) {
+        if v > max || (v == max && c < arg) {
             max = v;
+            arg = c;
         }
     }
     if max == f32::NEG_INFINITY {
-        return 0;
+        0
+    } else {
+        arg
     }
-    r.iter()
-        .zip(bias)
-        .position(|(s, b)| s - b == max)
-        .unwrap_or(0)
 }
 
 fn bias(centroids: &[f32], d: usize, spherical: bool) -> Vec<f32> {
