@@ -21,6 +21,8 @@ mod runs;
 mod schemas;
 // Kill -9 and resume; reuse and invalidation of stages.
 mod crash;
+// Nightly runs: appended shards, incremental score, same subset as a full run.
+mod incremental;
 // The baselines against brute force; compare end to end.
 mod baselines;
 // --rule datacomp and --centroids against DataComp's rules, computed here.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::formats::dataset::{Columns, SourceFile};
@@ -18,11 +18,13 @@ use crate::jobs::shell::{run_job, store_dir};
 use crate::memory::{self, MemoryReport, Plan, RssMonitor};
 use crate::output::emit::{self, Manifest, StageTiming, SubsetExtras};
 use crate::output::publish::OutputSet;
+use crate::stages::append::{self, AppendPlan, InputStat};
 use crate::stages::classes::{self, ClassSource, ClassTable};
 use crate::stages::ingest::{
     self, BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested,
 };
 use crate::stages::prefilter::Predicate;
+use crate::stages::rescore;
 use crate::stages::score::{self, CrossSample, ScoreOptions, ScoreStats, Tau, TERMS};
 use crate::stages::select::{self, Budget, Pick, Refresh, RefreshMode, SelectOptions, Weights};
 use crate::store::journal::{self, Journal};
@@ -171,6 +173,61 @@ pub struct Staged {
     /// The layout read and the column names used (layout defaults filled in).
     pub layout: Layout,
     pub columns: Columns,
+    /// How the store came to be: reused, appended to, or staged in full.
+    pub history: StoreHistory,
+    /// After an append: the store before it, whose scores the score stage
+    /// brings up to date.
+    pub previous: Option<PreviousStore>,
+}
+
+/// How a run's store came to be, for the manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreHistory {
+    /// `reused`, `appended` or `staged`.
+    pub store: &'static str,
+    /// Why the store was staged in full rather than appended to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub shards_added: usize,
+    pub rows_added: u64,
+}
+
+impl StoreHistory {
+    fn staged(reason: String) -> Self {
+        StoreHistory {
+            store: "staged",
+            reason: Some(reason),
+            shards_added: 0,
+            rows_added: 0,
+        }
+    }
+}
+
+/// What the journal's store record keeps beside its key: the parameters
+/// and the inputs it was staged from (a later run compares them with its
+/// own to append), and the store before the last append.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoreRecord {
+    params: serde_json::Value,
+    inputs: Vec<InputStat>,
+    #[serde(default)]
+    previous: Option<PreviousStore>,
+}
+
+/// The store before an append: its key and its metadata.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PreviousStore {
+    pub key: String,
+    pub meta: StoreMeta,
+}
+
+/// What the journal's score record keeps: the stats, and what they were
+/// computed from (an append's incremental score starts from them).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ScoreRecord {
+    stats: ScoreStats,
+    store_key: String,
+    params: String,
 }
 
 impl Staged {
@@ -186,7 +243,8 @@ impl Staged {
         seconds: f64,
     ) -> Manifest {
         let meta = &self.store.meta;
-        emit::finish_manifest(
+        let incremental = self.incremental(&timings);
+        let mut m = emit::finish_manifest(
             m,
             cfg.manifest_parameters(),
             cfg.refresh.period(budget, meta.nonempty_classes()),
@@ -199,7 +257,48 @@ impl Staged {
             self.plan,
             self.tile_rows,
             seconds,
-        )
+        );
+        m.incremental = Some(incremental);
+        m
+    }
+
+    /// The manifest's `incremental`: how the store came to be and, when
+    /// the run scored, how the score did and its cross-tile work against a
+    /// full score's.
+    fn incremental(&self, timings: &[StageTiming]) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.history).unwrap_or_default();
+        let score = timings
+            .iter()
+            .find(|t| t.stage == "score" || t.stage == "reuse-score");
+        let Some(score) = score else {
+            return v;
+        };
+        let o = v.as_object_mut().expect("an object");
+        let kernels = score.kernels.as_ref();
+        let done = kernels.map_or(0.0, |k| k.cross_flop);
+        match kernels.and_then(|k| k.incremental.as_ref()) {
+            _ if score.stage == "reuse-score" => {
+                o.insert("score".into(), "reused".into());
+            }
+            Some(r) => {
+                o.insert("score".into(), "incremental".into());
+                o.insert("classes_touched".into(), r.classes_touched.into());
+                o.insert("between".into(), r.between.clone().into());
+                o.insert("cross_tile_flop".into(), done.into());
+                o.insert("cross_tile_flop_full_run".into(), r.cross_flop_full.into());
+                let share = if r.cross_flop_full > 0.0 {
+                    done / r.cross_flop_full
+                } else {
+                    0.0
+                };
+                o.insert("cross_tile_share".into(), share.into());
+            }
+            None => {
+                o.insert("score".into(), "full".into());
+                o.insert("cross_tile_flop".into(), done.into());
+            }
+        }
+        v
     }
 
     /// What `--keep-columns` and `--train-csv` need to fetch the selected
@@ -244,11 +343,17 @@ pub fn stage_data(
     // A predicate that does not parse fails before anything is read.
     let predicate = cfg.filter.as_deref().map(Predicate::parse).transpose()?;
     let inputs = Inputs::find(cfg)?;
-    if !cfg.fresh {
+    let reason = if cfg.fresh {
+        "--fresh".to_string()
+    } else {
         if let Some(staged) = reuse_store(&inputs, store_dir, timings)? {
             return Ok(staged);
         }
-    }
+        match append_to_store(cfg, &inputs, predicate.as_ref(), store_dir, timings)? {
+            Ok(staged) => return Ok(staged),
+            Err(reason) => reason,
+        }
+    };
     let filter = match &predicate {
         Some(p) => Some(Arc::new(stage(
             timings,
@@ -286,7 +391,19 @@ pub fn stage_data(
             cfg.seed,
         )
     })?;
-    let meta = write_store_meta(store_dir, &ing, &table, &inputs.key)?;
+    let record = StoreRecord {
+        params: inputs.params.clone(),
+        inputs: inputs.stats.clone(),
+        previous: None,
+    };
+    let meta = write_store_meta(
+        store_dir,
+        &ing,
+        &table,
+        &inputs.key,
+        record,
+        Journal::default(),
+    )?;
     Ok(Staged {
         store: Store::open(store_dir, meta)?,
         ingested: ing,
@@ -297,6 +414,146 @@ pub fn stage_data(
         key: inputs.key,
         layout: inputs.layout,
         columns: inputs.columns,
+        history: StoreHistory::staged(reason),
+        previous: None,
+    })
+}
+
+/// Stages the shards added since the store in `store_dir` was staged and
+/// appends them to it (stages prefilter, ingest and append on the new
+/// shards, then classes), or says why the store cannot grow into today's
+/// input (then the caller stages everything).
+fn append_to_store(
+    cfg: &SelectConfig,
+    inputs: &Inputs,
+    predicate: Option<&Predicate>,
+    store_dir: &Path,
+    timings: &mut Vec<StageTiming>,
+) -> Result<std::result::Result<Staged, String>> {
+    let mut journal = Journal::load(store_dir);
+    let Some(rec) = journal.stages.get("store").cloned() else {
+        return Ok(Err("no earlier store in OUT/store".into()));
+    };
+    let Ok(before) = serde_json::from_value::<StoreRecord>(rec.report.clone()) else {
+        return Ok(Err("the store was staged by an older clipcov".into()));
+    };
+    if let Some(what) = changed_parameter(&before.params, &inputs.params) {
+        return Ok(Err(format!("{what} changed since the store was staged")));
+    }
+    if matches!(cfg.classes, ClassSource::KMeans { .. }) {
+        return Ok(Err("k-means classes are fitted on every row".into()));
+    }
+    let plan = match AppendPlan::new(&before.inputs, &inputs.stats) {
+        Ok(p) if p.added.is_empty() => return Ok(Err("the store is out of date".into())),
+        Ok(p) => p,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    if journal.valid(store_dir, "store", &rec.key).is_none() {
+        return Ok(Err("the store is incomplete or damaged".into()));
+    }
+    let read = |name: &str| -> Result<String> {
+        let p = store_dir.join(name);
+        std::fs::read_to_string(&p).at_path(&p)
+    };
+    let (Ok(old), Ok(old_meta)) = (
+        serde_json::from_str::<Ingested>(&read(files::INGEST)?),
+        serde_json::from_str::<StoreMeta>(&read(files::META)?),
+    ) else {
+        return Ok(Err("the store's metadata is unreadable".into()));
+    };
+
+    let added: Vec<SourceFile> = plan
+        .added
+        .iter()
+        .map(|&i| inputs.files[i].clone())
+        .collect();
+    let added_rows: Vec<u64> = plan.added.iter().map(|&i| inputs.file_rows[i]).collect();
+    let rows: u64 = added_rows.iter().sum();
+    let filter = match predicate {
+        Some(p) => Some(Arc::new(stage(timings, "prefilter", rows, 0, || {
+            p.evaluate(&added, &added_rows)
+        })?)),
+        None => None,
+    };
+    let delta_dir = store_dir.join("delta");
+    if delta_dir.exists() {
+        std::fs::remove_dir_all(&delta_dir).at_path(&delta_dir)?;
+    }
+    std::fs::create_dir_all(&delta_dir).at_path(&delta_dir)?;
+    let opts = ingest_options(cfg, inputs, filter);
+    let bytes: u64 = added.iter().map(|f| f.bytes).sum();
+    let delta = stage(timings, "ingest", rows, bytes, || {
+        ingest::ingest(&added, &delta_dir, &opts)
+    })?;
+    if let Some(reason) = append::conflict(store_dir, &old, &delta_dir, &delta)? {
+        std::fs::remove_dir_all(&delta_dir).at_path(&delta_dir)?;
+        return Ok(Err(reason));
+    }
+    // From here until the new record, the store is incomplete: a crash
+    // leaves no valid store record, and the next run stages in full.
+    journal.forget(store_dir, "store")?;
+    let ing = stage(timings, "append", delta.file_rows, 0, || {
+        append::append(store_dir, &old, &delta_dir, &delta, &plan, &inputs.files)
+    })?;
+    std::fs::remove_dir_all(&delta_dir).at_path(&delta_dir)?;
+    let table = stage(timings, "classes", ing.file_rows, 0, || {
+        classes::assign(
+            &cfg.classes,
+            inputs.prompts.as_ref(),
+            &ing,
+            store_dir,
+            cfg.seed,
+        )
+    })?;
+    let previous = PreviousStore {
+        key: rec.key.clone(),
+        meta: old_meta,
+    };
+    let record = StoreRecord {
+        params: inputs.params.clone(),
+        inputs: inputs.stats.clone(),
+        previous: Some(previous.clone()),
+    };
+    let meta = write_store_meta(store_dir, &ing, &table, &inputs.key, record, journal)?;
+    Ok(Ok(Staged {
+        store: Store::open(store_dir, meta)?,
+        ingested: ing,
+        files: inputs.files.clone(),
+        class_emb: table.embeddings,
+        plan: inputs.plan,
+        tile_rows: inputs.tile_rows,
+        key: inputs.key.clone(),
+        layout: inputs.layout,
+        columns: inputs.columns.clone(),
+        history: StoreHistory {
+            store: "appended",
+            reason: None,
+            shards_added: plan.added.len(),
+            rows_added: delta.file_rows - delta.duplicate_file_rows.len() as u64,
+        },
+        previous: Some(previous),
+    }))
+}
+
+/// The first parameter of the store's key that differs, by name.
+fn changed_parameter(before: &serde_json::Value, now: &serde_json::Value) -> Option<String> {
+    if before == now {
+        return None;
+    }
+    let (Some(a), Some(b)) = (before.as_object(), now.as_object()) else {
+        return Some("the store's parameters".into());
+    };
+    let name = b
+        .iter()
+        .find(|(k, v)| a.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .or_else(|| a.keys().find(|k| !b.contains_key(*k)).cloned())
+        .unwrap_or_default();
+    Some(match name.as_str() {
+        "classes" => "the classes (prompts file or its options)".into(),
+        "where" => "--where".into(),
+        "tool" | "version" => "the clipcov version".into(),
+        other => format!("--{}", other.replace('_', "-")),
     })
 }
 
@@ -315,6 +572,10 @@ struct Inputs {
     d: usize,
     plan: Plan,
     tile_rows: usize,
+    /// What the store depends on besides the inputs, and every input's
+    /// files with their sizes and versions: the store's key hashes both.
+    params: serde_json::Value,
+    stats: Vec<InputStat>,
     key: String,
 }
 
@@ -346,7 +607,9 @@ impl Inputs {
             None => shards::probe_d(&files, &columns).unwrap_or(512),
         };
         let plan = memory::plan(cfg.memory_limit_bytes, total_rows, d, cfg.threads)?;
-        let key = store_key(cfg, &files, &columns)?;
+        let params = store_params(cfg, &columns)?;
+        let stats = input_stats(&files)?;
+        let key = journal::key_of(&(&params, &stats));
         Ok(Inputs {
             layout,
             files,
@@ -358,6 +621,8 @@ impl Inputs {
             d,
             tile_rows: cfg.tile_rows.unwrap_or(plan.tile_rows),
             plan,
+            params,
+            stats,
             key,
         })
     }
@@ -371,15 +636,16 @@ fn reuse_store(
     timings: &mut Vec<StageTiming>,
 ) -> Result<Option<Staged>> {
     let t = Instant::now();
-    if Journal::load(store_dir)
-        .valid(store_dir, "store", &inputs.key)
-        .is_none()
-    {
+    let journal = Journal::load(store_dir);
+    let Some(record) = journal.valid(store_dir, "store", &inputs.key) else {
         return Ok(None);
-    }
+    };
+    let previous = serde_json::from_value::<StoreRecord>(record.report.clone())
+        .ok()
+        .and_then(|r| r.previous);
     let resolved = (inputs.layout, inputs.columns.clone());
     let files = inputs.files.clone();
-    let Ok(staged) = reopen(
+    let Ok(mut staged) = reopen(
         store_dir,
         files,
         inputs.plan,
@@ -389,6 +655,7 @@ fn reuse_store(
     ) else {
         return Ok(None);
     };
+    staged.previous = previous;
     stage(timings, "reuse-store", staged.store.meta.rows, 0, || Ok(()))?;
     if let Some(s) = timings.last_mut() {
         s.seconds = t.elapsed().as_secs_f64();
@@ -432,6 +699,8 @@ fn write_store_meta(
     ing: &Ingested,
     table: &ClassTable,
     key: &str,
+    record: StoreRecord,
+    mut journal: Journal,
 ) -> Result<StoreMeta> {
     let meta = StoreMeta {
         version: STORE_VERSION,
@@ -448,17 +717,20 @@ fn write_store_meta(
     let mut w = SeqWriter::create(&store_dir.join(files::CLASS_EMB))?;
     w.write(&table.embeddings)?;
     w.finish()?;
-    let written = files::staged(ing.id_kind);
-    Journal::default().record(store_dir, "store", key, &written, serde_json::Value::Null)?;
+    let mut written = files::staged(ing.id_kind);
+    if record.previous.is_some() {
+        written.push(files::ORDER_PREV);
+    }
+    let report = serde_json::to_value(&record).unwrap_or_default();
+    journal.record(store_dir, "store", key, &written, report)?;
     Ok(meta)
 }
 
-/// The key of the store stage: everything the staged store depends on.
-fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Result<String> {
-    // Sizes and modification times to the nanosecond of every file a shard
-    // is read from (the sibling .npz, the npy layouts' other files): a
-    // shard rewritten within the same second still counts as changed.
-    let mut inputs = Vec::with_capacity(files.len());
+/// Every shard's files with their sizes and modification times to the
+/// nanosecond (the sibling .npz, the npy layouts' other files): a shard
+/// rewritten within the same second still counts as changed.
+fn input_stats(files: &[SourceFile]) -> Result<Vec<InputStat>> {
+    let mut stats = Vec::with_capacity(files.len());
     for f in files {
         let mut paths = vec![f.path.clone()];
         match &f.kind {
@@ -469,12 +741,22 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Res
                 paths.extend(metadata.clone());
             }
         }
+        let mut stat = InputStat {
+            relative: f.relative.clone(),
+            files: Vec::with_capacity(paths.len()),
+        };
         for p in paths {
             // A file's modification time in nanoseconds, an object's ETag.
             let st = crate::io::remote::stat(&p)?;
-            inputs.push((p, st.bytes, st.version));
+            stat.files.push((p, st.bytes, st.version));
         }
+        stats.push(stat);
     }
+    Ok(stats)
+}
+
+/// Everything the staged store depends on besides its input shards.
+fn store_params(cfg: &SelectConfig, columns: &Columns) -> Result<serde_json::Value> {
     let classes = match &cfg.classes {
         ClassSource::Prompts(p) => {
             let st = crate::io::remote::stat(p)?;
@@ -488,16 +770,15 @@ fn store_key(cfg: &SelectConfig, files: &[SourceFile], columns: &Columns) -> Res
         }
         ClassSource::Single => serde_json::json!("single"),
     };
-    Ok(journal::key_of(&serde_json::json!({
+    Ok(serde_json::json!({
         "version": STORE_VERSION,
         "tool": env!("CARGO_PKG_VERSION"),
-        "inputs": inputs,
         "columns": columns,
         "on_bad_row": cfg.on_bad_row,
         "on_duplicate": cfg.on_duplicate,
         "classes": classes,
         "where": cfg.filter,
-    })))
+    }))
 }
 
 /// Opens a complete store left by an earlier run.
@@ -532,6 +813,13 @@ fn reopen(
         key: key.to_string(),
         layout,
         columns,
+        history: StoreHistory {
+            store: "reused",
+            reason: None,
+            shards_added: 0,
+            rows_added: 0,
+        },
+        previous: None,
     })
 }
 
@@ -564,32 +852,63 @@ pub fn clipcov_picks(
         ),
         _ => cfg.cross.describe(cfg.tau, cfg.seed),
     };
-    let key = journal::key_of(&(
-        &staged.key,
-        cfg.tau.to_string(),
-        staged.tile_rows,
-        estimator,
-    ));
+    // The tile side is not in the key: it changes the order of the f64
+    // sums only, and an append that grows the memory plan keeps its scores.
+    let params = journal::key_of(&(cfg.tau.to_string(), estimator));
+    let key = journal::key_of(&(&staged.key, &params));
     let mut journal = Journal::load(&store.dir);
-    let reused = if cfg.fresh {
-        None
-    } else {
-        journal
-            .valid(&store.dir, "score", &key)
-            .and_then(|r| serde_json::from_value::<ScoreStats>(r.report.clone()).ok())
+    let record = |key: &str| -> Option<ScoreRecord> {
+        let r = journal.valid(&store.dir, "score", key)?;
+        serde_json::from_value::<ScoreRecord>(r.report.clone()).ok()
     };
-    let stats = match reused {
-        Some(stats) => {
+    let reused = if cfg.fresh { None } else { record(&key) };
+    // After an append: the scores of the store before it, when they are
+    // intact and were computed with these parameters.
+    let earlier = match (&staged.previous, cfg.fresh) {
+        (Some(prev), false) => journal
+            .stages
+            .get("score")
+            .map(|r| r.key.clone())
+            .and_then(|k| record(&k))
+            .filter(|r| r.store_key == prev.key && r.params == params)
+            .map(|r| (prev, r.stats)),
+        _ => None,
+    };
+    let stats = match (reused, earlier) {
+        (Some(r), _) => {
             stage(timings, "reuse-score", n, 0, || Ok(()))?;
-            stats
+            r.stats
         }
-        None => {
-            journal.forget(&store.dir, "score")?;
-            let stats = stage(timings, "score", n, store_bytes, || {
-                score::score(store, &staged.class_emb, &opts, &store.dir)
-            })?;
-            let report = serde_json::to_value(&stats).unwrap_or_default();
-            journal.record(&store.dir, "score", &key, &[files::TERMS], report)?;
+        (None, earlier) => {
+            let stats = match earlier {
+                Some((prev, stats)) => stage(timings, "score", n, store_bytes, || {
+                    let dir = &store.dir;
+                    let order = Mapped::<u64>::open(&dir.join(files::ORDER_PREV))?;
+                    let terms = Mapped::<f64>::open(&dir.join(files::TERMS))?;
+                    let previous = rescore::Previous {
+                        meta: &prev.meta,
+                        order: order.as_slice(),
+                        terms: terms.as_slice(),
+                        sums: score::read_sums(dir, prev.meta.classes(), prev.meta.d)?,
+                        stats,
+                    };
+                    rescore::rescore(store, &staged.class_emb, &previous, &opts, dir)
+                })?,
+                None => {
+                    journal.forget(&store.dir, "score")?;
+                    stage(timings, "score", n, store_bytes, || {
+                        score::score(store, &staged.class_emb, &opts, &store.dir)
+                    })?
+                }
+            };
+            let report = ScoreRecord {
+                stats: stats.clone(),
+                store_key: staged.key.clone(),
+                params,
+            };
+            let report = serde_json::to_value(&report).unwrap_or_default();
+            let written = [files::TERMS, files::SUMS];
+            journal.record(&store.dir, "score", &key, &written, report)?;
             stats
         }
     };

@@ -7,7 +7,11 @@ use faer::{Accum, MatMut, MatRef, Par};
 /// `out[i * rb + j] = <a_i, b_j>` for `a: [ra, d]`, `b: [rb, d]` (row-major).
 ///
 /// Runs single-threaded: callers parallelise across tiles, which keeps the
-/// result independent of the thread count.
+/// result independent of the thread count. Each element is also the same
+/// bits whatever the shape of the tile it is computed in (tested below), so
+/// an incremental run's tiles give the full run's similarities: faer sends
+/// one-row, one-column and tiny products to other kernels, which sum in
+/// another order, so those shapes are padded with zero rows first.
 pub fn gemm_abt(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     let ra = a.len() / d.max(1);
     let rb = b.len() / d.max(1);
@@ -21,6 +25,38 @@ pub fn gemm_abt(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
         out.fill(0.0);
         return;
     }
+    let (pa, pb) = (padded_rows(ra, rb, d), padded_rows(rb, ra, d));
+    if (pa, pb) != (ra, rb) {
+        let (mut a2, mut b2) = (a.to_vec(), b.to_vec());
+        a2.resize(pa * d, 0.0);
+        b2.resize(pb * d, 0.0);
+        let mut o = vec![0.0f32; pa * pb];
+        gemm_abt_faer(&a2, &b2, d, &mut o);
+        for (dst, src) in out.chunks_exact_mut(rb).zip(o.chunks_exact(pb)) {
+            dst.copy_from_slice(&src[..rb]);
+        }
+        return;
+    }
+    gemm_abt_faer(a, b, d, out);
+}
+
+/// faer 0.24 computes products of at most this many multiply-adds with
+/// its small-matrix kernels.
+const SMALL_PRODUCT: usize = 16 * 16 * 16;
+
+/// Rows to give a side of `rows` rows (the other side has `other`) so that
+/// the product takes faer's general kernel: at least two on each side and
+/// more than [`SMALL_PRODUCT`] multiply-adds.
+fn padded_rows(rows: usize, other: usize, d: usize) -> usize {
+    let mut r = rows.max(2);
+    while r * other.max(2) * d <= SMALL_PRODUCT {
+        r *= 2;
+    }
+    r
+}
+
+fn gemm_abt_faer(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
+    let (ra, rb) = (a.len() / d, b.len() / d);
     let lhs = MatRef::from_row_major_slice(a, ra, d);
     let rhs = MatRef::from_row_major_slice(b, rb, d).transpose();
     let dst = MatMut::from_row_major_slice_mut(out, ra, rb);
@@ -60,14 +96,12 @@ pub fn phi(s: f32, tau: Option<f32>) -> f32 {
     }
 }
 
-/// Rows of a tile summed in `f32` before being flushed to the `f64`
-/// accumulators: long enough to vectorise, short enough to keep the `f32`
-/// rounding error near 1e-6 relative.
-const FLUSH_ROWS: usize = 64;
-
 /// Adds the thresholded sums of a `[ra, rb]` tile: `row_sums[i] += sum_j
 /// phi(tile[i, j])` and `col_sums[j] += sum_i phi(tile[i, j])`.
 ///
+/// Sums are kept in `f64` from the first element: an `f32` partial sum
+/// over a tile row would make `cross` depend on the tile shape at 1e-7,
+/// enough to swap near-tied picks between a full and an incremental run.
 /// Summation order is fixed by the tile shape alone, so results do not
 /// depend on threads.
 pub fn threshold_sums(
@@ -76,41 +110,32 @@ pub fn threshold_sums(
     tau: f32,
     row_sums: &mut [f64],
     col_sums: &mut [f64],
-    col_scratch: &mut Vec<f32>,
 ) {
     let ra = row_sums.len();
     assert_eq!(tile.len(), ra * rb);
     assert_eq!(col_sums.len(), rb);
-    col_scratch.clear();
-    col_scratch.resize(rb, 0.0);
     for (i, row) in tile.chunks_exact(rb).enumerate() {
         // Eight lanes of partial sums so the row sum vectorises.
-        let mut lanes = [0.0f32; 8];
+        let mut lanes = [0.0f64; 8];
         let mut chunks = row.chunks_exact(8);
-        let mut acc_cols = col_scratch.chunks_exact_mut(8);
+        let mut acc_cols = col_sums.chunks_exact_mut(8);
         for (c, acc) in (&mut chunks).zip(&mut acc_cols) {
             for l in 0..8 {
-                let v = if c[l] > tau { c[l] } else { 0.0 };
+                let v = if c[l] > tau { c[l] as f64 } else { 0.0 };
                 lanes[l] += v;
                 acc[l] += v;
             }
         }
         let tail_start = rb - chunks.remainder().len();
-        let mut tail = 0.0f32;
+        let mut tail = 0.0f64;
         for (j, &s) in row.iter().enumerate().skip(tail_start) {
-            let v = if s > tau { s } else { 0.0 };
+            let v = if s > tau { s as f64 } else { 0.0 };
             tail += v;
-            col_scratch[j] += v;
+            col_sums[j] += v;
         }
-        let lane_sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-        row_sums[i] += (lane_sum + tail) as f64;
-        if (i + 1) % FLUSH_ROWS == 0 || i + 1 == ra {
-            for (c, s) in col_sums.iter_mut().zip(col_scratch.iter_mut()) {
-                *c += *s as f64;
-                *s = 0.0;
-            }
-        }
+        row_sums[i] += ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+            + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+            + tail;
     }
 }
 
@@ -197,6 +222,48 @@ mod tests {
         (0..n).map(|_| r.normal() as f32).collect()
     }
 
+    /// Every element of a sub-tile is the same bits as in the whole
+    /// product, for tiny, one-row and one-column tiles too.
+    #[test]
+    fn gemm_elements_do_not_depend_on_the_tile_shape() {
+        for d in [3, 8, 33, 512] {
+            let (na, nb) = (300, 260);
+            let a = random(na * d, 3);
+            let b = random(nb * d, 4);
+            let mut full = vec![0.0; na * nb];
+            gemm_abt(&a, &b, d, &mut full);
+            for (ra, ca) in [
+                (0..2, 0..2),
+                (5..7, 9..10),
+                (5..6, 9..11),
+                (10..13, 20..22),
+                (1..3, 200..260),
+                (17..18, 0..260),
+                (17..18, 100..101),
+                (7..39, 100..117),
+                (3..259, 17..241),
+            ] {
+                let (m, n) = (ra.len(), ca.len());
+                let mut out = vec![0.0; m * n];
+                gemm_abt(
+                    &a[ra.start * d..ra.end * d],
+                    &b[ca.start * d..ca.end * d],
+                    d,
+                    &mut out,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(
+                            out[i * n + j].to_bits(),
+                            full[(ra.start + i) * nb + ca.start + j].to_bits(),
+                            "d {d}, tile {ra:?} x {ca:?}, element ({i}, {j})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn gemm_matches_scalar() {
         for (ra, rb, d) in [(1, 1, 1), (3, 5, 7), (37, 19, 64), (130, 70, 33)] {
@@ -242,7 +309,7 @@ mod tests {
         for tau in [0.0f32, 0.5, -10.0] {
             let mut rows = vec![0.0; ra];
             let mut cols = vec![0.0; rb];
-            threshold_sums(&tile, rb, tau, &mut rows, &mut cols, &mut Vec::new());
+            threshold_sums(&tile, rb, tau, &mut rows, &mut cols);
             for i in 0..ra {
                 let want: f64 = (0..rb)
                     .map(|j| phi(tile[i * rb + j], Some(tau)) as f64)

@@ -89,6 +89,11 @@ pub struct Manifest {
     /// What the run changed or doubted (a budget capped at the rows).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How much of the run was incremental: the store reused, appended
+    /// to or staged in full (and why), the score reused, brought up to
+    /// date or computed in full, with the cross-tile work of each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<serde_json::Value>,
     #[serde(skip)]
     pub classes_selected: usize,
 }

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::formats::prompts::Prompts;
 use crate::kernels::kmeans::{self, KMeansOptions, RowSource};
 use crate::stages::ingest::Ingested;
-use crate::store::{files, Pair, SeqWriter};
+use crate::store::{files, Mapped, Pair, SeqWriter};
 
 /// Where latent classes come from.
 #[derive(Clone, Debug, Serialize)]
@@ -96,8 +96,28 @@ pub fn assign(
             (order, table)
         }
     };
+    let mut order = order;
+    sort_by_row(store_dir, &mut order, &table.offsets)?;
     write_order(store_dir, &order)?;
     Ok(table)
+}
+
+/// Puts each class's rows in canonical row order. Ingest writes them in
+/// that order; after an append whose new shards sort among the old ones,
+/// file order and canonical order differ.
+fn sort_by_row(store_dir: &Path, order: &mut [u64], offsets: &[u64]) -> Result<()> {
+    let rows = Mapped::<u64>::open(&store_dir.join(files::ROW))?;
+    let row = rows.as_slice();
+    for k in 0..offsets.len().saturating_sub(1) {
+        let class = &mut order[offsets[k] as usize..offsets[k + 1] as usize];
+        if !class
+            .windows(2)
+            .all(|w| row[w[0] as usize] < row[w[1] as usize])
+        {
+            class.sort_unstable_by_key(|&f| row[f as usize]);
+        }
+    }
+    Ok(())
 }
 
 /// The image (or caption) rows of a store in file order, as a k-means row

@@ -23,7 +23,7 @@ use crate::kernels::dense::{
     dot_f64, dot_mixed, gemm_abt, normalised, phi, sum_phi, threshold_row_sums, threshold_sums,
 };
 use crate::rng::Rng;
-use crate::store::{files, ClassRows, MapWriter, Store, StoreClass};
+use crate::store::{files, ClassRows, MapWriter, Mapped, SeqWriter, Store, StoreClass};
 
 /// Number of `f64`s per row in `terms.bin`.
 pub const TERMS: usize = 4;
@@ -134,7 +134,7 @@ pub struct ScoreOptions {
 /// reduced in a fixed order: fixed (not the thread count) for determinism.
 const STRIPE_GROUPS: usize = 8;
 /// Rows per block for the row-wise terms.
-const BLOCK_ROWS: usize = 1024;
+pub const BLOCK_ROWS: usize = 1024;
 
 /// Per-class sums of the normalised embeddings, in `f64`.
 pub struct ClassSums {
@@ -333,27 +333,63 @@ pub fn score(
             .collect();
         stats.cross_seconds = t.elapsed().as_secs_f64();
         let sampled: Vec<SampledClass> = sampled.into_iter().flatten().collect();
-        let mut m_of = vec![None; kk];
-        for c in &sampled {
-            m_of[c.class] = Some(c.m);
-        }
-        stats.cross_flop = (0..kk)
-            .map(|k| {
-                let nk = store.meta.class_range(k).len() as f64;
-                match (opts.tau, m_of[k]) {
-                    (Tau::None, _) => 4.0 * nk * d as f64,
-                    (Tau::Threshold(_), None) => 2.0 * nk * nk * d as f64,
-                    (Tau::Threshold(_), Some(m)) => 4.0 * nk * m as f64 * d as f64,
-                }
-            })
-            .sum();
+        stats.cross_flop = cross_flop(store, opts.tau, &sampled);
         stats.cross = opts.cross.describe(opts.tau, opts.seed);
         if stats.cross != "exact" {
             stats.cross_sample = Some(CrossSampleReport::new(&sampled, kk, opts.seed));
         }
     }
     out.finish()?;
+    write_sums(dir, &sums)?;
     Ok(stats)
+}
+
+/// The flop of a full run's `cross` on `store`: `2 n_k^2 d` a class,
+/// `4 n_k M d` for the `sampled` classes, `4 n_k d` for the linear form.
+pub fn cross_flop(store: &Store, tau: Tau, sampled: &[SampledClass]) -> f64 {
+    let (d, kk) = (store.d() as f64, store.meta.classes());
+    let mut m_of = vec![None; kk];
+    for c in sampled {
+        m_of[c.class] = Some(c.m);
+    }
+    (0..kk)
+        .map(|k| {
+            let nk = store.meta.class_range(k).len() as f64;
+            match (tau, m_of[k]) {
+                (Tau::None, _) => 4.0 * nk * d,
+                (Tau::Threshold(_), None) => 2.0 * nk * nk * d,
+                (Tau::Threshold(_), Some(m)) => 4.0 * nk * m as f64 * d,
+            }
+        })
+        .sum()
+}
+
+/// Writes `sums.bin`: every class's `sum u` then `sum v`.
+pub fn write_sums(dir: &Path, sums: &ClassSums) -> Result<()> {
+    let mut w = SeqWriter::create(&dir.join(files::SUMS))?;
+    for (u, v) in sums.image.iter().zip(&sums.text) {
+        w.write(u)?;
+        w.write(v)?;
+    }
+    w.finish()
+}
+
+/// Reads `sums.bin` of `classes` classes of dimension `d`.
+pub fn read_sums(dir: &Path, classes: usize, d: usize) -> Result<ClassSums> {
+    let path = dir.join(files::SUMS);
+    let map = Mapped::<f64>::open(&path)?;
+    let all = map.as_slice();
+    if all.len() != classes * 2 * d {
+        return Err(
+            crate::error::Error::file(&path, "class sums of another store")
+                .with_hint("the store is damaged: rerun with --fresh"),
+        );
+    }
+    let (image, text) = all
+        .chunks_exact(2 * d.max(1))
+        .map(|c| (c[..d].to_vec(), c[d..].to_vec()))
+        .unzip();
+    Ok(ClassSums { image, text })
 }
 
 /// Work and time of the score stage's two kernels.
@@ -372,6 +408,9 @@ pub struct ScoreStats {
     /// Floating-point operations of the `cross` tiles (`2 n_k^2 d` a class,
     /// `4 n_k M d` sampled), or of the linear form.
     pub cross_flop: f64,
+    /// After an append: what the incremental score did, against a full one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<crate::stages::rescore::RescoreReport>,
 }
 
 /// One class whose `cross` was estimated from a sample.
@@ -399,7 +438,7 @@ pub struct CrossSampleReport {
 }
 
 impl CrossSampleReport {
-    fn new(sampled: &[SampledClass], classes: usize, seed: u64) -> Self {
+    pub fn new(sampled: &[SampledClass], classes: usize, seed: u64) -> Self {
         let rows: usize = sampled.iter().map(|c| c.rows).sum();
         let weighted: f64 = sampled
             .iter()
@@ -430,7 +469,7 @@ const PILOT_SALT: u64 = 0x7069_6c6f_745f_726f;
 const PILOT_ROWS: usize = 64;
 const PILOT_COLUMNS: usize = 512;
 /// Smallest sample `auto` picks.
-const MIN_AUTO_SAMPLE: usize = 64;
+pub const MIN_AUTO_SAMPLE: usize = 64;
 
 /// The sample `S_k` of class `class`: `m` distinct local indices out of
 /// `0..n`, uniform over the `m`-subsets, sorted (Knuth's selection
@@ -484,7 +523,7 @@ fn max_sample(limit: u64, rows: usize, d: usize) -> usize {
 const SAMPLE_BLOCK_BYTES: u64 = 16 << 20;
 
 /// The terms array cut into one mutable slice per class.
-fn split_by_class<'a>(store: &Store, terms: &'a mut [f64]) -> Vec<(usize, &'a mut [f64])> {
+pub fn split_by_class<'a>(store: &Store, terms: &'a mut [f64]) -> Vec<(usize, &'a mut [f64])> {
     let mut per_class = Vec::with_capacity(store.meta.classes());
     let mut rest = terms;
     for k in 0..store.meta.classes() {
@@ -710,7 +749,7 @@ pub fn cross_block(rows: &dyn ClassRows, tau: f32, tile: usize, g: usize) -> Til
     let stripe = |i: usize| (i * tile)..((i + 1) * tile).min(n);
     let mut cols = vec![0.0f64; n];
     let mut rows_out = Vec::new();
-    let (mut bu, mut bv, mut sim, mut scratch) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut bu, mut bv, mut sim) = (Vec::new(), Vec::new(), Vec::new());
     for si in (g..stripes).step_by(groups.max(1)) {
         let ri = stripe(si);
         let u = rows.image(ri.clone(), &mut bu);
@@ -720,7 +759,7 @@ pub fn cross_block(rows: &dyn ClassRows, tau: f32, tile: usize, g: usize) -> Til
             let v = rows.text(rj.clone(), &mut bv);
             sim.resize(ri.len() * rj.len(), 0.0);
             gemm_abt(u, v, d, &mut sim);
-            threshold_sums(&sim, rj.len(), tau, &mut sums, &mut cols[rj], &mut scratch);
+            threshold_sums(&sim, rj.len(), tau, &mut sums, &mut cols[rj]);
         }
         rows_out.push((si, sums));
     }

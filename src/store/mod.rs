@@ -38,6 +38,12 @@ pub mod files {
     pub const ORDER: &str = "order.bin";
     /// The four terms of each row (`[rows, 4]` f64), written by score.
     pub const TERMS: &str = "terms.bin";
+    /// Each class's sums of `u` and of `v` (`[K, 2, d]` f64), written by
+    /// score: a later run after an append reuses the untouched classes'.
+    pub const SUMS: &str = "sums.bin";
+    /// After an append: the order before it, which maps the earlier
+    /// `terms.bin` to file rows for the incremental score.
+    pub const ORDER_PREV: &str = "order.prev.bin";
     /// The class embeddings (`[K, d]` f32).
     pub const CLASS_EMB: &str = "classemb.bin";
     /// Utf8 ids: offsets into [`IDS_DAT`].
@@ -207,6 +213,15 @@ impl Drop for SeqWriter {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Appends the bytes of `src` to the end of `dst` (a store file growing by
+/// an append; the journal marks the store incomplete while it happens).
+pub fn append_file(src: &Path, dst: &Path) -> Result<()> {
+    let mut from = File::open(src).at_path(src)?;
+    let mut to = OpenOptions::new().append(true).open(dst).at_path(dst)?;
+    std::io::copy(&mut from, &mut to).at_path(dst)?;
+    Ok(())
 }
 
 /// A file of `len` `T`s written at random positions through a writable
@@ -633,6 +648,36 @@ impl ClassRows for StoreClass<'_> {
     }
     fn text_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32] {
         self.store.emb.text_gather(&self.file_rows(idx), buf)
+    }
+}
+
+/// Some rows of a class, by their local indices in it: the new rows of a
+/// class after an append.
+pub struct IndexedRows<'a> {
+    pub rows: &'a dyn ClassRows,
+    pub idx: &'a [usize],
+}
+
+impl ClassRows for IndexedRows<'_> {
+    fn d(&self) -> usize {
+        self.rows.d()
+    }
+    fn len(&self) -> usize {
+        self.idx.len()
+    }
+    fn image<'a>(&'a self, r: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        self.rows.image_at(&self.idx[r], buf)
+    }
+    fn text<'a>(&'a self, r: Range<usize>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        self.rows.text_at(&self.idx[r], buf)
+    }
+    fn image_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let local: Vec<usize> = idx.iter().map(|&i| self.idx[i]).collect();
+        self.rows.image_at(&local, buf)
+    }
+    fn text_at<'a>(&'a self, idx: &[usize], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let local: Vec<usize> = idx.iter().map(|&i| self.idx[i]).collect();
+        self.rows.text_at(&local, buf)
     }
 }
 
