@@ -108,3 +108,65 @@ fn bench_rejects_bad_sample_size() {
         error_text(&o)
     );
 }
+
+/// `bench --append`: night two against a full run on the same input, with
+/// the runs' own manifests and subsets behind every figure.
+#[test]
+fn bench_append_measures_night_two_against_a_full_run() {
+    let dir = Dir::new("bench_append");
+    let work = dir.join("work");
+    clipcov_ok(&[
+        "bench",
+        "--rows",
+        "4000",
+        "--dim",
+        "16",
+        "--classes",
+        "5",
+        "--taus",
+        "0",
+        "--append",
+        "0.1",
+        "--work",
+        s(&work),
+    ]);
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(work.join("bench-append.json")).unwrap())
+            .unwrap();
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(
+        (r["rows"].as_u64(), r["appended"].as_u64()),
+        (Some(4000), Some(400))
+    );
+    let night = work.join("append-4000-0.1-tau-0-nightly");
+    let full = work.join("append-4000-0.1-tau-0-full");
+    let (m2, mf) = (
+        manifest(&night.join("manifest.json")),
+        manifest(&full.join("manifest.json")),
+    );
+    assert_eq!(m2["incremental"]["store"], "appended");
+    assert_eq!(m2["incremental"]["rows_added"], 400);
+    assert_eq!(mf["incremental"]["store"], "staged");
+    assert_eq!(r["incremental_seconds"], m2["seconds_total"]);
+    assert_eq!(r["full_seconds"], mf["seconds_total"]);
+    // Same subset, a fraction of the full run's cross tiles.
+    assert_eq!(r["same_subset"], true);
+    let night_ids: Vec<String> = read_subset_csv(&night.join("clipcov/subset.csv"))
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    let full_ids: Vec<String> = read_subset_csv(&full.join("clipcov/subset.csv"))
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(night_ids, full_ids);
+    let (inc, all) = (
+        r["incremental_cross_gflop"].as_f64().unwrap(),
+        r["full_cross_gflop"].as_f64().unwrap(),
+    );
+    assert!(inc > 0.0 && inc < 0.5 * all, "{r}");
+    assert!(std::fs::read_to_string(work.join("bench-append.md"))
+        .unwrap()
+        .contains("| 4000 | 400 (10.0%) | 0 |"));
+}

@@ -50,9 +50,8 @@ fn width(i: usize) -> i64 {
     100 + (i as i64 * 37) % 250
 }
 
-/// Each row's latent class index (0..CLASSES in prompt order of first
-/// appearance is not needed: any labelling that groups rows as clipcov
-/// does): argmax over the classes' mean prompt.
+/// Each row's latent class, as an index into the sorted class ids: the
+/// argmax over the classes' mean normalised prompts, as clipcov assigns it.
 fn classes_of(data: &Data) -> Vec<usize> {
     let mut ids: Vec<i32> = data.prompts.iter().map(|p| p.0).collect();
     ids.sort_unstable();
@@ -63,8 +62,8 @@ fn classes_of(data: &Data) -> Vec<usize> {
             let mut c = vec![0.0f64; D];
             for p in data.prompts.iter().filter(|p| p.0 == k) {
                 let n = p.1.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-                for j in 0..D {
-                    c[j] += p.1[j] as f64 / n;
+                for (c, x) in c.iter_mut().zip(&p.1) {
+                    *c += *x as f64 / n;
                 }
             }
             c
@@ -287,6 +286,31 @@ fn appended_shards_with_where_and_a_sampled_cross_term() {
     let full = manifest(&n.dir.join("full"));
     assert_eq!(m["prefilter"], full["prefilter"]);
     assert_eq!(m["rows"], full["rows"]);
+    // A new shard none of whose rows passes: staged with the others.
+    let failing: Vec<usize> = (0..750).filter(|&i| width(i) < 180).take(20).collect();
+    let mut ids = n.data.ids.clone();
+    for &i in &failing {
+        ids[i] = format!("late-{i}");
+    }
+    let late = Data {
+        ids,
+        u: n.data.u.clone(),
+        v: n.data.v.clone(),
+        prompts: n.data.prompts.clone(),
+    };
+    write_shard(&n.data_dir, "c0", &late, &failing);
+    let out = n.select("out", &flags);
+    let inc = &manifest(&out)["incremental"];
+    assert_eq!(inc["store"], "staged", "{inc}");
+    let reason = inc["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the new shards alone could not be staged: ")
+            && reason.contains("keeps none of the 20 rows"),
+        "{inc}"
+    );
+    let mut fresh = flags.to_vec();
+    fresh.push("--fresh");
+    assert_same_subset(&out, &n.select("full", &fresh));
 }
 
 #[test]
@@ -384,4 +408,25 @@ fn killed_incremental_runs_rerun_to_the_same_subset() {
         assert_same_subset(&out, &reference);
     }
     assert!(kills > 0, "no run was interrupted");
+}
+
+/// `pipelines/nightly.toml`, copied next to a pool and its prompts, run as
+/// it is two nights in a row: the second night appends.
+#[test]
+fn the_nightly_pipeline_file_runs_as_it_is() {
+    let n = Nights::new("inc-pipeline", 500, 67);
+    let job = n.dir.join("nightly.toml");
+    std::fs::copy(repo_root().join("pipelines/nightly.toml"), &job).unwrap();
+    let pool = n.dir.join("pool");
+    write_shard(&pool, "part-000", &n.data, &(0..400).collect::<Vec<_>>());
+    clipcov_ok(&["run", s(&job)]);
+    let out = n.dir.join("nightly");
+    assert_eq!(manifest(&out)["incremental"]["store"], "staged");
+    write_shard(&pool, "part-001", &n.data, &(400..500).collect::<Vec<_>>());
+    clipcov_ok(&["run", s(&job)]);
+    assert_eq!(manifest(&out)["incremental"]["store"], "appended");
+    assert_eq!(manifest(&out)["incremental"]["score"], "incremental");
+    let full = n.dir.join("full");
+    clipcov_ok(&["run", s(&job), "--out", s(&full)]);
+    assert_same_subset(&out, &full);
 }

@@ -260,7 +260,7 @@ fn run_pipeline_files() {
     let nightly = dir.join("nightly");
     let o = clipcov(&[
         "run",
-        s(&root.join("pipelines/nightly.toml")),
+        s(&root.join("pipelines/nightly-compare.toml")),
         "--data",
         s(&out.join("dataset/data")),
         "--prompts",

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, Result};
 use crate::eval::jaccard;
 use crate::io::atomic::atomic_write;
+use crate::jobs::append_bench;
 use crate::kernels::dense::gemm_abt;
 use crate::synth::{self, SynthOptions};
 
@@ -57,9 +58,16 @@ pub struct BenchArgs {
     /// Working folder for datasets and runs.
     #[arg(long, default_value = "clipcov-bench")]
     pub work: PathBuf,
-    /// Delete each dataset after its runs (large sizes need the disk).
+    /// Delete each dataset after its runs, and with `--append` each pair of
+    /// runs once measured (large sizes need the disk).
     #[arg(long)]
     pub cleanup: bool,
+    /// Instead of the runs above: the nightly run. For each size and each
+    /// appended fraction (comma-separated, e.g. 0.01,0.1), night one on the
+    /// pool, night two with the appended rows (incremental) and a full run
+    /// on the same input, compared.
+    #[arg(long, default_value = "")]
+    pub append: String,
     /// Instead of `select` runs: exponentials per second of the
     /// log-sum-exp kernels (neg_clip_loss), per instruction set, at `--dim`.
     #[arg(long)]
@@ -213,6 +221,9 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.work).at_path(&a.work)?;
     let exe = std::env::current_exe().map_err(|e| Error::io("clipcov", e))?;
+    if !a.append.trim().is_empty() {
+        return bench_append(a, &exe, sizes, taus);
+    }
     let mut rows = Vec::new();
     for &n in &sizes {
         let data = a.work.join(format!("data-{n}"));
@@ -312,6 +323,43 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
     })?;
     crate::io::written::write_json(&a.work.join("bench.json"), &rows)?;
     Ok(())
+}
+
+/// `bench --append`: the nightly run against a full run (`append_bench`).
+fn bench_append(a: &BenchArgs, exe: &Path, sizes: Vec<u64>, taus: Vec<String>) -> Result<()> {
+    let fractions = a
+        .append
+        .split(',')
+        .map(|f| {
+            f.trim().parse::<f64>().map_err(|_| {
+                Error::Usage(format!(
+                    "invalid fraction '{f}' in --append: give fractions in (0, 1], e.g. 0.01,0.1"
+                ))
+            })
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let b = append_bench::AppendBench {
+        sizes,
+        fractions,
+        taus,
+        dim: a.dim,
+        classes: a.classes,
+        zipf: a.zipf,
+        f16: a.f16,
+        work: a.work.clone(),
+        cleanup: a.cleanup,
+    };
+    let rows = append_bench::run(&b, &|data: &Path, tau: &str, out: &Path| {
+        run_select(a, exe, data, tau, "exact", out)
+    })?;
+    let md = append_bench::markdown(&rows);
+    print!("{md}");
+    let md_path = a.work.join("bench-append.md");
+    atomic_write(&md_path, |w| {
+        use std::io::Write;
+        w.write_all(md.as_bytes()).at_path(&md_path)
+    })?;
+    crate::io::written::write_json(&a.work.join("bench-append.json"), &rows)
 }
 
 /// One `select` run of the bench on `data` (a `synth` folder) into `out`;

@@ -2,6 +2,7 @@
 //! under the `OUT` lock and in its own thread pool, and publishes its
 //! outputs.
 
+pub mod append_bench;
 pub mod baseline;
 pub mod bench;
 pub mod compare;

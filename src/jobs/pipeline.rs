@@ -469,22 +469,35 @@ fn append_to_store(
         .collect();
     let added_rows: Vec<u64> = plan.added.iter().map(|&i| inputs.file_rows[i]).collect();
     let rows: u64 = added_rows.iter().sum();
-    let filter = match predicate {
-        Some(p) => Some(Arc::new(stage(timings, "prefilter", rows, 0, || {
-            p.evaluate(&added, &added_rows)
-        })?)),
-        None => None,
-    };
     let delta_dir = store_dir.join("delta");
     if delta_dir.exists() {
         std::fs::remove_dir_all(&delta_dir).at_path(&delta_dir)?;
     }
     std::fs::create_dir_all(&delta_dir).at_path(&delta_dir)?;
-    let opts = ingest_options(cfg, inputs, filter);
-    let bytes: u64 = added.iter().map(|f| f.bytes).sum();
-    let delta = stage(timings, "ingest", rows, bytes, || {
-        ingest::ingest(&added, &delta_dir, &opts)
-    })?;
+    let mut stage_new_shards = || -> Result<Ingested> {
+        let filter = match predicate {
+            Some(p) => Some(Arc::new(stage(timings, "prefilter", rows, 0, || {
+                p.evaluate(&added, &added_rows)
+            })?)),
+            None => None,
+        };
+        let opts = ingest_options(cfg, inputs, filter);
+        let bytes: u64 = added.iter().map(|f| f.bytes).sum();
+        stage(timings, "ingest", rows, bytes, || {
+            ingest::ingest(&added, &delta_dir, &opts)
+        })
+    };
+    // New shards that fail on their own (no row passes --where, a bad
+    // row) are staged with the others: the full run has the last word.
+    let delta = match stage_new_shards() {
+        Ok(delta) => delta,
+        Err(e) => {
+            std::fs::remove_dir_all(&delta_dir).at_path(&delta_dir)?;
+            return Ok(Err(format!(
+                "the new shards alone could not be staged: {e}"
+            )));
+        }
+    };
     if let Some(reason) = append::conflict(store_dir, &old, &delta_dir, &delta)? {
         std::fs::remove_dir_all(&delta_dir).at_path(&delta_dir)?;
         return Ok(Err(reason));

@@ -23,14 +23,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::kernels::dense::{gemm_abt, phi, threshold_sums};
 use crate::stages::score::{
     class_cross, class_row_terms, class_sum, cross_flop, sample_cap, split_by_class, write_sums,
-    Centres, ClassSums, CrossSample, CrossSampleReport, SampledClass, ScoreOptions, ScoreStats,
-    Tau, BETWEEN, BLOCK_ROWS, CROSS, MIN_AUTO_SAMPLE, TERMS,
+    Centres, ClassSums, CrossSample, CrossSampleReport, RescoreReport, SampledClass, ScoreOptions,
+    ScoreStats, Tau, BETWEEN, BLOCK_ROWS, CROSS, MIN_AUTO_SAMPLE, TERMS,
 };
 use crate::store::{files, ClassRows, IndexedRows, MapWriter, Store, StoreClass, StoreMeta};
 
@@ -43,18 +42,6 @@ pub struct Previous<'a> {
     pub terms: &'a [f64],
     pub sums: ClassSums,
     pub stats: ScoreStats,
-}
-
-/// What the incremental score did, for the manifest.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RescoreReport {
-    pub rows_added: u64,
-    pub classes_touched: usize,
-    /// How `between` was brought up to date.
-    pub between: String,
-    /// Flop of the `cross` tiles a full score of the grown store computes;
-    /// the stats' `cross_flop` is what this score computed.
-    pub cross_flop_full: f64,
 }
 
 /// One class's rows: local indices of the old rows (with their sorted
@@ -266,10 +253,10 @@ fn set_all_cross(terms: &mut [f64], sums: &[f64], nk: usize) {
 }
 
 /// The pair sums the new rows `new` add to a class whose old rows are
-/// `old` (local indices): for each old row `sum_{j in new} phi(<u_i, v_j>)
-/// + phi(<u_j, v_i>)`, and for each new row the same sum over the whole
-/// class. Tiles of `tile` rows; stripes of old rows in parallel, their
-/// column sums reduced in stripe order.
+/// `old` (local indices): for each old row, the sum over new rows `j` of
+/// `phi(<u_i, v_j>) + phi(<u_j, v_i>)`; for each new row, the same sum
+/// over the whole class. Tiles of `tile` rows; stripes of old rows in
+/// parallel, their column sums reduced in stripe order.
 fn cross_increment(
     rows: &dyn ClassRows,
     old: &[usize],

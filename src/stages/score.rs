@@ -410,7 +410,19 @@ pub struct ScoreStats {
     pub cross_flop: f64,
     /// After an append: what the incremental score did, against a full one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub incremental: Option<crate::stages::rescore::RescoreReport>,
+    pub incremental: Option<RescoreReport>,
+}
+
+/// What an incremental score after an append did (`stages::rescore`).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct RescoreReport {
+    pub rows_added: u64,
+    pub classes_touched: usize,
+    /// How `between` was brought up to date.
+    pub between: String,
+    /// Flop of the `cross` tiles a full score of the grown store computes;
+    /// the stats' `cross_flop` is what this score computed.
+    pub cross_flop_full: f64,
 }
 
 /// One class whose `cross` was estimated from a sample.
