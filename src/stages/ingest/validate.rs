@@ -114,6 +114,20 @@ impl BatchCtx<'_> {
         let (d, opts) = (self.d, self.opts);
         let (img_col, txt_col) = (opts.columns.image.as_str(), opts.columns.text.as_str());
         let mut p = Prepared::default();
+        // Room for every row at once: growing by doubling would copy them.
+        let n = range.len();
+        match self.dtype {
+            Dtype::F32 => {
+                p.image32.reserve_exact(n * d);
+                p.text32.reserve_exact(n * d);
+            }
+            Dtype::F16 => {
+                p.image16.reserve_exact(n * d);
+                p.text16.reserve_exact(n * d);
+            }
+        }
+        p.scale.reserve_exact(2 * n);
+        p.keep.reserve_exact(n);
         for i in range {
             if let Some(f) = &opts.filter {
                 if !f.contains(self.first_row + i as u64) {
