@@ -353,6 +353,20 @@ fn what_cannot_be_appended_is_staged_in_full_and_says_why() {
         "--on-bad-row changed since the store was staged"
     );
     assert_eq!(reason(&["--on-bad-row", "skip", "--fresh"]), "--fresh");
+    // Another tau on the night of an append: the store grows, the scores
+    // of the store before it do not fit, so they start over.
+    n.add("c0", &(140..150).collect::<Vec<_>>());
+    let out = n.select("out", &["--on-bad-row", "skip", "--tau", "none"]);
+    let inc = &manifest(&out)["incremental"];
+    assert_eq!(
+        (&inc["store"], &inc["score"], &inc["score_reason"]),
+        (
+            &"appended".into(),
+            &"full".into(),
+            &"tau or --cross-sample changed".into()
+        ),
+        "{inc}"
+    );
 }
 
 /// Copies a folder tree.

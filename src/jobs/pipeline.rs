@@ -295,6 +295,9 @@ impl Staged {
             }
             None => {
                 o.insert("score".into(), "full".into());
+                if let Some(why) = kernels.and_then(|k| k.full_reason.as_ref()) {
+                    o.insert("score_reason".into(), why.clone().into());
+                }
                 o.insert("cross_tile_flop".into(), done.into());
             }
         }
@@ -376,6 +379,32 @@ pub fn stage_data(
         inputs.input_bytes,
         || ingest::ingest(&inputs.files, store_dir, &opts),
     )?;
+    finish_store(
+        cfg,
+        &inputs,
+        store_dir,
+        ing,
+        Journal::default(),
+        None,
+        StoreHistory::staged(reason),
+        timings,
+    )
+}
+
+/// The classes stage on the staged rows `ing`, then the store's metadata
+/// and its journal record (`journal` is the store's, or a new one): the
+/// last steps of staging in full and of an append.
+#[allow(clippy::too_many_arguments)]
+fn finish_store(
+    cfg: &SelectConfig,
+    inputs: &Inputs,
+    store_dir: &Path,
+    ing: Ingested,
+    journal: Journal,
+    previous: Option<PreviousStore>,
+    history: StoreHistory,
+    timings: &mut Vec<StageTiming>,
+) -> Result<Staged> {
     // With prompts, classes were assigned during ingest: nothing is read.
     let store_bytes = ing.file_rows * (2 * ing.d * ing.dtype.bytes()) as u64;
     let classes_bytes = match cfg.classes {
@@ -394,28 +423,21 @@ pub fn stage_data(
     let record = StoreRecord {
         params: inputs.params.clone(),
         inputs: inputs.stats.clone(),
-        previous: None,
+        previous: previous.clone(),
     };
-    let meta = write_store_meta(
-        store_dir,
-        &ing,
-        &table,
-        &inputs.key,
-        record,
-        Journal::default(),
-    )?;
+    let meta = write_store_meta(store_dir, &ing, &table, &inputs.key, record, journal)?;
     Ok(Staged {
         store: Store::open(store_dir, meta)?,
         ingested: ing,
-        files: inputs.files,
+        files: inputs.files.clone(),
         class_emb: table.embeddings,
         plan: inputs.plan,
         tile_rows: inputs.tile_rows,
-        key: inputs.key,
+        key: inputs.key.clone(),
         layout: inputs.layout,
-        columns: inputs.columns,
-        history: StoreHistory::staged(reason),
-        previous: None,
+        columns: inputs.columns.clone(),
+        history,
+        previous,
     })
 }
 
@@ -509,43 +531,27 @@ fn append_to_store(
         append::append(store_dir, &old, &delta_dir, &delta, &plan, &inputs.files)
     })?;
     std::fs::remove_dir_all(&delta_dir).at_path(&delta_dir)?;
-    let table = stage(timings, "classes", ing.file_rows, 0, || {
-        classes::assign(
-            &cfg.classes,
-            inputs.prompts.as_ref(),
-            &ing,
-            store_dir,
-            cfg.seed,
-        )
-    })?;
     let previous = PreviousStore {
         key: rec.key.clone(),
         meta: old_meta,
     };
-    let record = StoreRecord {
-        params: inputs.params.clone(),
-        inputs: inputs.stats.clone(),
-        previous: Some(previous.clone()),
+    let history = StoreHistory {
+        store: "appended",
+        reason: None,
+        shards_added: plan.added.len(),
+        rows_added: delta.file_rows - delta.duplicate_file_rows.len() as u64,
     };
-    let meta = write_store_meta(store_dir, &ing, &table, &inputs.key, record, journal)?;
-    Ok(Ok(Staged {
-        store: Store::open(store_dir, meta)?,
-        ingested: ing,
-        files: inputs.files.clone(),
-        class_emb: table.embeddings,
-        plan: inputs.plan,
-        tile_rows: inputs.tile_rows,
-        key: inputs.key.clone(),
-        layout: inputs.layout,
-        columns: inputs.columns.clone(),
-        history: StoreHistory {
-            store: "appended",
-            reason: None,
-            shards_added: plan.added.len(),
-            rows_added: delta.file_rows - delta.duplicate_file_rows.len() as u64,
-        },
-        previous: Some(previous),
-    }))
+    finish_store(
+        cfg,
+        inputs,
+        store_dir,
+        ing,
+        journal,
+        Some(previous),
+        history,
+        timings,
+    )
+    .map(Ok)
 }
 
 /// The first parameter of the store's key that differs, by name.
@@ -877,15 +883,25 @@ pub fn clipcov_picks(
     let reused = if cfg.fresh { None } else { record(&key) };
     // After an append: the scores of the store before it, when they are
     // intact and were computed with these parameters.
-    let earlier = match (&staged.previous, cfg.fresh) {
-        (Some(prev), false) => journal
-            .stages
-            .get("score")
-            .map(|r| r.key.clone())
-            .and_then(|k| record(&k))
-            .filter(|r| r.store_key == prev.key && r.params == params)
-            .map(|r| (prev, r.stats)),
-        _ => None,
+    let (earlier, why_full) = match (&staged.previous, cfg.fresh) {
+        (Some(prev), false) => {
+            let last = journal
+                .stages
+                .get("score")
+                .map(|r| r.key.clone())
+                .and_then(|k| record(&k))
+                .filter(|r| r.store_key == prev.key);
+            match last {
+                Some(r) if r.params == params => (Some((prev, r.stats)), None),
+                Some(_) => (None, Some("tau or --cross-sample changed")),
+                None => (
+                    None,
+                    Some("no intact scores of the store before the append"),
+                ),
+            }
+        }
+        (Some(_), true) => (None, Some("--fresh")),
+        (None, _) => (None, None),
     };
     let stats = match (reused, earlier) {
         (Some(r), _) => {
@@ -909,9 +925,11 @@ pub fn clipcov_picks(
                 })?,
                 None => {
                     journal.forget(&store.dir, "score")?;
-                    stage(timings, "score", n, store_bytes, || {
+                    let mut stats = stage(timings, "score", n, store_bytes, || {
                         score::score(store, &staged.class_emb, &opts, &store.dir)
-                    })?
+                    })?;
+                    stats.full_reason = why_full.map(str::to_string);
+                    stats
                 }
             };
             let report = ScoreRecord {

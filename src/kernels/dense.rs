@@ -26,18 +26,16 @@ pub fn gemm_abt(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
         return;
     }
     let (pa, pb) = (padded_rows(ra, rb, d), padded_rows(rb, ra, d));
-    if (pa, pb) != (ra, rb) {
-        let (mut a2, mut b2) = (a.to_vec(), b.to_vec());
-        a2.resize(pa * d, 0.0);
-        b2.resize(pb * d, 0.0);
-        let mut o = vec![0.0f32; pa * pb];
-        gemm_abt_faer(&a2, &b2, d, &mut o);
-        for (dst, src) in out.chunks_exact_mut(rb).zip(o.chunks_exact(pb)) {
-            dst.copy_from_slice(&src[..rb]);
-        }
-        return;
+    if (pa, pb) == (ra, rb) {
+        return gemm_abt_faer(a, b, d, out);
     }
-    gemm_abt_faer(a, b, d, out);
+    // Only the short side is copied; the long one (a tile of rows against
+    // one new pick, say) is used in place.
+    let mut o = vec![0.0f32; pa * pb];
+    gemm_abt_faer(&padded(a, pa, d), &padded(b, pb, d), d, &mut o);
+    for (dst, src) in out.chunks_exact_mut(rb).zip(o.chunks_exact(pb)) {
+        dst.copy_from_slice(&src[..rb]);
+    }
 }
 
 /// faer 0.24 computes products of at most this many multiply-adds with
@@ -53,6 +51,17 @@ fn padded_rows(rows: usize, other: usize, d: usize) -> usize {
         r *= 2;
     }
     r
+}
+
+/// `x` (`[.., d]`) with zero rows up to `rows` rows, copied only when short.
+fn padded(x: &[f32], rows: usize, d: usize) -> std::borrow::Cow<'_, [f32]> {
+    if x.len() == rows * d {
+        return x.into();
+    }
+    let mut v = Vec::with_capacity(rows * d);
+    v.extend_from_slice(x);
+    v.resize(rows * d, 0.0);
+    v.into()
 }
 
 fn gemm_abt_faer(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {

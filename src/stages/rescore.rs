@@ -214,6 +214,7 @@ pub fn rescore(
             },
             cross_flop_full: cross_flop(store, opts.tau, &sampled),
         }),
+        full_reason: None,
     })
 }
 

@@ -411,6 +411,9 @@ pub struct ScoreStats {
     /// After an append: what the incremental score did, against a full one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<RescoreReport>,
+    /// After an append: why the scores were computed in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
 }
 
 /// What an incremental score after an append did (`stages::rescore`).
