@@ -18,6 +18,8 @@ mod bench;
 mod bad_input;
 // Same input, same bytes; the demo and synth commands.
 mod runs;
+// The store ingest writes: class chunks in bucket order, rows, ids, threads.
+mod ingest_store;
 mod schemas;
 // Kill -9 and resume; reuse and invalidation of stages.
 mod crash;

@@ -66,20 +66,46 @@ fn assign_block(
 ) {
     let k = bias.len();
     let rows = block.len() / d;
-    tile.clear();
+    // `gemm_abt` overwrites every element: no need to clear a reused tile.
     tile.resize(rows * k, 0.0);
     gemm_abt(block, centroids, d, tile);
     for (r, o) in tile.chunks_exact(k).zip(out.iter_mut()) {
-        let mut best = 0usize;
-        let mut best_v = f32::NEG_INFINITY;
-        for (c, (&s, &b)) in r.iter().zip(bias).enumerate() {
-            let v = s - b;
-            if v > best_v {
-                best_v = v;
-                best = c;
-            }
+        *o = first_max(r, bias) as u32;
+    }
+}
+
+/// The smallest `c` with the largest `r[c] - bias[c]` (0 when no value is
+/// above minus infinity), as a scalar scan with a strict `>` finds it, but
+/// in one pass that vectorises: each of 16 lanes keeps its largest value
+/// and where it first saw it, then the lanes are merged.
+fn first_max(r: &[f32], bias: &[f32]) -> usize {
+    const LANES: usize = 16;
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut at = [0u32; LANES];
+    let (rc, bc) = (r.chunks_exact(LANES), bias.chunks_exact(LANES));
+    let tail = rc.len() * LANES;
+    for (c, (rs, bs)) in rc.zip(bc).enumerate() {
+        let base = (c * LANES) as u32;
+        for l in 0..LANES {
+            let v = rs[l] - bs[l];
+            let up = v > best[l];
+            best[l] = if up { v } else { best[l] };
+            at[l] = if up { base + l as u32 } else { at[l] };
         }
-        *o = best as u32;
+    }
+    let (mut max, mut arg) = (f32::NEG_INFINITY, usize::MAX);
+    let tail_lanes = r[tail..].iter().zip(&bias[tail..]).enumerate();
+    let lanes = best.into_iter().zip(at.map(|a| a as usize));
+    for (v, c) in lanes.chain(tail_lanes.map(|(i, (s, b))| (s - b, tail + i))) {
+        if v > max || (v == max && c < arg) {
+            max = v;
+            arg = c;
+        }
+    }
+    if max == f32::NEG_INFINITY {
+        0
+    } else {
+        arg
     }
 }
 
@@ -102,10 +128,13 @@ pub fn assign_serial(rows: &[f32], d: usize, centroids: &[f32]) -> Vec<u32> {
     let k = centroids.len() / d.max(1);
     let b = vec![0.0f32; k];
     let mut out = vec![0u32; rows.len() / d.max(1)];
-    let mut tile = Vec::new();
-    for (block, o) in rows.chunks(BLOCK_ROWS * d).zip(out.chunks_mut(BLOCK_ROWS)) {
-        assign_block(block, centroids, &b, d, o, &mut tile);
-    }
+    // One tile a thread, kept between calls (ingest calls this per part).
+    thread_local!(static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) });
+    TILE.with_borrow_mut(|tile| {
+        for (block, o) in rows.chunks(BLOCK_ROWS * d).zip(out.chunks_mut(BLOCK_ROWS)) {
+            assign_block(block, centroids, &b, d, o, tile);
+        }
+    });
     out
 }
 
@@ -268,6 +297,49 @@ mod tests {
         }
         fn rows<'a>(&'a self, r: Range<usize>, _: &'a mut Vec<f32>) -> &'a [f32] {
             &self.0[r.start * self.1..r.end * self.1]
+        }
+    }
+
+    #[test]
+    fn first_max_matches_the_scalar_scan() {
+        // The scan `first_max` replaces: a strict `>` from minus infinity.
+        fn scan(r: &[f32], bias: &[f32]) -> usize {
+            let (mut best, mut best_v) = (0, f32::NEG_INFINITY);
+            for (c, (&s, &b)) in r.iter().zip(bias).enumerate() {
+                if s - b > best_v {
+                    best_v = s - b;
+                    best = c;
+                }
+            }
+            best
+        }
+        let mut rng = Rng::new(11);
+        for k in [1, 5, 16, 17, 40, 1000] {
+            for case in 0..200 {
+                // Few distinct values, so ties are common.
+                let mut r: Vec<f32> = (0..k).map(|_| rng.below(4) as f32 - 2.0).collect();
+                let bias: Vec<f32> = (0..k)
+                    .map(|_| {
+                        if case % 2 == 0 {
+                            0.0
+                        } else {
+                            rng.below(2) as f32
+                        }
+                    })
+                    .collect();
+                if case % 7 == 1 {
+                    r[rng.below(k as u64) as usize] = f32::NAN;
+                }
+                if case % 11 == 3 {
+                    r.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+                    r[k - 1] = f32::NAN;
+                }
+                if case % 13 == 5 {
+                    r[rng.below(k as u64) as usize] = -0.0;
+                    r[rng.below(k as u64) as usize] = 0.0;
+                }
+                assert_eq!(first_max(&r, &bias), scan(&r, &bias), "k {k}, case {case}");
+            }
         }
     }
 
