@@ -635,11 +635,10 @@ impl ClassGreedy {
     }
 }
 
-/// Rows per GEMM of [`redundancy`]: every GEMM has this shape (short
-/// blocks are padded with zero rows), because faer picks its kernel, and so
-/// the rounding of an entry, by the shape. A row's redundancy then does not
-/// depend on the rows computed with it, so the lazy refresh reproduces the
-/// eager one to the last bit.
+/// Rows per GEMM of [`redundancy`]: bounds its tiles. A row's redundancy
+/// does not depend on the rows computed with it, because `gemm_abt` gives
+/// each entry the same bits in any tile shape, so the lazy refresh
+/// reproduces the eager one to the last bit.
 const REDUNDANCY_ROWS: usize = 64;
 
 /// `sum_{j in picks} phi(<u_i, v_j>) + phi(<u_j, v_i>)` for every row `i`
@@ -657,20 +656,16 @@ fn redundancy(
     let r = un.len() / d.max(1);
     let block = REDUNDANCY_ROWS;
     let mut out = vec![0.0f64; rows];
-    let (mut pu, mut pv) = (vec![0.0f32; block * d], vec![0.0f32; block * d]);
     let mut a = vec![0.0f32; block * r];
     let mut b = vec![0.0f32; block * r];
     for (s, o) in out.chunks_mut(block).enumerate() {
         let len = o.len();
         let range = s * block * d..(s * block + len) * d;
-        pu[..len * d].copy_from_slice(&u[range.clone()]);
-        pv[..len * d].copy_from_slice(&v[range]);
-        pu[len * d..].fill(0.0);
-        pv[len * d..].fill(0.0);
-        gemm_abt(&pu, vn, d, &mut a); // <u_i, v_j>
-        gemm_abt(&pv, un, d, &mut b); // <u_j, v_i>
-        threshold_row_sums(&a[..len * r], r, tau, o);
-        threshold_row_sums(&b[..len * r], r, tau, o);
+        let (a, b) = (&mut a[..len * r], &mut b[..len * r]);
+        gemm_abt(&u[range.clone()], vn, d, a); // <u_i, v_j>
+        gemm_abt(&v[range], un, d, b); // <u_j, v_i>
+        threshold_row_sums(a, r, tau, o);
+        threshold_row_sums(b, r, tau, o);
     }
     out
 }
