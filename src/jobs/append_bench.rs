@@ -106,16 +106,8 @@ pub fn run(b: &AppendBench, select: &Select) -> Result<Vec<AppendRow>> {
                 let two = select(&data, tau, &night)?;
                 unsafe { libc::sync() };
                 let whole = select(&data, tau, &full)?;
-                let ids = |out: &Path| -> Result<Vec<String>> {
-                    let p = out.join("clipcov/subset.csv");
-                    let text = std::fs::read_to_string(&p).at_path(&p)?;
-                    Ok(text
-                        .lines()
-                        .skip(1)
-                        .filter_map(|l| l.split(',').next().map(str::to_string))
-                        .collect())
-                };
-                let (a, c) = (ids(&night)?, ids(&full)?);
+                let csv = |out: &Path| csv_ids(&out.join("clipcov/subset.csv"));
+                let (a, c) = (csv(&night)?, csv(&full)?);
                 let same_subset = a == c;
                 let (mut a, mut c) = (a, c);
                 a.sort_unstable();
@@ -133,6 +125,16 @@ pub fn run(b: &AppendBench, select: &Select) -> Result<Vec<AppendRow>> {
         }
     }
     Ok(rows)
+}
+
+/// The first column (the ids) of a subset CSV, in its order.
+pub fn csv_ids(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).at_path(path)?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next().map(str::to_string))
+        .collect())
 }
 
 fn stages(m: &serde_json::Value) -> Vec<(String, f64)> {

@@ -168,12 +168,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// The ids of a subset CSV, sorted and distinct (for [`jaccard`]).
 fn ids_of_csv(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).at_path(path)?;
-    let mut ids: Vec<String> = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split(',').next().map(str::to_string))
-        .collect();
+    let mut ids = append_bench::csv_ids(path)?;
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)

@@ -27,9 +27,9 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::kernels::dense::{gemm_abt, phi, threshold_sums};
 use crate::stages::score::{
-    class_cross, class_row_terms, class_sum, cross_flop, sample_cap, split_by_class, write_sums,
-    Centres, ClassSums, CrossSample, CrossSampleReport, RescoreReport, SampledClass, ScoreOptions,
-    ScoreStats, Tau, BETWEEN, BLOCK_ROWS, CROSS, MIN_AUTO_SAMPLE, TERMS,
+    class_cross, class_row_terms, class_sum, cross_flop, sample_cap, set_cross, split_by_class,
+    write_sums, Centres, ClassSums, CrossSample, CrossSampleReport, RescoreReport, SampledClass,
+    ScoreOptions, ScoreStats, Tau, BETWEEN, BLOCK_ROWS, CROSS, MIN_AUTO_SAMPLE, TERMS,
 };
 use crate::store::{files, ClassRows, IndexedRows, MapWriter, Store, StoreClass, StoreMeta};
 
@@ -166,7 +166,7 @@ pub fn rescore(
             if in_full {
                 let sums_k = (&sums.image[k][..], &sums.text[k][..]);
                 let (cross, report) = class_cross(&view(k), sums_k, k, opts, cap);
-                set_all_cross(t, &cross, nk);
+                set_cross(t, &cross);
                 let flop = match (&report, opts.tau) {
                     (_, Tau::None) => 4.0 * (nk * d) as f64,
                     (Some(r), _) => 4.0 * (nk * r.m * d) as f64,
@@ -243,14 +243,6 @@ fn split_classes(store: &Store, prev: &Previous) -> Vec<ClassSplit> {
             s
         })
         .collect()
-}
-
-/// Writes `cross_i = sums_i / n_k` for every row of a class.
-fn set_all_cross(terms: &mut [f64], sums: &[f64], nk: usize) {
-    let inv_n = 1.0 / nk as f64;
-    for (row, c) in terms.chunks_exact_mut(TERMS).zip(sums) {
-        row[CROSS] = c * inv_n;
-    }
 }
 
 /// The pair sums the new rows `new` add to a class whose old rows are
