@@ -93,6 +93,8 @@ pub fn rescore(
     let before = Centres::new(&prev.sums, &old_sizes);
     let all_rows = centres.active != before.active || 2 * touched.len() > centres.active;
 
+    // Only without `all_rows` is every moved class active before and now.
+    let moved = (!all_rows).then(|| MovedCentres::new(&touched, &centres, &before, d));
     let mut out = MapWriter::create::<f64>(&dir.join(files::TERMS), n * TERMS)?;
     let terms = out.slice_mut::<f64>();
     split_by_class(store, terms)
@@ -122,9 +124,12 @@ pub fn rescore(
                         .copy_from_slice(&fresh[r * TERMS..(r + 1) * TERMS]);
                 }
             }
-            let moved: Vec<usize> = touched.iter().copied().filter(|&l| l != k).collect();
-            if centres.active > 1 && !moved.is_empty() && !s.old.is_empty() {
-                update_between(&view(k), &s.old, &moved, &centres, &before, t);
+            let own = touched.iter().position(|&l| l == k);
+            let others_moved = touched.len() - own.map_or(0, |_| 1);
+            if let Some(moved) = moved.as_ref().filter(|_| centres.active > 1) {
+                if others_moved > 0 && !s.old.is_empty() {
+                    update_between(&view(k), &s.old, moved, own, t);
+                }
             }
         });
     let row_terms_seconds = t.elapsed().as_secs_f64();
@@ -133,7 +138,11 @@ pub fn rescore(
         4.0 * (n * centres.active * d) as f64
     } else {
         let moved_pairs: usize = (0..kk)
-            .map(|k| splits[k].old.len() * 2 * touched.iter().filter(|&&l| l != k).count())
+            .map(|k| {
+                // Old and new centres of every moved class, where another moved.
+                let others = touched.iter().any(|&l| l != k);
+                splits[k].old.len() * 2 * if others { touched.len() } else { 0 }
+            })
             .sum();
         4.0 * ((new_rows * centres.active + moved_pairs) * d) as f64
     };
@@ -314,48 +323,68 @@ fn cross_increment(
     (add_old, sum_new)
 }
 
-/// `between` of a class's old rows `old` after the centres of the classes
-/// `moved` (not this one) moved from `before` to `now`: each row trades
-/// those classes' terms at the old centres for the terms at the new ones.
+/// The centres of the classes whose rows changed, now and before, stacked
+/// once for every class's [`update_between`]: `[now; before]`, `[2m, d]`.
+struct MovedCentres {
+    text: Vec<f32>,
+    image: Vec<f32>,
+    /// `m`, the moved classes; `K' - 1`, the other classes of a row.
+    m: usize,
+    others: f64,
+}
+
+impl MovedCentres {
+    fn new(moved: &[usize], now: &Centres, before: &Centres, d: usize) -> Self {
+        let stack = |a: &[f32], b: &[f32]| -> Vec<f32> {
+            let pick =
+                |c: &[f32], slot: &[usize], l: usize| c[slot[l] * d..(slot[l] + 1) * d].to_vec();
+            let mut out: Vec<f32> = moved.iter().flat_map(|&l| pick(a, &now.slot, l)).collect();
+            out.extend(moved.iter().flat_map(|&l| pick(b, &before.slot, l)));
+            out
+        };
+        MovedCentres {
+            text: stack(&now.text, &before.text),
+            image: stack(&now.image, &before.image),
+            m: moved.len(),
+            others: now.active.saturating_sub(1) as f64,
+        }
+    }
+}
+
+/// `between` of a class's old rows `old` after the centres in `moved`
+/// moved: each row trades those classes' terms at the old centres for the
+/// terms at the new ones, except its own class's (`own`, its index in
+/// `moved`), which `between` leaves out.
 fn update_between(
     rows: &dyn ClassRows,
     old: &[usize],
-    moved: &[usize],
-    now: &Centres,
-    before: &Centres,
+    moved: &MovedCentres,
+    own: Option<usize>,
     terms: &mut [f64],
 ) {
-    let d = rows.d();
-    let m = moved.len();
-    // [now's centres; before's centres] of the moved classes.
-    let stack = |a: &[f32], b: &[f32]| -> Vec<f32> {
-        let pick = |c: &[f32], slot: &[usize], l: usize| c[slot[l] * d..(slot[l] + 1) * d].to_vec();
-        let mut out: Vec<f32> = moved.iter().flat_map(|&l| pick(a, &now.slot, l)).collect();
-        out.extend(moved.iter().flat_map(|&l| pick(b, &before.slot, l)));
-        out
-    };
-    let text_centres = stack(&now.text, &before.text);
-    let image_centres = stack(&now.image, &before.image);
-    let others = (now.active - 1) as f64;
+    let (d, m) = (rows.d(), moved.m);
     let (mut bu, mut bv) = (Vec::new(), Vec::new());
-    let (mut gu, mut gv) = (vec![0.0f32; 0], vec![0.0f32; 0]);
+    let (mut gu, mut gv) = (Vec::new(), Vec::new());
+    let term = |x: f32| phi(x, Some(0.0)) as f64;
     for block in old.chunks(BLOCK_ROWS) {
         let u = rows.image_at(block, &mut bu);
         let v = rows.text_at(block, &mut bv);
         gu.resize(block.len() * 2 * m, 0.0);
         gv.resize(block.len() * 2 * m, 0.0);
-        gemm_abt(u, &text_centres, d, &mut gu);
-        gemm_abt(v, &image_centres, d, &mut gv);
+        gemm_abt(u, &moved.text, d, &mut gu);
+        gemm_abt(v, &moved.image, d, &mut gv);
         for (r, &i) in block.iter().enumerate() {
             let (a, b) = (
                 &gu[r * 2 * m..(r + 1) * 2 * m],
                 &gv[r * 2 * m..(r + 1) * 2 * m],
             );
-            let term = |x: f32| phi(x, Some(0.0)) as f64;
-            let gained: f64 = (0..m).map(|j| term(a[j]) + term(b[j])).sum();
-            let lost: f64 = (m..2 * m).map(|j| term(a[j]) + term(b[j])).sum();
+            let sum = |js: std::ops::Range<usize>| -> f64 {
+                js.filter(|&j| Some(j % m) != own)
+                    .map(|j| term(a[j]) + term(b[j]))
+                    .sum()
+            };
             let t = &mut terms[i * TERMS + BETWEEN];
-            *t = (*t * others - lost + gained) / others;
+            *t = (*t * moved.others - sum(m..2 * m) + sum(0..m)) / moved.others;
         }
     }
 }
