@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// same data, reported against the exact run (time ratio, Jaccard).
     #[arg(long, default_value = "")]
     pub cross_sample: String,
+    /// With `--cross-sample`: skip the exact runs (sizes where the exact
+    /// cross term would take hours); the rows then have no "vs exact".
+    #[arg(long)]
+    pub sampled_only: bool,
     #[arg(long, default_value = "4GiB")]
     pub memory_limit: String,
     /// Also run the NumPy implementation where the data has at most this many rows (0: never).
@@ -208,6 +212,12 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
             })
         })
         .collect::<Result<_>>()?;
+    if a.sampled_only && samples.is_empty() {
+        return Err(Error::Usage(
+            "bench --sampled-only needs --cross-sample M[,M...]: it runs only the sampled runs"
+                .into(),
+        ));
+    }
     if a.numpy_max_rows > 0.0 && !a.numpy_script.is_file() {
         return Err(Error::Usage(format!(
             "{}: no such file; pass --numpy-script PATH (benches/numpy_clipcov.py of the source tree)",
@@ -250,42 +260,11 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
         for tau in &taus {
             // Each run starts with no dirty pages of the one before.
             unsafe { libc::sync() };
-            let out = a.work.join(format!("run-{n}-tau-{tau}"));
-            let m = run_select(a, &exe, &data, tau, "exact", &out)?;
-            let mut row = bench_row(n, tau, "exact", &m, a.dim);
-            if (n as f64) <= a.numpy_max_rows {
-                let csv = out.join("numpy.csv");
-                let t = Instant::now();
-                let st = Command::new("python3")
-                    .arg(&a.numpy_script)
-                    .arg("--data")
-                    .arg(data.join("data"))
-                    .arg("--prompts")
-                    .arg(data.join("prompts.parquet"))
-                    .args(["--fraction", &a.fraction.to_string(), "--tau", tau])
-                    .arg("--out")
-                    .arg(&csv)
-                    .stdout(std::process::Stdio::null())
-                    .output()
-                    .map_err(|e| Error::io("python3", e))?;
-                if st.status.success() {
-                    row.numpy_seconds = Some(t.elapsed().as_secs_f64());
-                    row.numpy_jaccard = Some(jaccard(
-                        &ids_of_csv(&csv)?,
-                        &ids_of_csv(&out.join("clipcov/subset.csv"))?,
-                    ));
-                } else {
-                    let err = String::from_utf8_lossy(&st.stderr);
-                    eprintln!(
-                        "bench: the NumPy run failed ({}); it needs `pip install numpy pyarrow`",
-                        err.lines().last().unwrap_or("no message")
-                    );
-                }
-            }
-            eprintln!("{}", format_row(&row));
-            let exact_ids = ids_of_csv(&out.join("clipcov/subset.csv"))?;
-            let exact_seconds = row.seconds_total;
-            rows.push(row);
+            let exact = if a.sampled_only {
+                None
+            } else {
+                Some(bench_exact(a, &exe, &data, n, tau, &mut rows)?)
+            };
             // The sampled form exists only where tau is a number.
             if tau == "none" {
                 continue;
@@ -296,11 +275,13 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
                 let out = a.work.join(format!("run-{n}-tau-{tau}-sample-{m}"));
                 let man = run_select(a, &exe, &data, tau, &cs, &out)?;
                 let mut row = bench_row(n, tau, &cs, &man, a.dim);
-                row.exact_ratio = Some(row.seconds_total / exact_seconds);
-                row.exact_jaccard = Some(jaccard(
-                    &exact_ids,
-                    &ids_of_csv(&out.join("clipcov/subset.csv"))?,
-                ));
+                if let Some((exact_ids, exact_seconds)) = &exact {
+                    row.exact_ratio = Some(row.seconds_total / exact_seconds);
+                    row.exact_jaccard = Some(jaccard(
+                        exact_ids,
+                        &ids_of_csv(&out.join("clipcov/subset.csv"))?,
+                    ));
+                }
                 eprintln!("{}", format_row(&row));
                 rows.push(row);
             }
@@ -318,6 +299,56 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
     })?;
     crate::io::written::write_json(&a.work.join("bench.json"), &rows)?;
     Ok(())
+}
+
+/// The exact run of `tau` on `data` (and the NumPy one where asked), its
+/// row pushed; returns its subset's ids and its total seconds, which the
+/// sampled runs are compared against.
+fn bench_exact(
+    a: &BenchArgs,
+    exe: &Path,
+    data: &Path,
+    n: u64,
+    tau: &str,
+    rows: &mut Vec<BenchRow>,
+) -> Result<(Vec<String>, f64)> {
+    let out = a.work.join(format!("run-{n}-tau-{tau}"));
+    let m = run_select(a, exe, data, tau, "exact", &out)?;
+    let mut row = bench_row(n, tau, "exact", &m, a.dim);
+    if (n as f64) <= a.numpy_max_rows {
+        let csv = out.join("numpy.csv");
+        let t = Instant::now();
+        let st = Command::new("python3")
+            .arg(&a.numpy_script)
+            .arg("--data")
+            .arg(data.join("data"))
+            .arg("--prompts")
+            .arg(data.join("prompts.parquet"))
+            .args(["--fraction", &a.fraction.to_string(), "--tau", tau])
+            .arg("--out")
+            .arg(&csv)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .map_err(|e| Error::io("python3", e))?;
+        if st.status.success() {
+            row.numpy_seconds = Some(t.elapsed().as_secs_f64());
+            row.numpy_jaccard = Some(jaccard(
+                &ids_of_csv(&csv)?,
+                &ids_of_csv(&out.join("clipcov/subset.csv"))?,
+            ));
+        } else {
+            let err = String::from_utf8_lossy(&st.stderr);
+            eprintln!(
+                "bench: the NumPy run failed ({}); it needs `pip install numpy pyarrow`",
+                err.lines().last().unwrap_or("no message")
+            );
+        }
+    }
+    eprintln!("{}", format_row(&row));
+    let exact_ids = ids_of_csv(&out.join("clipcov/subset.csv"))?;
+    let exact_seconds = row.seconds_total;
+    rows.push(row);
+    Ok((exact_ids, exact_seconds))
 }
 
 /// `bench --append`: the nightly run against a full run (`append_bench`).

@@ -9,7 +9,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::formats::embedding::{EmbeddingView, FloatKind, Floats, RowProblem};
+use crate::formats::embedding::{for_f32_chunks, EmbeddingView, FloatKind, Floats, RowProblem};
 use crate::formats::shards::ShardSchema;
 use crate::kernels::kmeans;
 use crate::stages::ingest::types::{BadRowPolicy, Classify, IngestOptions};
@@ -80,14 +80,12 @@ impl Prepared {
                 } else {
                     (&self.image16, 0)
                 };
-                v.chunks_exact(d)
-                    .enumerate()
-                    .flat_map(|(r, row)| {
-                        let s = self.scale[2 * r + slot];
-                        row.iter().map(move |x| x.to_f32() * s)
-                    })
-                    .collect::<Vec<f32>>()
-                    .into()
+                let mut rows = Vec::with_capacity(v.len());
+                for (r, row) in v.chunks_exact(d).enumerate() {
+                    let s = self.scale[2 * r + slot];
+                    for_f32_chunks(row, |c| rows.extend(c.iter().map(|&x| x * s)));
+                }
+                rows.into()
             }
         };
         self.labels = kmeans::assign_serial(&rows, d, &c.embeddings);
