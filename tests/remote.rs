@@ -28,10 +28,12 @@ fn server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CLIPCOV_S3_SERVER") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME")
+    // Where `cargo install` put it: $CARGO_HOME/bin, by default ~/.cargo/bin.
+    let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_default();
-    let cargo_bin = home.join(".cargo/bin/s3s-fs");
+    let cargo_bin = cargo_home.join("bin/s3s-fs");
     if cargo_bin.is_file() {
         return cargo_bin;
     }
