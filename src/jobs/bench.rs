@@ -62,6 +62,12 @@ pub struct BenchArgs {
     /// Working folder for datasets and runs.
     #[arg(long, default_value = "clipcov-bench")]
     pub work: PathBuf,
+    /// Use the dataset a previous bench left in WORK/data-N (kept without
+    /// `--cleanup`, or written by `clipcov synth` with this bench's settings:
+    /// `--seed 1 --shards N/250000 --eval-rows 0`, and `--dim`, `--classes`,
+    /// `--zipf`, `--f16` as here) instead of writing it again.
+    #[arg(long)]
+    pub reuse_data: bool,
     /// Delete each dataset after its runs, and with `--append` each pair of
     /// runs once measured (large sizes need the disk).
     #[arg(long)]
@@ -244,14 +250,20 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
             eval_rows: 0,
             ..SynthOptions::default()
         };
-        if data.exists() {
-            std::fs::remove_dir_all(&data).at_path(&data)?;
+        // synth writes the prompts after the last shard: their presence
+        // says the dataset is complete.
+        if a.reuse_data && data.join("prompts.parquet").is_file() {
+            eprintln!("bench: using the dataset in {}", data.display());
+        } else {
+            if data.exists() {
+                std::fs::remove_dir_all(&data).at_path(&data)?;
+            }
+            synth::synth(&opts, &data)?;
+            eprintln!(
+                "bench: wrote {n} rows in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
         }
-        synth::synth(&opts, &data)?;
-        eprintln!(
-            "bench: wrote {n} rows in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
         // Let the freshly written dataset reach the disk first: otherwise
         // its write-back competes with the first run's store writes (a 1M-row
         // ingest measured 13.7 s right after synth, 7.0 s after a sync).

@@ -378,7 +378,19 @@ pub fn synth(opts: &SynthOptions, out: &Path) -> Result<SynthSummary> {
             }
             RecordBatch::try_new(schema.clone(), columns).expect("synth batch matches its schema")
         });
-        write_batches(&path, schema.clone(), groups)?;
+        // Draw the next row group while this one is encoded and written:
+        // with f16 columns the encoding takes as long as the drawing.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for batch in groups {
+                    if tx.send(batch).is_err() {
+                        break; // the write failed
+                    }
+                }
+            });
+            write_batches(&path, schema.clone(), rx.into_iter())
+        })?;
         shards.push(path);
     }
 
