@@ -89,6 +89,83 @@ fn bench_runs_sampled_cross_next_to_exact() {
     assert!(md.contains("| 3000 | 0 | 64 |"), "{md}");
 }
 
+/// `--sampled-only` runs no exact run; `--reuse-data` runs on the dataset
+/// the first bench left, without writing it again.
+#[test]
+fn bench_sampled_only_on_a_reused_dataset() {
+    let dir = Dir::new("bench_sampled_only");
+    let work = dir.join("work");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "bench",
+            "--rows",
+            "2000",
+            "--dim",
+            "16",
+            "--classes",
+            "4",
+            "--taus",
+            "0,none",
+            "--cross-sample",
+            "50",
+            "--sampled-only",
+            "--work",
+            s(&work),
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let o = clipcov(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", error_text(&o));
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(work.join("bench.json")).unwrap())
+                .unwrap();
+        (rows, String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let shard = work.join("data-2000/data/part-00000.parquet");
+    let (rows, _) = run(&[]);
+    // One sampled run, no exact one, nothing for tau none.
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0]["tau"].as_str(), rows[0]["cross"].as_str()),
+        (Some("0"), Some("50"))
+    );
+    assert!(rows[0]["exact_jaccard"].is_null() && rows[0]["exact_ratio"].is_null());
+    assert!(!work.join("run-2000-tau-0").exists());
+    let written = std::fs::metadata(&shard).unwrap().modified().unwrap();
+    let first = ids(&work.join("run-2000-tau-0-sample-50/clipcov/subset.csv"));
+
+    let (rows, err) = run(&["--reuse-data"]);
+    assert!(err.contains("bench: using the dataset in"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&shard).unwrap().modified().unwrap(),
+        written
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        ids(&work.join("run-2000-tau-0-sample-50/clipcov/subset.csv")),
+        first
+    );
+
+    // Without a sample size there is nothing to run.
+    let o = clipcov(&[
+        "bench",
+        "--rows",
+        "2000",
+        "--sampled-only",
+        "--work",
+        s(&work),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        error_text(&o).contains("--cross-sample"),
+        "{}",
+        error_text(&o)
+    );
+}
+
 #[test]
 fn bench_rejects_bad_sample_size() {
     let dir = Dir::new("bench_cross_sample_bad");
