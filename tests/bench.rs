@@ -149,6 +149,13 @@ fn bench_sampled_only_on_a_reused_dataset() {
         first
     );
 
+    // --cleanup: the dataset and the run's store go, its subset stays.
+    let out = work.join("run-2000-tau-0-sample-50");
+    assert!(out.join("store").is_dir());
+    run(&["--reuse-data", "--cleanup"]);
+    assert!(!work.join("data-2000").exists() && !out.join("store").exists());
+    assert_eq!(ids(&out.join("clipcov/subset.csv")), first);
+
     // Without a sample size there is nothing to run.
     let o = clipcov(&[
         "bench",

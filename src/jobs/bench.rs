@@ -68,8 +68,9 @@ pub struct BenchArgs {
     /// `--zipf`, `--f16` as here) instead of writing it again.
     #[arg(long)]
     pub reuse_data: bool,
-    /// Delete each dataset after its runs, and with `--append` each pair of
-    /// runs once measured (large sizes need the disk).
+    /// Delete each dataset after its runs, each run's staged store once
+    /// its manifest is read (its subset stays), and with `--append` each
+    /// pair of runs once measured (large sizes need the disk).
     #[arg(long)]
     pub cleanup: bool,
     /// Instead of the runs above: the nightly run. For each size and each
@@ -286,6 +287,7 @@ pub fn run_bench(a: &BenchArgs) -> Result<()> {
                 let cs = m.to_string();
                 let out = a.work.join(format!("run-{n}-tau-{tau}-sample-{m}"));
                 let man = run_select(a, &exe, &data, tau, &cs, &out)?;
+                drop_store(a, &out)?;
                 let mut row = bench_row(n, tau, &cs, &man, a.dim);
                 if let Some((exact_ids, exact_seconds)) = &exact {
                     row.exact_ratio = Some(row.seconds_total / exact_seconds);
@@ -326,6 +328,7 @@ fn bench_exact(
 ) -> Result<(Vec<String>, f64)> {
     let out = a.work.join(format!("run-{n}-tau-{tau}"));
     let m = run_select(a, exe, data, tau, "exact", &out)?;
+    drop_store(a, &out)?;
     let mut row = bench_row(n, tau, "exact", &m, a.dim);
     if (n as f64) <= a.numpy_max_rows {
         let csv = out.join("numpy.csv");
@@ -437,6 +440,16 @@ fn run_select(
         )));
     }
     read_json(&out.join("manifest.json"))
+}
+
+/// `--cleanup`: a measured run's staged store goes (a 10M-row f16 store is
+/// 20 GB); its subset and manifest stay.
+fn drop_store(a: &BenchArgs, out: &Path) -> Result<()> {
+    let store = crate::jobs::shell::store_dir(out);
+    if a.cleanup && store.exists() {
+        std::fs::remove_dir_all(&store).at_path(&store)?;
+    }
+    Ok(())
 }
 
 fn bench_row(n: u64, tau: &str, cross: &str, m: &serde_json::Value, d: usize) -> BenchRow {
