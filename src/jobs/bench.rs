@@ -64,7 +64,7 @@ pub struct BenchArgs {
     pub work: PathBuf,
     /// Use the dataset a previous bench left in WORK/data-N (kept without
     /// `--cleanup`, or written by `clipcov synth` with this bench's settings:
-    /// `--seed 1 --shards N/250000 --eval-rows 0`, and `--dim`, `--classes`,
+    /// `--seed 1 --shards N/250000` (1 to 64) `--eval-rows 0`, and `--dim`, `--classes`,
     /// `--zipf`, `--f16` as here) instead of writing it again.
     #[arg(long)]
     pub reuse_data: bool,
