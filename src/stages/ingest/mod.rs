@@ -22,8 +22,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
 
-use rayon::prelude::*;
-
 use crate::error::{Error, Result};
 use crate::formats::dataset::{ShardStarts, SourceFile};
 use crate::formats::embedding::{EmbeddingView, FloatKind};
@@ -39,7 +37,7 @@ pub use validate::{prepare_batch, PreparedRows};
 
 use dedup::find_duplicates;
 use id_column::id_column;
-use validate::{store_dtype, BatchCtx, Prepared, PREPARE_ROWS};
+use validate::{store_dtype, BatchCtx};
 use writer::{Batch, WriterThread, Writers};
 
 /// Reads `files` into the store files in `dir`.
@@ -122,18 +120,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                 opts,
             };
             let n = batch.len();
-            // Validate, convert and classify in parallel, in row order.
-            let parts: Vec<Result<Prepared>> = (0..n.div_ceil(PREPARE_ROWS))
-                .into_par_iter()
-                .map(|c| {
-                    let mut p = ctx.prepare(c * PREPARE_ROWS..((c + 1) * PREPARE_ROWS).min(n))?;
-                    match &opts.classify {
-                        Some(cl) => p.classify(cl, dd),
-                        None => p.labels = vec![0; p.keep.len()],
-                    }
-                    Ok(p)
-                })
-                .collect();
+            let parts = ctx.prepare_all(n);
             let ids = id_column(&batch.id);
             let mut kept = Vec::with_capacity(parts.len());
             for part in parts {

@@ -107,6 +107,22 @@ pub(super) struct BatchCtx<'a> {
 }
 
 impl BatchCtx<'_> {
+    /// Validates, converts and classifies the batch's `n` rows in parallel
+    /// parts of [`PREPARE_ROWS`], in row order.
+    pub(super) fn prepare_all(&self, n: usize) -> Vec<Result<Prepared>> {
+        (0..n.div_ceil(PREPARE_ROWS))
+            .into_par_iter()
+            .map(|c| {
+                let mut p = self.prepare(c * PREPARE_ROWS..((c + 1) * PREPARE_ROWS).min(n))?;
+                match &self.opts.classify {
+                    Some(cl) => p.classify(cl, self.d),
+                    None => p.labels = vec![0; p.keep.len()],
+                }
+                Ok(p)
+            })
+            .collect()
+    }
+
     /// Validates and converts rows `range` of the batch.
     pub(super) fn prepare(&self, range: std::ops::Range<usize>) -> Result<Prepared> {
         let (d, opts) = (self.d, self.opts);
@@ -272,17 +288,7 @@ pub fn prepare_batch(
         id_nulls: id.nulls(),
         opts,
     };
-    let parts: Vec<Result<Prepared>> = (0..n.div_ceil(PREPARE_ROWS))
-        .into_par_iter()
-        .map(|c| {
-            let mut p = ctx.prepare(c * PREPARE_ROWS..((c + 1) * PREPARE_ROWS).min(n))?;
-            match &opts.classify {
-                Some(cl) => p.classify(cl, d),
-                None => p.labels = vec![0; p.keep.len()],
-            }
-            Ok(p)
-        })
-        .collect();
+    let parts = ctx.prepare_all(n);
     let mut out = PreparedRows {
         d,
         ..Default::default()
