@@ -341,6 +341,75 @@ struct Lazy {
     rounds: Vec<Round>,
     /// `saturation_before[t]`: the saturation of refreshes `0..t`.
     saturation_before: Vec<f64>,
+    /// The memory a fill may keep gathered picks in ([`PickRows`]).
+    pick_rows_bytes: usize,
+}
+
+/// The image and caption rows of one round's picks, as `f32`.
+#[derive(Default)]
+struct PickRowsOf {
+    image: Vec<f32>,
+    text: Vec<f32>,
+}
+
+/// Most memory [`PickRows`] holds: past it, rounds are gathered per use.
+const PICK_ROWS_BYTES: usize = 256 << 20;
+
+/// The rounds' picks, gathered (and, from an f16 store, converted) once per
+/// [`ClassGreedy::fill_lazy`] rather than once per batch: the batches of a
+/// fill replay mostly the same rounds, and gathering them again for each
+/// batch took more time than the GEMMs (a profile at 300k f16 rows).
+struct PickRows {
+    rounds: Vec<Option<PickRowsOf>>,
+    bytes_left: usize,
+}
+
+impl PickRows {
+    fn new(limit: usize) -> Self {
+        PickRows {
+            rounds: Vec::new(),
+            bytes_left: limit,
+        }
+    }
+
+    /// Round `t`'s pick rows `(image, text)`: kept from an earlier call, or
+    /// gathered now (into `spare` once the limit is reached).
+    fn get<'a>(
+        &'a mut self,
+        t: usize,
+        idx: &[usize],
+        class: &dyn ClassRows,
+        spare: &'a mut PickRowsOf,
+    ) -> (&'a [f32], &'a [f32]) {
+        if self.rounds.len() <= t {
+            self.rounds.resize_with(t + 1, || None);
+        }
+        let bytes = 2 * idx.len() * class.d() * std::mem::size_of::<f32>();
+        let keep = self.rounds[t].is_none() && bytes <= self.bytes_left;
+        if keep {
+            self.bytes_left -= bytes;
+            let mut rows = PickRowsOf::default();
+            gather_picks(idx, class, &mut rows);
+            self.rounds[t] = Some(rows);
+        }
+        let rows = match &self.rounds[t] {
+            Some(rows) => rows,
+            None => {
+                gather_picks(idx, class, spare);
+                spare
+            }
+        };
+        (&rows.image, &rows.text)
+    }
+}
+
+/// Gathers the rows `idx` of `class` into `out`.
+fn gather_picks(idx: &[usize], class: &dyn ClassRows, out: &mut PickRowsOf) {
+    let mut buf = Vec::new();
+    let image = class.image_at(idx, &mut buf).to_vec();
+    let text = class.text_at(idx, &mut buf).to_vec();
+    out.image = image;
+    out.text = text;
 }
 
 /// Rounding slack on a bound: the bound and the replayed score sum the same
@@ -388,6 +457,7 @@ impl ClassGreedy {
                 .collect(),
             rounds: Vec::new(),
             saturation_before: vec![0.0],
+            pick_rows_bytes: PICK_ROWS_BYTES,
         });
         ClassGreedy {
             class,
@@ -431,6 +501,7 @@ impl ClassGreedy {
         // Rows popped per batch: enough for a GEMM, few enough not to bring
         // far more rows up to date than the period needs.
         let batch_rows = (2 * need).clamp(16, 512);
+        let mut picks = PickRows::new(lz.pick_rows_bytes);
         let mut fresh: Vec<(f64, usize)> = Vec::new();
         loop {
             let kth = (need > 0 && fresh.len() >= need).then(|| {
@@ -460,7 +531,7 @@ impl ClassGreedy {
                     batch.push(b.i());
                 }
             }
-            self.catch_up(&mut batch, rows, opts);
+            self.catch_up(&mut batch, rows, opts, &mut picks);
             fresh.extend(batch.iter().map(|&i| (self.scores[i], i)));
         }
         fresh.sort_unstable_by(|a, b| better_first(*a, *b));
@@ -474,7 +545,13 @@ impl ClassGreedy {
 
     /// Replays on the rows `batch` the refreshes they missed, in order and
     /// with the eager refresh's arithmetic.
-    fn catch_up(&mut self, batch: &mut [usize], class: &dyn ClassRows, opts: &SelectOptions) {
+    fn catch_up(
+        &mut self,
+        batch: &mut [usize],
+        class: &dyn ClassRows,
+        opts: &SelectOptions,
+        picks: &mut PickRows,
+    ) {
         if batch.is_empty() {
             return;
         }
@@ -487,7 +564,7 @@ impl ClassGreedy {
         let now = lz.rounds.len();
         // Oldest first: the rows that missed refresh t are a prefix.
         batch.sort_by_key(|&i| lz.seen[i]);
-        let (mut bu, mut bv, mut pu, mut pv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut bu, mut bv, mut spare) = (Vec::new(), Vec::new(), PickRowsOf::default());
         let u = class.image_at(batch, &mut bu);
         let v = class.text_at(batch, &mut bv);
         let mut prefix = 0;
@@ -496,8 +573,7 @@ impl ClassGreedy {
                 prefix += 1;
             }
             let round = &lz.rounds[t];
-            let un = class.image_at(&round.picks, &mut pu);
-            let vn = class.text_at(&round.picks, &mut pv);
+            let (un, vn) = picks.get(t, &round.picks, class, &mut spare);
             let red = stripes_redundancy(&u[..prefix * d], &v[..prefix * d], un, vn, d, tau);
             for (&i, r) in batch[..prefix].iter().zip(&red) {
                 let s = &mut self.scores[i];
@@ -849,6 +925,7 @@ pub fn merge_sequences(seqs: &[ClassSequence], budget: usize) -> Merged {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+    use crate::store::SliceRows;
 
     /// A row's redundancy is the same bits whatever rows are computed with
     /// it, which the lazy refresh's identity with the eager one rests on.
@@ -885,6 +962,49 @@ mod tests {
                     "r {r} row {i}"
                 );
             }
+        }
+    }
+
+    /// The picks kept gathered for a fill change nothing: the same picks
+    /// and score bits with no memory for them, with room for a few rounds
+    /// only, and with the default room.
+    #[test]
+    fn kept_pick_rows_do_not_change_the_picks() {
+        let (n, d) = (400, 16);
+        let mut g = Rng::new(3);
+        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| g.normal() as f32).collect() };
+        let (image, text) = (random(n * d), random(n * d));
+        let terms: Vec<f64> = random(n * TERMS).iter().map(|&x| x as f64).collect();
+        let rows = SliceRows {
+            image: &image,
+            text: &text,
+            d,
+        };
+        let opts = SelectOptions {
+            weights: Weights::default(),
+            refresh: 4,
+            budget: 120,
+            tau: Tau::Threshold(0.0),
+            tile_rows: 64,
+            mode: RefreshMode::Lazy,
+        };
+        let run = |bytes: usize| {
+            let mut g = ClassGreedy::new(0, 0, &terms, &opts.weights, true);
+            g.lazy.as_mut().unwrap().pick_rows_bytes = bytes;
+            g.fill(&rows, &opts, opts.refresh);
+            let picks: Vec<(u64, usize)> = (0..opts.budget)
+                .map(|p| {
+                    let more = p + 1 < opts.budget;
+                    let (s, i) = g.pick(&rows, &terms, &opts, opts.refresh, more);
+                    (s.to_bits(), i)
+                })
+                .collect();
+            (picks, g.stats.pair_evaluations)
+        };
+        let kept = run(PICK_ROWS_BYTES);
+        assert!(kept.1 > 0, "the lazy refresh evaluated no pairs");
+        for bytes in [0, 3 * 2 * opts.refresh * d * 4] {
+            assert_eq!(run(bytes), kept, "with {bytes} bytes for the picks");
         }
     }
 }
