@@ -4,6 +4,8 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 
+use super::isa::dispatch;
+
 /// `out[i * rb + j] = <a_i, b_j>` for `a: [ra, d]`, `b: [rb, d]` (row-major).
 ///
 /// Runs single-threaded: callers parallelise across tiles, which keeps the
@@ -105,15 +107,8 @@ pub fn phi(s: f32, tau: Option<f32>) -> f32 {
     }
 }
 
-/// Adds the thresholded sums of a `[ra, rb]` tile: `row_sums[i] += sum_j
-/// phi(tile[i, j])` and `col_sums[j] += sum_i phi(tile[i, j])`.
-///
-/// Sums are kept in `f64` from the first element: an `f32` partial sum
-/// over a tile row would make `cross` depend on the tile shape at 1e-7,
-/// enough to swap near-tied picks between a full and an incremental run.
-/// Summation order is fixed by the tile shape alone, so results do not
-/// depend on threads.
-pub fn threshold_sums(
+#[inline(always)]
+fn threshold_sums_impl(
     tile: &[f32],
     rb: usize,
     tau: f32,
@@ -148,18 +143,18 @@ pub fn threshold_sums(
     }
 }
 
-/// Thresholded row sums only: `row_sums[i] += sum_j phi(tile[i, j])`.
-pub fn threshold_row_sums(tile: &[f32], rb: usize, tau: Option<f32>, row_sums: &mut [f64]) {
+#[inline(always)]
+fn threshold_row_sums_impl(tile: &[f32], rb: usize, tau: Option<f32>, row_sums: &mut [f64]) {
     assert_eq!(tile.len(), row_sums.len() * rb);
     for (row, out) in tile.chunks_exact(rb).zip(row_sums.iter_mut()) {
-        *out += sum_phi(row, tau);
+        *out += sum_phi_impl(row, tau);
     }
 }
 
-/// `sum_j phi(x_j)` in `f64`, over eight independent lanes so the loop
-/// vectorises (a single running sum is a chain of dependent adds).
-#[inline]
-pub fn sum_phi(x: &[f32], tau: Option<f32>) -> f64 {
+// Eight independent lanes so the loop vectorises (a single running sum is
+// a chain of dependent adds).
+#[inline(always)]
+fn sum_phi_impl(x: &[f32], tau: Option<f32>) -> f64 {
     let mut lanes = [0.0f64; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
@@ -173,9 +168,8 @@ pub fn sum_phi(x: &[f32], tau: Option<f32>) -> f64 {
         + tail
 }
 
-/// `<a, b>` accumulated in `f64`.
-#[inline]
-pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+#[inline(always)]
+fn dot_f64_impl(a: &[f32], b: &[f32]) -> f64 {
     let mut lanes = [0.0f64; 4];
     let mut ca = a.chunks_exact(4);
     let mut cb = b.chunks_exact(4);
@@ -190,6 +184,45 @@ pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     }
     s
 }
+
+dispatch!(
+    /// Adds the thresholded sums of a `[ra, rb]` tile: `row_sums[i] += sum_j
+    /// phi(tile[i, j])` and `col_sums[j] += sum_i phi(tile[i, j])`.
+    ///
+    /// Sums are kept in `f64` from the first element: an `f32` partial sum
+    /// over a tile row would make `cross` depend on the tile shape at 1e-7,
+    /// enough to swap near-tied picks between a full and an incremental run.
+    /// Summation order is fixed by the tile shape alone, so results do not
+    /// depend on threads.
+    threshold_sums,
+    threshold_sums_on,
+    threshold_sums_impl,
+    (tile: &[f32], rb: usize, tau: f32, row_sums: &mut [f64], col_sums: &mut [f64]) -> ()
+);
+
+dispatch!(
+    /// Thresholded row sums only: `row_sums[i] += sum_j phi(tile[i, j])`.
+    threshold_row_sums,
+    threshold_row_sums_on,
+    threshold_row_sums_impl,
+    (tile: &[f32], rb: usize, tau: Option<f32>, row_sums: &mut [f64]) -> ()
+);
+
+dispatch!(
+    /// `sum_j phi(x_j)` in `f64`.
+    sum_phi,
+    sum_phi_on,
+    sum_phi_impl,
+    (x: &[f32], tau: Option<f32>) -> f64
+);
+
+dispatch!(
+    /// `<a, b>` accumulated in `f64`.
+    dot_f64,
+    dot_f64_on,
+    dot_f64_impl,
+    (a: &[f32], b: &[f32]) -> f64
+);
 
 /// `<a, b>` for an `f32` row and an `f64` vector.
 #[inline]
@@ -229,6 +262,49 @@ mod tests {
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut r = Rng::new(seed);
         (0..n).map(|_| r.normal() as f32).collect()
+    }
+
+    /// The threshold sums and dots return the same bits on every
+    /// instruction set this CPU has as on the baseline, for lengths with
+    /// and without a tail and for both kinds of threshold.
+    #[test]
+    fn reductions_are_the_same_bits_on_every_instruction_set() {
+        use crate::kernels::isa::Isa;
+        for (rows, cols) in [(1, 1), (3, 7), (5, 8), (4, 1000), (2, 1027)] {
+            let (tile, other) = (random(rows * cols, 7), random(rows * cols, 8));
+            let base = |isa: Isa| {
+                let (mut rs, mut cs) = (vec![0.5; rows], vec![0.25; cols]);
+                threshold_sums_on(isa, &tile, cols, 0.1, &mut rs, &mut cs);
+                let mut only = vec![0.0; rows];
+                threshold_row_sums_on(isa, &tile, cols, Some(-0.2), &mut only);
+                threshold_row_sums_on(isa, &other, cols, None, &mut only);
+                let each: Vec<f64> = tile
+                    .chunks_exact(cols)
+                    .zip(other.chunks_exact(cols))
+                    .flat_map(|(a, b)| {
+                        [
+                            sum_phi_on(isa, a, Some(0.0)),
+                            sum_phi_on(isa, b, None),
+                            dot_f64_on(isa, a, b),
+                        ]
+                    })
+                    .collect();
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                (bits(&rs), bits(&cs), bits(&only), bits(&each))
+            };
+            let want = base(Isa::Base);
+            // The baseline itself against a plain sum: a kernel that lost
+            // its tail or its threshold fails here.
+            let plain: f64 = tile[..cols]
+                .iter()
+                .filter(|&&x| x > 0.0)
+                .map(|&x| x as f64)
+                .sum();
+            assert!((f64::from_bits(want.3[0]) - plain).abs() < 1e-9);
+            for isa in Isa::available() {
+                assert_eq!(base(isa), want, "{} at {rows} x {cols}", isa.name());
+            }
+        }
     }
 
     /// Every element of a sub-tile is the same bits as in the whole

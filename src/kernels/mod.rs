@@ -4,6 +4,7 @@
 //! them on tiles of the staged store.
 
 pub mod dense;
+pub mod isa;
 pub mod kmeans;
 pub mod lse;
 pub mod topk;
