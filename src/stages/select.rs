@@ -362,6 +362,8 @@ const PICK_ROWS_BYTES: usize = 256 << 20;
 struct PickRows {
     rounds: Vec<Option<PickRowsOf>>,
     bytes_left: usize,
+    /// The gathers' buffer, reused.
+    scratch: Vec<f32>,
 }
 
 impl PickRows {
@@ -369,6 +371,7 @@ impl PickRows {
         PickRows {
             rounds: Vec::new(),
             bytes_left: limit,
+            scratch: Vec::new(),
         }
     }
 
@@ -389,13 +392,13 @@ impl PickRows {
         if keep {
             self.bytes_left -= bytes;
             let mut rows = PickRowsOf::default();
-            gather_picks(idx, class, &mut rows);
+            gather_picks(idx, class, &mut rows, &mut self.scratch);
             self.rounds[t] = Some(rows);
         }
         let rows = match &self.rounds[t] {
             Some(rows) => rows,
             None => {
-                gather_picks(idx, class, spare);
+                gather_picks(idx, class, spare, &mut self.scratch);
                 spare
             }
         };
@@ -403,13 +406,19 @@ impl PickRows {
     }
 }
 
-/// Gathers the rows `idx` of `class` into `out`.
-fn gather_picks(idx: &[usize], class: &dyn ClassRows, out: &mut PickRowsOf) {
-    let mut buf = Vec::new();
-    let image = class.image_at(idx, &mut buf).to_vec();
-    let text = class.text_at(idx, &mut buf).to_vec();
-    out.image = image;
-    out.text = text;
+/// Gathers the rows `idx` of `class` into `out`, in its buffers. A gather
+/// may return a view of the store rather than `scratch`, hence the copy: it
+/// moves `R` rows, small next to the conversion it saves repeating.
+fn gather_picks(
+    idx: &[usize],
+    class: &dyn ClassRows,
+    out: &mut PickRowsOf,
+    scratch: &mut Vec<f32>,
+) {
+    out.image.clear();
+    out.image.extend_from_slice(class.image_at(idx, scratch));
+    out.text.clear();
+    out.text.extend_from_slice(class.text_at(idx, scratch));
 }
 
 /// Rounding slack on a bound: the bound and the replayed score sum the same
@@ -927,13 +936,17 @@ mod tests {
     use crate::rng::Rng;
     use crate::store::SliceRows;
 
+    fn normals(g: &mut Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| g.normal() as f32).collect()
+    }
+
     /// A row's redundancy is the same bits whatever rows are computed with
     /// it, which the lazy refresh's identity with the eager one rests on.
     #[test]
     fn redundancy_of_a_row_does_not_depend_on_its_neighbours() {
         let (rows, d) = (150, 24);
         let mut g = Rng::new(9);
-        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| g.normal() as f32).collect() };
+        let mut random = |n: usize| normals(&mut g, n);
         let (u, v) = (random(rows * d), random(rows * d));
         for r in [1, 3, 17, 50] {
             let (un, vn) = (random(r * d), random(r * d));
@@ -972,7 +985,7 @@ mod tests {
     fn kept_pick_rows_do_not_change_the_picks() {
         let (n, d) = (400, 16);
         let mut g = Rng::new(3);
-        let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| g.normal() as f32).collect() };
+        let mut random = |n: usize| normals(&mut g, n);
         let (image, text) = (random(n * d), random(n * d));
         let terms: Vec<f64> = random(n * TERMS).iter().map(|&x| x as f64).collect();
         let rows = SliceRows {
