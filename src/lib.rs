@@ -17,6 +17,7 @@
 
 // Layers, each importing only the ones above it in this list (checked by
 // tests/layers.rs; ARCHITECTURE.md explains them).
+pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod progress;

@@ -132,4 +132,43 @@ fn store_chunks_follow_the_buckets_whatever_the_threads() {
         let id = &id_bytes[ends[f] as usize..ends[f + 1] as usize];
         assert_eq!(id, data.ids[row].as_bytes(), "id of file row {f}");
     }
+    // The manifest's split of ingest counts every byte of the store files
+    // it wrote (all but the first offset of ids.off, written up front).
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a.parent().unwrap().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let split = manifest["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "ingest")
+        .expect("an ingest stage")["ingest"]
+        .clone();
+    let file_bytes: u64 = [
+        "image.bin",
+        "text.bin",
+        "scale.bin",
+        "row.bin",
+        "ids.off",
+        "ids.dat",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(a.join(f)).unwrap().len())
+    .sum();
+    assert_eq!(split["store_bytes"].as_u64().unwrap(), file_bytes - 8);
+    let cpu = |k: &str| split[k].as_f64().unwrap();
+    for k in [
+        "decode_seconds",
+        "validate_cpu_seconds",
+        "classify_cpu_seconds",
+        "bucket_seconds",
+        "store_write_seconds",
+    ] {
+        assert!(cpu(k) >= 0.0, "{k}");
+    }
+    // The decoder and the workers did real work on 2500 x 12 rows.
+    assert!(cpu("decode_seconds") > 0.0 && cpu("validate_cpu_seconds") > 0.0);
+    // Not stored: the store's files stay the same bytes from run to run.
+    assert!(ingest.get("times").is_none());
 }

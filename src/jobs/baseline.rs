@@ -53,6 +53,7 @@ pub fn timing(stage: &str, seconds: f64, rows: u64) -> StageTiming {
         gb_per_second: 0.0,
         kernels: None,
         refresh: None,
+        ingest: None,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::eval::jaccard;
 use crate::io::atomic::atomic_write;
 use crate::jobs::append_bench;
 use crate::kernels::dense::gemm_abt;
+use crate::stages::ingest::IngestTimes;
 use crate::synth::{self, SynthOptions};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -127,6 +128,8 @@ pub struct BenchRow {
     /// `required_gflop` at the same-run rate of a large GEMM: no
     /// implementation on this machine can be faster.
     pub floor_seconds: f64,
+    /// Where the ingest stage's time went, from the manifest.
+    pub ingest: Option<IngestTimes>,
 }
 
 fn parse_count(s: &str) -> Result<u64> {
@@ -512,6 +515,10 @@ fn bench_row(n: u64, tau: &str, cross: &str, m: &serde_json::Value, d: usize) ->
         exact_jaccard: None,
         required_gflop: required / 1e9,
         floor_seconds: required / (large_gemm * 1e9),
+        ingest: m["stages"]
+            .as_array()
+            .and_then(|v| v.iter().find(|s| s["stage"] == "ingest"))
+            .and_then(|s| serde_json::from_value(s["ingest"].clone()).ok()),
     }
 }
 
@@ -573,6 +580,44 @@ fn markdown(a: &BenchArgs, rows: &[BenchRow]) -> String {
         s.push('\n');
     }
     s.push_str(&scaling(a.dim, rows));
+    s.push_str(&ingest_split(rows));
+    s
+}
+
+/// The ingest table: CPU seconds of each part of the stage. Decoding, the
+/// workers (validation, the class GEMM) and the writer (buckets, the
+/// store's bytes handed to the kernel) share the cores; the store write's
+/// rate shows what the page cache costs on this machine in this run.
+fn ingest_split(rows: &[BenchRow]) -> String {
+    let mut s = String::from(
+        "\n| rows | tau | cross | ingest s (wall) | decode (decoder thread) | validate (workers) | class GEMM (workers) | buckets (writer) | store write (writer) | CPU s in all | store GB | store GB per write CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let Some(t) = &r.ingest else { continue };
+        let ingest = r
+            .stages
+            .iter()
+            .find(|s| s.0 == "ingest")
+            .map_or(0.0, |s| s.1);
+        let gb = t.store_bytes as f64 / 1e9;
+        let all = t.decode_seconds
+            + t.validate_cpu_seconds
+            + t.classify_cpu_seconds
+            + t.bucket_seconds
+            + t.store_write_seconds;
+        s.push_str(&format!(
+            "| {} | {} | {} | {ingest:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {all:.2} | {gb:.2} | {:.2} |\n",
+            r.rows,
+            r.tau,
+            r.cross,
+            t.decode_seconds,
+            t.validate_cpu_seconds,
+            t.classify_cpu_seconds,
+            t.bucket_seconds,
+            t.store_write_seconds,
+            if t.store_write_seconds > 0.0 { gb / t.store_write_seconds } else { 0.0 },
+        ));
+    }
     s
 }
 

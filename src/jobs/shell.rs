@@ -90,6 +90,7 @@ pub fn stage<T>(
         gb_per_second: if s > 0.0 { bytes as f64 / s / 1e9 } else { 0.0 },
         kernels: None,
         refresh: None,
+        ingest: None,
     });
     Ok(v)
 }

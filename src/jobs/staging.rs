@@ -237,6 +237,7 @@ pub fn stage_data(
         inputs.input_bytes,
         || ingest::ingest(&inputs.files, store_dir, &opts),
     )?;
+    record_ingest_times(timings, &ing);
     finish_store(
         cfg,
         &inputs,
@@ -247,6 +248,13 @@ pub fn stage_data(
         StoreHistory::staged(reason),
         timings,
     )
+}
+
+/// Adds ingest's split of its time to its timing (the last one).
+fn record_ingest_times(timings: &mut [StageTiming], ing: &Ingested) {
+    if let Some(t) = timings.last_mut().filter(|t| t.stage == "ingest") {
+        t.ingest = Some(ing.times.clone());
+    }
 }
 
 /// The classes stage on the staged rows `ing`, then the store's metadata
@@ -363,9 +371,11 @@ fn append_to_store(
         };
         let opts = ingest_options(cfg, inputs, filter);
         let bytes: u64 = added.iter().map(|f| f.bytes).sum();
-        stage(timings, "ingest", rows, bytes, || {
+        let ing = stage(timings, "ingest", rows, bytes, || {
             ingest::ingest(&added, &delta_dir, &opts)
-        })
+        })?;
+        record_ingest_times(timings, &ing);
+        Ok(ing)
     };
     // New shards that fail on their own (no row passes --where, a bad
     // row) are staged with the others: the full run has the last word.

@@ -42,6 +42,10 @@ pub struct StageTiming {
     /// The select stage's refreshes: rows and pairs re-evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh: Option<crate::stages::select::RefreshStats>,
+    /// The ingest stage's split: decoding, validation, the class GEMM,
+    /// bucketing and the store writes, each on its own thread(s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<crate::stages::ingest::IngestTimes>,
 }
 
 #[derive(Clone, Debug, Serialize)]

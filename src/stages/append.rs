@@ -195,6 +195,9 @@ pub fn append(
             })
             .collect(),
         prefilter,
+        // The staging of the new shards alone: the append stage's own
+        // time is its timing.
+        times: delta.times.clone(),
     })
 }
 

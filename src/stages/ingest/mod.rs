@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
 
+use crate::clock::CpuTimer;
 use crate::error::{Error, Result};
 use crate::formats::dataset::{ShardStarts, SourceFile};
 use crate::formats::embedding::{EmbeddingView, FloatKind};
@@ -31,7 +32,8 @@ use crate::store::Dtype;
 
 pub use dedup::duplicate_id_error;
 pub use types::{
-    BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, Ingested, Reject, ShardRows,
+    BadRowPolicy, Classify, DuplicatePolicy, IngestOptions, IngestTimes, Ingested, Reject,
+    ShardRows,
 };
 pub use validate::{prepare_batch, PreparedRows};
 
@@ -57,15 +59,20 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
     let mut rows_read = 0u64;
     let mut rejects = Vec::new();
     let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
+    let mut times = IngestTimes::default();
 
     // The decoder runs one batch ahead on its own thread.
     let (tx, rx) = sync_channel::<Result<(ShardBatch, ShardSchema)>>(1);
     let writers = std::thread::scope(|scope| -> Result<Option<Writers>> {
         let mut writer: Option<WriterThread> = None;
         // `tx` moves into the decoder so the channel closes when it is done.
-        scope.spawn(move || {
+        let decoder = scope.spawn(move || {
             let mut reader = ShardReader::new(files, opts.columns.clone(), opts.batch_rows);
-            while let Some(b) = reader.next() {
+            let mut busy = 0.0;
+            loop {
+                let t = CpuTimer::start();
+                let Some(b) = reader.next() else { break };
+                busy += t.seconds();
                 let item = b.map(|b| {
                     let schema = reader.schemas[b.file_index].clone();
                     (b, schema)
@@ -75,6 +82,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
                     break;
                 }
             }
+            busy
         });
         for item in rx {
             let (batch, shard) = item?;
@@ -125,6 +133,8 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
             let mut kept = Vec::with_capacity(parts.len());
             for part in parts {
                 let part = part?; // the first error in row order
+                times.validate_cpu_seconds += part.validate_seconds;
+                times.classify_cpu_seconds += part.classify_seconds;
                 for (i, reason) in &part.bad {
                     *skipped
                         .entry(reason.split_once(": ").unwrap().1.to_string())
@@ -149,10 +159,12 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
             writer = Some(writer.take().unwrap().send(rows)?);
             rows_read += n as u64;
         }
-        match writer {
+        let writers = match writer {
             Some(w) => w.finish().map(Some),
             None => Ok(None),
-        }
+        };
+        times.decode_seconds = decoder.join().unwrap_or_default();
+        writers
     })?;
     let Some(mut w) = writers else {
         return Err(Error::file(&files[0].path, "the dataset has no rows"));
@@ -164,6 +176,9 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
         );
     }
     let hashes = std::mem::take(&mut w.hashes);
+    times.bucket_seconds = w.bucket_seconds;
+    times.store_write_seconds = w.write_seconds;
+    times.store_bytes = w.bytes;
     let (file_rows, chunks) = (w.file_rows, std::mem::take(&mut w.chunks));
     w.finish()?;
     // An empty shard has no batch to set its first row from.
@@ -183,6 +198,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
         skipped,
         shards,
         prefilter: opts.filter.as_ref().map(|f| f.report.clone()),
+        times,
     };
     find_duplicates(dir, files, &mut ingested, hashes, opts)?;
     Ok(ingested)

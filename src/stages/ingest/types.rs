@@ -87,6 +87,30 @@ pub struct Ingested {
     /// What `--where` kept, when it was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefilter: Option<PrefilterReport>,
+    /// Where the stage's time went: for the manifest's stage timing, not
+    /// stored, so the store's files stay the same bytes from run to run.
+    #[serde(skip)]
+    pub times: IngestTimes,
+}
+
+/// Where ingest's time went, in CPU seconds (user and system) of each of
+/// its threads: the split a benchmark needs to tell decoding, the class
+/// GEMM and the store writes apart. The threads share the cores, so the
+/// parts add up to about the stage's wall time times the cores it kept busy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IngestTimes {
+    /// The decoder thread inside the Parquet (or npy) reader.
+    pub decode_seconds: f64,
+    /// Validation and normalisation, summed over the workers.
+    pub validate_cpu_seconds: f64,
+    /// The class assignment GEMM and its argmax, summed over the workers.
+    pub classify_cpu_seconds: f64,
+    /// The writer thread sorting rows into the class buckets.
+    pub bucket_seconds: f64,
+    /// The writer thread handing the store's bytes to the kernel: the copy
+    /// into the page cache, and any wait for the disk.
+    pub store_write_seconds: f64,
+    pub store_bytes: u64,
 }
 
 impl Ingested {

@@ -8,6 +8,7 @@ use arrow_array::Array;
 use half::f16;
 use rayon::prelude::*;
 
+use crate::clock::CpuTimer;
 use crate::error::{Error, Result};
 use crate::formats::embedding::{for_f32_chunks, EmbeddingView, FloatKind, Floats, RowProblem};
 use crate::formats::shards::ShardSchema;
@@ -50,6 +51,9 @@ pub(super) struct Prepared {
     pub(super) labels: Vec<u32>,
     /// Skipped rows: (index in batch, "column: problem").
     pub(super) bad: Vec<(usize, String)>,
+    /// CPU seconds this part took to validate, and to classify.
+    pub(super) validate_seconds: f64,
+    pub(super) classify_seconds: f64,
 }
 
 impl Prepared {
@@ -113,11 +117,15 @@ impl BatchCtx<'_> {
         (0..n.div_ceil(PREPARE_ROWS))
             .into_par_iter()
             .map(|c| {
+                let t = CpuTimer::start();
                 let mut p = self.prepare(c * PREPARE_ROWS..((c + 1) * PREPARE_ROWS).min(n))?;
+                p.validate_seconds = t.seconds();
+                let t = CpuTimer::start();
                 match &self.opts.classify {
                     Some(cl) => p.classify(cl, self.d),
                     None => p.labels = vec![0; p.keep.len()],
                 }
+                p.classify_seconds = t.seconds();
                 Ok(p)
             })
             .collect()

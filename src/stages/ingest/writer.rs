@@ -7,6 +7,7 @@ use std::sync::mpsc::sync_channel;
 
 use arrow_array::ArrayRef;
 
+use crate::clock::CpuTimer;
 use crate::error::{Error, Result};
 use crate::ids::IdKind;
 use crate::stages::ingest::id_column::{id_column, IdColumn};
@@ -75,6 +76,8 @@ impl Bucketed {
     /// Appends every kept row of `batch` to its class's bucket, in row
     /// order, and writes each bucket out as soon as it holds a chunk.
     fn add(&mut self, batch: &Batch) -> Result<()> {
+        let t = CpuTimer::start();
+        let written = self.w.write_seconds;
         let ids = id_column(&batch.ids);
         for part in &batch.parts {
             for (r, (&i, &k)) in part.keep.iter().zip(&part.labels).enumerate() {
@@ -101,6 +104,8 @@ impl Bucketed {
                 }
             }
         }
+        // The flushes inside are store writes, counted there.
+        self.w.bucket_seconds += t.seconds() - (self.w.write_seconds - written);
         Ok(())
     }
 
@@ -125,6 +130,12 @@ pub(super) struct Writers {
     pub(super) file_rows: u64,
     pub(super) chunks: Vec<(u32, u32)>,
     pub(super) hashes: Vec<(u64, u64)>,
+    /// CPU seconds spent sorting rows into buckets, and writing chunks
+    /// out (the kernel's copy into the page cache is system time).
+    pub(super) bucket_seconds: f64,
+    pub(super) write_seconds: f64,
+    /// Bytes written to the store files.
+    pub(super) bytes: u64,
 }
 
 impl Writers {
@@ -142,6 +153,9 @@ impl Writers {
             file_rows: 0,
             chunks: Vec::new(),
             hashes: Vec::new(),
+            bucket_seconds: 0.0,
+            write_seconds: 0.0,
+            bytes: 0,
         };
         if utf8 {
             me.id_main.write(&[0u64])?;
@@ -154,6 +168,10 @@ impl Writers {
         if n == 0 {
             return Ok(());
         }
+        let t = CpuTimer::start();
+        self.bytes += (b.image.len() + b.text.len() + b.id_bytes.len()) as u64
+            + 4 * b.scale.len() as u64
+            + 8 * (b.rows.len() + b.id_ends.len() + b.id_ints.len()) as u64;
         self.image.write(&b.image)?;
         self.text.write(&b.text)?;
         self.scale.write(&b.scale)?;
@@ -173,6 +191,7 @@ impl Writers {
         self.chunks.push((class, n as u32));
         self.file_rows += n as u64;
         b.clear();
+        self.write_seconds += t.seconds();
         Ok(())
     }
 
