@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The top-level modules, lowest layer first. A module may name only
 /// modules of an earlier layer (and its own files).
 const LAYERS: [&[&str]; 11] = [
-    &["error", "ids", "progress", "rng"],
+    &["clock", "error", "ids", "progress", "rng"],
     &["kernels"],
     &["io"],
     &["formats"],
