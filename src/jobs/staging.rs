@@ -609,7 +609,7 @@ fn write_store_meta(
         written.push(files::ORDER_PREV);
     }
     let report = serde_json::to_value(&record).unwrap_or_default();
-    journal.record(store_dir, "store", key, &written, report)?;
+    journal.record_known(store_dir, "store", key, &written, &ing.file_records, report)?;
     Ok(meta)
 }
 

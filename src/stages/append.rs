@@ -198,6 +198,7 @@ pub fn append(
         // The staging of the new shards alone: the append stage's own
         // time is its timing.
         times: delta.times.clone(),
+        file_records: Vec::new(),
     })
 }
 

@@ -221,7 +221,7 @@ pub fn order_from_labels(labels: &[u32], classes: usize, dropped: &[u64]) -> (Ve
 pub fn write_order(dir: &Path, order: &[u64]) -> Result<()> {
     let mut w = SeqWriter::create(&dir.join(files::ORDER))?;
     w.write(order)?;
-    w.finish()
+    w.finish().map(drop)
 }
 
 #[cfg(test)]

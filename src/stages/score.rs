@@ -371,7 +371,7 @@ pub fn write_sums(dir: &Path, sums: &ClassSums) -> Result<()> {
         w.write(u)?;
         w.write(v)?;
     }
-    w.finish()
+    w.finish().map(drop)
 }
 
 /// Reads `sums.bin` of `classes` classes of dimension `d`.

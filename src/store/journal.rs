@@ -99,9 +99,30 @@ impl Journal {
         files: &[&str],
         report: serde_json::Value,
     ) -> Result<()> {
+        self.record_known(dir, stage, key, files, &[], report)
+    }
+
+    /// [`Journal::record`], taking the records of `known` files (their
+    /// writers checksummed them on the way out) instead of reading them
+    /// again; a known file whose size has changed since is read.
+    pub fn record_known(
+        &mut self,
+        dir: &Path,
+        stage: &str,
+        key: &str,
+        files: &[&str],
+        known: &[FileRecord],
+        report: serde_json::Value,
+    ) -> Result<()> {
         let files = files
             .iter()
-            .map(|f| file_record(dir, f))
+            .map(|f| {
+                let len = std::fs::metadata(dir.join(f)).map(|m| m.len()).ok();
+                match known.iter().find(|k| k.name == *f) {
+                    Some(k) if Some(k.bytes) == len => Ok(k.clone()),
+                    _ => file_record(dir, f),
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         self.stages.insert(
             stage.to_string(),
@@ -120,5 +141,57 @@ impl Journal {
             write_json(&dir.join(JOURNAL), self)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SeqWriter;
+
+    #[test]
+    fn a_writers_record_is_the_files_and_stale_ones_are_read_again() {
+        let dir = std::env::temp_dir().join(format!("clipcov-journal-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = SeqWriter::create(&dir.join("a.bin")).unwrap();
+        w.write(&[1.5f32, -2.0, 3.25]).unwrap();
+        w.write(&[7u64; 1000]).unwrap();
+        let written = w.finish().unwrap();
+        let read = file_record(&dir, "a.bin").unwrap();
+        assert_eq!(written, read);
+        assert_eq!(read.bytes, 12 + 8000);
+
+        // A known record is taken as is; one whose size no longer matches
+        // the file is replaced by a fresh read.
+        let mut j = Journal::default();
+        let fake = FileRecord {
+            crc32: read.crc32 ^ 1,
+            ..read.clone()
+        };
+        j.record_known(
+            &dir,
+            "s",
+            "k",
+            &["a.bin"],
+            &[fake.clone()],
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        assert_eq!(j.stages["s"].files, vec![fake]);
+        let stale = FileRecord {
+            bytes: 1,
+            ..read.clone()
+        };
+        j.record_known(
+            &dir,
+            "s",
+            "k",
+            &["a.bin"],
+            &[stale],
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        assert_eq!(j.stages["s"].files, vec![read]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -172,6 +172,10 @@ pub struct SeqWriter {
     path: PathBuf,
     tmp: PathBuf,
     w: Option<BufWriter<File>>,
+    /// The journal's checksum of the bytes so far, computed as they are
+    /// written, so recording the file needs no second pass over it.
+    crc: crc32fast::Hasher,
+    bytes: u64,
 }
 
 impl SeqWriter {
@@ -184,26 +188,36 @@ impl SeqWriter {
             // Writes at least this long bypass the buffer: chunks of
             // embeddings go straight to the file, without another copy.
             w: Some(BufWriter::with_capacity(128 << 10, f)),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
         })
     }
 
     pub fn write<T: Pod>(&mut self, v: &[T]) -> Result<()> {
-        self.w
-            .as_mut()
-            .unwrap()
-            .write_all(as_bytes(v))
-            .at_path(&self.tmp)
+        let bytes = as_bytes(v);
+        self.crc.update(bytes);
+        self.bytes += bytes.len() as u64;
+        self.w.as_mut().unwrap().write_all(bytes).at_path(&self.tmp)
     }
 
     /// Renames the finished file into place. Store files are not synced:
     /// they are intermediate, and waiting for the disk would double a
     /// stage's time; a store that did not survive a crash is rebuilt.
-    pub fn finish(mut self) -> Result<()> {
+    /// Returns the file's journal record (name, size, checksum).
+    pub fn finish(mut self) -> Result<journal::FileRecord> {
         let w = self.w.take().unwrap();
         w.into_inner()
             .map_err(|e| e.into_error())
             .at_path(&self.tmp)?;
-        fs::rename(&self.tmp, &self.path).at_path(&self.path)
+        fs::rename(&self.tmp, &self.path).at_path(&self.path)?;
+        Ok(journal::FileRecord {
+            name: self
+                .path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            bytes: self.bytes,
+            crc32: self.crc.clone().finalize(),
+        })
     }
 }
 

@@ -180,7 +180,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
     times.store_write_seconds = w.write_seconds;
     times.store_bytes = w.bytes;
     let (file_rows, chunks) = (w.file_rows, std::mem::take(&mut w.chunks));
-    w.finish()?;
+    let file_records = w.finish()?;
     // An empty shard has no batch to set its first row from.
     let starts = ShardStarts::from_rows(shards.iter().map(|s| s.rows));
     for (i, s) in shards.iter_mut().enumerate() {
@@ -199,6 +199,7 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
         shards,
         prefilter: opts.filter.as_ref().map(|f| f.report.clone()),
         times,
+        file_records,
     };
     find_duplicates(dir, files, &mut ingested, hashes, opts)?;
     Ok(ingested)

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::formats::dataset::{Columns, ShardStarts};
 use crate::ids::IdKind;
 use crate::stages::prefilter::{PrefilterReport, RowFilter};
+use crate::store::journal::FileRecord;
 use crate::store::Dtype;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -91,6 +92,10 @@ pub struct Ingested {
     /// stored, so the store's files stay the same bytes from run to run.
     #[serde(skip)]
     pub times: IngestTimes,
+    /// The journal records of the store files ingest wrote (checksummed
+    /// as they were written); empty after an append, which changes them.
+    #[serde(skip)]
+    pub file_records: Vec<FileRecord>,
 }
 
 /// Where ingest's time went, in CPU seconds (user and system) of each of

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::IdKind;
 use crate::stages::ingest::id_column::{id_column, IdColumn};
 use crate::stages::ingest::validate::Prepared;
+use crate::store::journal::FileRecord;
 use crate::store::{files, SeqWriter};
 
 /// A class's rows waiting to be written as a chunk.
@@ -195,14 +196,13 @@ impl Writers {
         Ok(())
     }
 
-    pub(super) fn finish(self) -> Result<()> {
-        for s in [self.image, self.text, self.scale, self.row, self.id_main]
+    /// Renames the files into place; returns their journal records.
+    pub(super) fn finish(self) -> Result<Vec<FileRecord>> {
+        [self.image, self.text, self.scale, self.row, self.id_main]
             .into_iter()
             .chain(self.id_dat)
-        {
-            s.finish()?;
-        }
-        Ok(())
+            .map(SeqWriter::finish)
+            .collect()
     }
 }
 
