@@ -173,7 +173,7 @@ mod tests {
             "s",
             "k",
             &["a.bin"],
-            &[fake.clone()],
+            std::slice::from_ref(&fake),
             serde_json::Value::Null,
         )
         .unwrap();
