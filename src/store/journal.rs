@@ -117,9 +117,9 @@ impl Journal {
         let files = files
             .iter()
             .map(|f| {
-                let len = std::fs::metadata(dir.join(f)).map(|m| m.len()).ok();
+                let size = || std::fs::metadata(dir.join(f)).map(|m| m.len()).ok();
                 match known.iter().find(|k| k.name == *f) {
-                    Some(k) if Some(k.bytes) == len => Ok(k.clone()),
+                    Some(k) if Some(k.bytes) == size() => Ok(k.clone()),
                     _ => file_record(dir, f),
                 }
             })
@@ -163,35 +163,29 @@ mod tests {
 
         // A known record is taken as is; one whose size no longer matches
         // the file is replaced by a fresh read.
-        let mut j = Journal::default();
+        let recorded = |known: FileRecord| {
+            let mut j = Journal::default();
+            j.record_known(
+                &dir,
+                "s",
+                "k",
+                &["a.bin"],
+                &[known],
+                serde_json::Value::Null,
+            )
+            .unwrap();
+            j.stages["s"].files.clone()
+        };
         let fake = FileRecord {
             crc32: read.crc32 ^ 1,
             ..read.clone()
         };
-        j.record_known(
-            &dir,
-            "s",
-            "k",
-            &["a.bin"],
-            std::slice::from_ref(&fake),
-            serde_json::Value::Null,
-        )
-        .unwrap();
-        assert_eq!(j.stages["s"].files, vec![fake]);
+        assert_eq!(recorded(fake.clone()), vec![fake]);
         let stale = FileRecord {
             bytes: 1,
             ..read.clone()
         };
-        j.record_known(
-            &dir,
-            "s",
-            "k",
-            &["a.bin"],
-            &[stale],
-            serde_json::Value::Null,
-        )
-        .unwrap();
-        assert_eq!(j.stages["s"].files, vec![read]);
+        assert_eq!(recorded(stale), vec![read]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

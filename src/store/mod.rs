@@ -216,7 +216,7 @@ impl SeqWriter {
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             bytes: self.bytes,
-            crc32: self.crc.clone().finalize(),
+            crc32: std::mem::take(&mut self.crc).finalize(),
         })
     }
 }

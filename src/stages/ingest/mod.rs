@@ -178,9 +178,9 @@ pub fn ingest(files: &[SourceFile], dir: &Path, opts: &IngestOptions) -> Result<
     let hashes = std::mem::take(&mut w.hashes);
     times.bucket_seconds = w.bucket_seconds;
     times.store_write_seconds = w.write_seconds;
-    times.store_bytes = w.bytes;
     let (file_rows, chunks) = (w.file_rows, std::mem::take(&mut w.chunks));
     let file_records = w.finish()?;
+    times.store_bytes = file_records.iter().map(|r| r.bytes).sum();
     // An empty shard has no batch to set its first row from.
     let starts = ShardStarts::from_rows(shards.iter().map(|s| s.rows));
     for (i, s) in shards.iter_mut().enumerate() {

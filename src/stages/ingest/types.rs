@@ -115,6 +115,7 @@ pub struct IngestTimes {
     /// The writer thread handing the store's bytes to the kernel: the copy
     /// into the page cache, and any wait for the disk.
     pub store_write_seconds: f64,
+    /// The size of the store files ingest wrote, from their writers.
     pub store_bytes: u64,
 }
 

@@ -135,8 +135,6 @@ pub(super) struct Writers {
     /// out (the kernel's copy into the page cache is system time).
     pub(super) bucket_seconds: f64,
     pub(super) write_seconds: f64,
-    /// Bytes written to the store files.
-    pub(super) bytes: u64,
 }
 
 impl Writers {
@@ -156,7 +154,6 @@ impl Writers {
             hashes: Vec::new(),
             bucket_seconds: 0.0,
             write_seconds: 0.0,
-            bytes: 0,
         };
         if utf8 {
             me.id_main.write(&[0u64])?;
@@ -170,9 +167,6 @@ impl Writers {
             return Ok(());
         }
         let t = CpuTimer::start();
-        self.bytes += (b.image.len() + b.text.len() + b.id_bytes.len()) as u64
-            + 4 * b.scale.len() as u64
-            + 8 * (b.rows.len() + b.id_ends.len() + b.id_ints.len()) as u64;
         self.image.write(&b.image)?;
         self.text.write(&b.text)?;
         self.scale.write(&b.scale)?;
